@@ -1,0 +1,46 @@
+//! Map names, map sizes and capture bounds, defined once for both sides.
+
+/// Name of the ring buffer that carries process events.
+pub const MAP_PROC_EVENTS: &str = "PROC_EVENTS";
+/// Name of the per-CPU counter array of kernel-side losses and errors.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the per-CPU scratch array where variable records are built.
+pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Name of the map of exec attempts in flight (syscall entry to exit).
+pub const MAP_EXEC_ATTEMPTS: &str = "EXEC_ATTEMPTS";
+/// Name of the read-only global holding kernel structure offsets.
+pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+
+/// Default size of the process ring buffer, in bytes (power of two).
+pub const PROC_RING_BYTES: u32 = 8 << 20;
+
+/// Bytes of the argument block (`argv`, NUL-separated) captured per exec.
+/// Longer argument lists are cut at this bound and flagged as truncated.
+pub const ARGV_MAX: usize = 16 * 1024;
+/// Arguments read for a failed exec (read one by one from the caller's
+/// `argv` array, so fewer than for a successful exec).
+pub const FAILED_ARGC_MAX: usize = 32;
+/// Bytes of one argument read for a failed exec.
+pub const FAILED_ARG_MAX: usize = 256;
+/// Bytes of a path (executable, cwd, failed filename).
+pub const PATH_MAX: usize = 4096;
+/// Bytes of one path component, including the terminating NUL.
+pub const NAME_MAX: usize = 256;
+/// Path components walked before a path is cut and flagged as truncated.
+pub const PATH_DEPTH_MAX: usize = 128;
+
+/// Size of one scratch slot. The eBPF side masks every variable offset with
+/// `SCRATCH_HALF - 1` and bounds every write by `SCRATCH_HALF`, which is how
+/// the verifier is shown that writes stay inside the slot.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// Half a scratch slot, see [`SCRATCH_BYTES`].
+pub const SCRATCH_HALF: usize = SCRATCH_BYTES / 2;
+
+/// Exec attempts tracked between syscall entry and exit (LRU: a thread that
+/// never returns from `execve` ages out instead of leaking an entry).
+pub const EXEC_ATTEMPTS_MAX: u32 = 16 * 1024;
+
+// The record layout in `event` depends on these relations.
+const _: () = assert!(SCRATCH_HALF.is_power_of_two());
+const _: () = assert!(ARGV_MAX <= SCRATCH_HALF);
+const _: () = assert!(2 * (PATH_MAX + NAME_MAX) + 512 <= SCRATCH_HALF);

@@ -1,0 +1,110 @@
+//! Kernel structure member offsets, resolved by userspace from the running
+//! kernel's BTF and handed to the eBPF programs as a read-only global.
+//!
+//! aya's Rust eBPF programs cannot use CO-RE relocations, and offsets baked
+//! in at build time would be wrong on every other kernel. Resolving them at
+//! load time from `/sys/kernel/btf/vmlinux` keeps one object portable across
+//! the kernels gateways run.
+
+use crate::assert_size;
+
+/// Marks an optional member the running kernel does not have.
+pub const OFFSET_MISSING: u32 = u32::MAX;
+
+/// Byte offsets of the kernel structure members the programs read.
+/// Field names are `<struct>_<member>`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_struct_pid: u32,
+    pub task_struct_tgid: u32,
+    pub task_struct_real_parent: u32,
+    pub task_struct_group_leader: u32,
+    pub task_struct_mm: u32,
+    pub task_struct_fs: u32,
+    pub task_struct_files: u32,
+    pub task_struct_cred: u32,
+    pub task_struct_exit_code: u32,
+    pub task_struct_signal: u32,
+    pub task_struct_start_boottime: u32,
+    pub task_struct_comm: u32,
+    /// Optional: only with `CONFIG_AUDIT`.
+    pub task_struct_loginuid: u32,
+    pub signal_struct_live: u32,
+    pub mm_struct_arg_start: u32,
+    pub mm_struct_arg_end: u32,
+    pub mm_struct_exe_file: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub fs_struct_pwd: u32,
+    pub files_struct_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_rdev: u32,
+    pub inode_i_nlink: u32,
+    pub cred_uid: u32,
+    pub cred_euid: u32,
+    pub cred_gid: u32,
+    pub cred_egid: u32,
+    pub _pad: u32,
+}
+assert_size!(KernelOffsets, 40 * 4);
+
+impl KernelOffsets {
+    /// All offsets zero: the value the eBPF object is built with, replaced
+    /// at load time. Programs check `task_struct_tgid != 0` before running.
+    pub const fn zeroed() -> Self {
+        Self {
+            task_struct_pid: 0,
+            task_struct_tgid: 0,
+            task_struct_real_parent: 0,
+            task_struct_group_leader: 0,
+            task_struct_mm: 0,
+            task_struct_fs: 0,
+            task_struct_files: 0,
+            task_struct_cred: 0,
+            task_struct_exit_code: 0,
+            task_struct_signal: 0,
+            task_struct_start_boottime: 0,
+            task_struct_comm: 0,
+            task_struct_loginuid: 0,
+            signal_struct_live: 0,
+            mm_struct_arg_start: 0,
+            mm_struct_arg_end: 0,
+            mm_struct_exe_file: 0,
+            file_f_path: 0,
+            file_f_inode: 0,
+            path_mnt: 0,
+            path_dentry: 0,
+            dentry_d_parent: 0,
+            dentry_d_name: 0,
+            qstr_name: 0,
+            vfsmount_mnt_root: 0,
+            mount_mnt: 0,
+            mount_mnt_parent: 0,
+            mount_mnt_mountpoint: 0,
+            fs_struct_pwd: 0,
+            files_struct_fdt: 0,
+            fdtable_max_fds: 0,
+            fdtable_fd: 0,
+            inode_i_mode: 0,
+            inode_i_rdev: 0,
+            inode_i_nlink: 0,
+            cred_uid: 0,
+            cred_euid: 0,
+            cred_gid: 0,
+            cred_egid: 0,
+            _pad: 0,
+        }
+    }
+}

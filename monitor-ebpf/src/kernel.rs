@@ -1,0 +1,276 @@
+//! Reading kernel structures through offsets resolved from BTF at load
+//! time (see `monitor_common::offsets`), and assembling variable records.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
+    generated::{bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str},
+    bpf_probe_read_kernel,
+};
+use monitor_common::{
+    event::{counter, StdioFd, TaskInfo},
+    limits::{NAME_MAX, PATH_DEPTH_MAX, PATH_MAX, SCRATCH_BYTES, SCRATCH_HALF},
+    offsets::{KernelOffsets, OFFSET_MISSING},
+};
+
+use crate::maps::{count, PATH_WALK, PROC_EVENTS, SCRATCH};
+
+/// Filled in by userspace before load; all zero means "not set".
+#[unsafe(no_mangle)]
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
+
+/// Reads one offset. The volatile read keeps the compiler from folding the
+/// build-time zero into the code: the loader rewrites `.rodata`.
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: reading a field of a static.
+        unsafe { core::ptr::read_volatile(&$crate::kernel::OFFSETS.$field) as u64 }
+    };
+}
+pub(crate) use off;
+
+/// Error of a kernel read; the programs count it and drop the record.
+pub struct ReadError;
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u64) -> Result<T, ReadError> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const T) }.map_err(|_| {
+        count(counter::READ_ERRORS);
+        ReadError
+    })
+}
+
+/// Whether userspace supplied the offsets (it always does; a zero here
+/// means the object was loaded by something else).
+#[inline(always)]
+pub fn offsets_ready() -> bool {
+    off!(task_struct_tgid) != 0
+}
+
+/// Fills `info` from `task` (a `struct task_struct *`).
+#[inline(always)]
+pub fn task_info(task: u64, info: &mut TaskInfo) -> Result<(), ReadError> {
+    let parent: u64 = read(task, off!(task_struct_real_parent))?;
+    info.ppid = read(parent, off!(task_struct_tgid))?;
+    let cred: u64 = read(task, off!(task_struct_cred))?;
+    info.uid = read(cred, off!(cred_uid))?;
+    info.euid = read(cred, off!(cred_euid))?;
+    info.gid = read(cred, off!(cred_gid))?;
+    info.egid = read(cred, off!(cred_egid))?;
+    let loginuid = off!(task_struct_loginuid);
+    info.auid = if loginuid == OFFSET_MISSING as u64 {
+        u32::MAX
+    } else {
+        read(task, loginuid)?
+    };
+    let leader: u64 = read(task, off!(task_struct_group_leader))?;
+    info.start_boot_ns = read(leader, off!(task_struct_start_boottime))?;
+    // SAFETY: helper without arguments.
+    info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    info.comm = read(task, off!(task_struct_comm))?;
+    Ok(())
+}
+
+/// Fills `out` with the inode mode and device of fds 0, 1 and 2 of `task`.
+#[inline(always)]
+pub fn stdio(task: u64, out: &mut [StdioFd; 3]) -> Result<(), ReadError> {
+    let files: u64 = read(task, off!(task_struct_files))?;
+    if files == 0 {
+        return Ok(());
+    }
+    let fdt: u64 = read(files, off!(files_struct_fdt))?;
+    let max_fds: u32 = read(fdt, off!(fdtable_max_fds))?;
+    let fd_array: u64 = read(fdt, off!(fdtable_fd))?;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if i as u32 >= max_fds {
+            break;
+        }
+        let file: u64 = read(fd_array, (i * 8) as u64)?;
+        if file == 0 {
+            continue;
+        }
+        let inode: u64 = read(file, off!(file_f_inode))?;
+        let mode: u16 = read(inode, off!(inode_i_mode))?;
+        slot.mode = mode as u32;
+        slot.rdev = read(inode, off!(inode_i_rdev))?;
+    }
+    Ok(())
+}
+
+/// A CPU's scratch slot, `SCRATCH_BYTES` long.
+#[inline(always)]
+pub fn scratch() -> Option<*mut u8> {
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    match SCRATCH.get_ptr_mut(cpu) {
+        Some(p) => Some(p.cast()),
+        None => {
+            count(counter::SCRATCH_ERRORS);
+            None
+        }
+    }
+}
+
+/// Bounds an offset into a scratch slot for the verifier. Callers keep the
+/// logical offset below `SCRATCH_HALF`, so the mask never changes it.
+#[inline(always)]
+pub fn at(buf: *mut u8, offset: usize) -> *mut u8 {
+    // SAFETY: the mask keeps the result inside the slot's first half.
+    unsafe { buf.add(offset & (SCRATCH_HALF - 1)) }
+}
+
+/// State of one path walk, shared with [`walk_step`]. It lives in a map,
+/// not on the stack: the verifier tracks stack values exactly, so a cursor
+/// on the stack differs at every iteration and the loop never converges,
+/// while a value loaded from a map is just a bounded scalar.
+#[repr(C)]
+pub struct Walk {
+    start: u64,
+    cursor: u64,
+    dentry: u64,
+    vfsmnt: u64,
+    mnt: u64,
+    /// 0 while walking, 1 at the root, 2 after an error.
+    state: u64,
+}
+
+const WALK_RUNNING: u64 = 0;
+const WALK_AT_ROOT: u64 = 1;
+const WALK_FAILED: u64 = 2;
+
+/// Writes the components of `path` (a `struct path *`) at `buf + start`,
+/// leaf first, each NUL-terminated. Crosses mount points like `d_path`
+/// does, up to the root of the task's mount tree. Returns the bytes
+/// written and whether the walk stopped before the root.
+///
+/// The walk runs under `bpf_loop` (Linux 5.17+): the verifier checks the
+/// step once instead of once per component, which is what keeps a
+/// 128-deep walk within its instruction budget.
+#[inline(always)]
+pub fn walk_path(_buf: *mut u8, start: usize, path: u64) -> Result<(usize, bool), ReadError> {
+    let vfsmnt: u64 = read(path, off!(path_mnt))?;
+    let Some(walk) = PATH_WALK.get_ptr_mut(0) else {
+        return Err(ReadError);
+    };
+    // SAFETY: per-CPU slot, only this program uses it while it runs.
+    let walk = unsafe { &mut *walk };
+    walk.start = start as u64;
+    walk.cursor = start as u64;
+    walk.dentry = read(path, off!(path_dentry))?;
+    walk.vfsmnt = vfsmnt;
+    walk.mnt = vfsmnt - off!(mount_mnt);
+    walk.state = WALK_RUNNING;
+    // SAFETY: `walk_step` is a static subprogram taking no context.
+    unsafe {
+        bpf_loop(
+            PATH_DEPTH_MAX as u32,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if walk.state == WALK_FAILED {
+        return Err(ReadError);
+    }
+    let len = walk.cursor.saturating_sub(walk.start) as usize;
+    Ok((len & (SCRATCH_HALF - 1), walk.state != WALK_AT_ROOT))
+}
+
+/// One step of [`walk_path`]: returns 1 to stop the loop, 0 to go on.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = PATH_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slot, only this program uses it while it runs.
+    let w = unsafe { &mut *w };
+    match step(w) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(ReadError) => {
+            w.state = WALK_FAILED;
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn step(w: &mut Walk) -> Result<bool, ReadError> {
+    let mnt_root: u64 = read(w.vfsmnt, off!(vfsmount_mnt_root))?;
+    let parent: u64 = read(w.dentry, off!(dentry_d_parent))?;
+    if w.dentry == mnt_root || w.dentry == parent {
+        if w.dentry != mnt_root {
+            // The root of a filesystem that is not mounted here (pipes,
+            // memfds, ...): nothing above it.
+            w.state = WALK_AT_ROOT;
+            return Ok(false);
+        }
+        let mnt_parent: u64 = read(w.mnt, off!(mount_mnt_parent))?;
+        if mnt_parent == w.mnt {
+            w.state = WALK_AT_ROOT;
+            return Ok(false);
+        }
+        w.dentry = read(w.mnt, off!(mount_mnt_mountpoint))?;
+        w.mnt = mnt_parent;
+        w.vfsmnt = mnt_parent + off!(mount_mnt);
+        return Ok(true);
+    }
+    if w.cursor - w.start >= PATH_MAX as u64 {
+        return Ok(false);
+    }
+    let name: u64 = read(w.dentry, off!(dentry_d_name) + off!(qstr_name))?;
+    // The callback cannot receive the map value pointer, so it looks the
+    // CPU's slot up again (programs do not migrate while running).
+    let Some(buf) = scratch() else {
+        return Err(ReadError);
+    };
+    // SAFETY: `at` keeps the NAME_MAX-byte write inside the slot.
+    let n = unsafe {
+        bpf_probe_read_kernel_str(
+            at(buf, w.cursor as usize).cast(),
+            NAME_MAX as u32,
+            name as *const _,
+        )
+    };
+    if n <= 0 {
+        count(counter::READ_ERRORS);
+        return Err(ReadError);
+    }
+    w.cursor += n as u64;
+    w.dentry = parent;
+    Ok(true)
+}
+
+/// Copies `len` bytes of user memory at `src` to `buf + start`. `len` must
+/// not exceed `SCRATCH_HALF`.
+#[inline(always)]
+pub fn copy_user(buf: *mut u8, start: usize, src: u64, len: usize) -> bool {
+    let len = len & (SCRATCH_HALF - 1);
+    // SAFETY: offset and length are both masked below SCRATCH_HALF.
+    unsafe { bpf_probe_read_user(at(buf, start).cast(), len as u32, src as *const _) == 0 }
+}
+
+/// Copies a NUL-terminated user string of at most `max` bytes to
+/// `buf + start`; returns the bytes written including the NUL.
+#[inline(always)]
+pub fn copy_user_str(buf: *mut u8, start: usize, src: u64, max: usize) -> Option<usize> {
+    let max = max & (SCRATCH_HALF - 1);
+    // SAFETY: offset and length are both masked below SCRATCH_HALF.
+    let n = unsafe { bpf_probe_read_user_str(at(buf, start).cast(), max as u32, src as *const _) };
+    if n > 0 { Some(n as usize) } else { None }
+}
+
+/// Sends the first `len` bytes of a scratch slot as one record, counting a
+/// loss against `kind` when the ring buffer is full.
+#[inline(always)]
+pub fn emit(buf: *mut u8, len: usize, kind: u32) {
+    let len = len & (SCRATCH_BYTES - 1);
+    // SAFETY: the slot is SCRATCH_BYTES long and `len` is masked below that.
+    let record = unsafe { core::slice::from_raw_parts(buf as *const u8, len) };
+    if PROC_EVENTS.output::<[u8]>(record, 0).is_err() {
+        count(counter::LOST_BASE + kind);
+    }
+}

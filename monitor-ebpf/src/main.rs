@@ -1,0 +1,21 @@
+//! eBPF programs of the monitor. Each hook family lives in its own module
+//! under `probes`; shared kernel-reading helpers live in `kernel`.
+#![no_std]
+#![no_main]
+
+mod kernel;
+mod maps;
+mod probes;
+
+/// The programs call GPL-only helpers (`bpf_probe_read_kernel`, ...), so
+/// the object declares a GPL-compatible licence.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic, so this is never run.
+    loop {}
+}

@@ -1,0 +1,4 @@
+//! Programs, one module per hook family. Programs are named
+//! `<family>_<hook>`: userspace attaches them by that name.
+
+pub mod process;

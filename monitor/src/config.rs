@@ -1,0 +1,304 @@
+//! Configuration: the embedded default, loading from a file, and errors
+//! that point at `file:line:col`.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::event::Kind;
+
+/// The embedded default configuration, printed by `monitor config default`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub output: OutputConfig,
+    pub metrics: MetricsConfig,
+    pub kernel: KernelConfig,
+    pub process_table: ProcessTableConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    pub stdout: bool,
+    pub file: Option<PathBuf>,
+    pub kinds: Vec<Kind>,
+    pub seed_events: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    pub ring_buffer_bytes: Spanned<u32>,
+    pub ebpf_log_level: EbpfLogLevel,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfLogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl EbpfLogLevel {
+    /// The value of aya-log's `AYA_LOG_LEVEL` global for this level.
+    pub fn aya_level(self) -> u8 {
+        match self {
+            Self::Off => 0,
+            Self::Error => 1,
+            Self::Warn => 2,
+            Self::Info => 3,
+            Self::Debug => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessTableConfig {
+    pub capacity: Spanned<usize>,
+    pub exited_retention_secs: u64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            stdout: true,
+            file: None,
+            kinds: Kind::ALL.to_vec(),
+            seed_events: true,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9810)),
+            enabled: true,
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: Spanned::new(0..0, monitor_common::limits::PROC_RING_BYTES),
+            ebpf_log_level: EbpfLogLevel::Warn,
+        }
+    }
+}
+
+impl Default for ProcessTableConfig {
+    fn default() -> Self {
+        Self {
+            capacity: Spanned::new(0..0, 32768),
+            exited_retention_secs: 60,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            output: OutputConfig::default(),
+            metrics: MetricsConfig::default(),
+            kernel: KernelConfig::default(),
+            process_table: ProcessTableConfig::default(),
+        }
+    }
+}
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+}
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct Source<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn embedded() -> Self {
+        Self::parse(Source {
+            name: "<embedded default>",
+            text: DEFAULT_TOML,
+        })
+        .unwrap_or_else(|e| unreachable!("embedded default configuration is invalid: {e}"))
+    }
+
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::parse(Source {
+            name: &name,
+            text: &text,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(src: Source<'_>) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(src.text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            invalid(&src, offset, e.message())
+        })?;
+        config.validate(&src)?;
+        Ok(config)
+    }
+
+    fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        let ring = &self.kernel.ring_buffer_bytes;
+        let bytes = *ring.get_ref();
+        if !bytes.is_power_of_two() || bytes < 4096 {
+            return Err(invalid(
+                src,
+                ring.span().start,
+                &format!("kernel.ring_buffer_bytes must be a power of two and at least 4096, not {bytes}"),
+            ));
+        }
+        let cap = &self.process_table.capacity;
+        if *cap.get_ref() < 64 {
+            return Err(invalid(
+                src,
+                cap.span().start,
+                &format!("process_table.capacity must be at least 64, not {}", cap.get_ref()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(src: &Source<'_>, offset: usize, message: &str) -> ConfigError {
+    let (line, col) = line_col(src.text, offset);
+    ConfigError::Invalid {
+        path: src.name.to_owned(),
+        line,
+        col,
+        message: message.trim().replace('\n', " "),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Source { name: "test.toml", text })
+    }
+
+    #[test]
+    fn embedded_default_parses_and_matches_code_defaults() {
+        let embedded = Config::embedded();
+        let code = Config::default();
+        assert_eq!(embedded.metrics.listen, code.metrics.listen);
+        assert_eq!(embedded.output.kinds, code.output.kinds);
+        assert_eq!(embedded.output.stdout, code.output.stdout);
+        assert_eq!(embedded.output.seed_events, code.output.seed_events);
+        assert_eq!(
+            embedded.kernel.ring_buffer_bytes.get_ref(),
+            code.kernel.ring_buffer_bytes.get_ref()
+        );
+        assert_eq!(embedded.kernel.ebpf_log_level, code.kernel.ebpf_log_level);
+        assert_eq!(
+            embedded.process_table.capacity.get_ref(),
+            code.process_table.capacity.get_ref()
+        );
+        assert_eq!(
+            embedded.process_table.exited_retention_secs,
+            code.process_table.exited_retention_secs
+        );
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = parse("").expect("empty config is valid");
+        assert_eq!(c.metrics.listen, Config::default().metrics.listen);
+    }
+
+    #[test]
+    fn syntax_error_points_at_line_and_column() {
+        let err = parse("[output]\nstdout = tru\n").expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:2:10: "), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_position() {
+        let err = parse("[metrics]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:3:1: "), "{msg}");
+        assert!(msg.contains("bogus"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_error_points_at_the_value() {
+        let err = parse("[kernel]\nring_buffer_bytes = 5000\n").expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.toml:2:21: "), "{msg}");
+        assert!(msg.contains("power of two"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_kind_is_rejected() {
+        let err = parse("[output]\nkinds = [\"exec\", \"nope\"]\n").expect_err("invalid");
+        assert!(err.to_string().starts_with("test.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncé\nx", 7), (3, 1));
+        assert_eq!(line_col("ab\ncé\nx", 4), (2, 2));
+    }
+}

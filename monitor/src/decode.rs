@@ -1,0 +1,273 @@
+//! Decoding of ring-buffer records into owned kernel events.
+//!
+//! The layouts are `monitor_common::event`; every record starts with
+//! `EventHeader`, whose `kind` and `size` this module checks before it
+//! reads anything else. Bad records are rejected with a reason, never
+//! trusted: a length that points past the record is an error, not a panic.
+
+use monitor_common::event::{
+    EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent, KIND_EXEC, KIND_EXEC_FAILED,
+    KIND_EXIT, KIND_FORK,
+};
+
+/// Why a record could not be decoded. The variants are the values of the
+/// `reason` label of the decode-error metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record shorter than its fixed part")]
+    Short,
+    #[error("record size field disagrees with the record length")]
+    SizeMismatch,
+    #[error("unknown record kind")]
+    UnknownKind,
+    #[error("variable part lengths exceed the record")]
+    BadLength,
+}
+
+impl DecodeError {
+    pub const ALL: [DecodeError; 4] = [
+        DecodeError::Short,
+        DecodeError::SizeMismatch,
+        DecodeError::UnknownKind,
+        DecodeError::BadLength,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeError::Short => "short",
+            DecodeError::SizeMismatch => "size_mismatch",
+            DecodeError::UnknownKind => "unknown_kind",
+            DecodeError::BadLength => "bad_length",
+        }
+    }
+}
+
+/// A decoded kernel record: the fixed part as the kernel wrote it, and the
+/// variable parts as raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    Exec {
+        fixed: ExecEvent,
+        exe: Vec<u8>,
+        cwd: Vec<u8>,
+        argv: Vec<u8>,
+    },
+    ExecFailed {
+        fixed: ExecFailedEvent,
+        filename: Vec<u8>,
+        cwd: Vec<u8>,
+        argv: Vec<u8>,
+    },
+    Fork(ForkEvent),
+    Exit(ExitEvent),
+}
+
+/// Copies a `#[repr(C)]` plain-data record out of possibly unaligned bytes.
+fn read_fixed<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short);
+    }
+    // SAFETY: the length was checked, `read_unaligned` has no alignment
+    // requirement, and the `monitor_common` event types are plain integers
+    // for which every bit pattern is valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Splits `rest` into parts of the given lengths.
+fn split_parts<const N: usize>(rest: &[u8], lens: [usize; N]) -> Result<[Vec<u8>; N], DecodeError> {
+    let total: usize = lens.iter().sum();
+    if total > rest.len() {
+        return Err(DecodeError::BadLength);
+    }
+    let mut at = 0;
+    Ok(lens.map(|len| {
+        let part = rest[at..at + len].to_vec();
+        at += len;
+        part
+    }))
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let header: EventHeader = read_fixed(bytes)?;
+    if header.size as usize != bytes.len() {
+        return Err(DecodeError::SizeMismatch);
+    }
+    match header.kind {
+        KIND_EXEC => {
+            let fixed: ExecEvent = read_fixed(bytes)?;
+            let rest = &bytes[size_of::<ExecEvent>()..];
+            let [exe, cwd, argv] = split_parts(
+                rest,
+                [fixed.exe_len as usize, fixed.cwd_len as usize, fixed.argv_len as usize],
+            )?;
+            Ok(KernelEvent::Exec { fixed, exe, cwd, argv })
+        }
+        KIND_EXEC_FAILED => {
+            let fixed: ExecFailedEvent = read_fixed(bytes)?;
+            let rest = &bytes[size_of::<ExecFailedEvent>()..];
+            let [filename, cwd, argv] = split_parts(
+                rest,
+                [fixed.filename_len as usize, fixed.cwd_len as usize, fixed.argv_len as usize],
+            )?;
+            Ok(KernelEvent::ExecFailed { fixed, filename, cwd, argv })
+        }
+        KIND_FORK => Ok(KernelEvent::Fork(read_fixed(bytes)?)),
+        KIND_EXIT => Ok(KernelEvent::Exit(read_fixed(bytes)?)),
+        _ => Err(DecodeError::UnknownKind),
+    }
+}
+
+/// Rebuilds a path from components sent leaf first, each NUL-terminated.
+/// No components means the root.
+pub fn path_from_components(raw: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = raw
+        .split(|&b| b == 0)
+        .filter(|c| !c.is_empty())
+        .collect();
+    parts.reverse();
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    for part in parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+/// Splits a NUL-separated argument block. The final NUL ends the last
+/// argument; a block cut short keeps its partial last argument.
+pub fn split_args(raw: &[u8]) -> Vec<&[u8]> {
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    raw.split(|&b| b == 0).collect()
+}
+
+/// Returns the bytes before the first NUL of a fixed-size C string.
+pub fn c_str(raw: &[u8]) -> &[u8] {
+    raw.iter().position(|&b| b == 0).map_or(raw, |n| &raw[..n])
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use monitor_common::event::{StdioFd, TaskInfo};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn as_bytes<T>(v: &T) -> &[u8] {
+        // SAFETY: test helper over plain-data records without padding.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    /// Builds the bytes of an exec record as the kernel would.
+    pub(crate) fn exec_record(pid: u32, exe: &[u8], cwd: &[u8], argv: &[u8]) -> Vec<u8> {
+        let mut fixed = ExecEvent {
+            task: TaskInfo {
+                ppid: 1,
+                uid: 1000,
+                euid: 1000,
+                gid: 100,
+                egid: 100,
+                auid: u32::MAX,
+                start_boot_ns: 5,
+                cgroup_id: 7,
+                comm: *b"echo\0\0\0\0\0\0\0\0\0\0\0\0",
+            },
+            stdio: [
+                StdioFd { mode: 0o020620, rdev: 136 << 20 },
+                StdioFd { mode: 0o010600, rdev: 0 },
+                StdioFd { mode: 0, rdev: 0 },
+            ],
+            exe_len: exe.len() as u16,
+            cwd_len: cwd.len() as u16,
+            argv_len: argv.len() as u32,
+            ..Default::default()
+        };
+        let size = size_of::<ExecEvent>() + exe.len() + cwd.len() + argv.len();
+        fixed.header = EventHeader {
+            kind: KIND_EXEC,
+            size: size as u32,
+            ts_boot_ns: 1_000_000,
+            pid,
+            tid: pid,
+        };
+        let mut out = as_bytes(&fixed).to_vec();
+        out.extend_from_slice(exe);
+        out.extend_from_slice(cwd);
+        out.extend_from_slice(argv);
+        out
+    }
+
+    #[test]
+    fn decodes_exec_with_variable_parts() {
+        let rec = exec_record(42, b"echo\0bin\0usr\0", b"tmp\0", b"/bin/echo\0x y\0z\0");
+        let KernelEvent::Exec { fixed, exe, cwd, argv } = decode(&rec).expect("decodes") else {
+            panic!("not an exec");
+        };
+        assert_eq!(fixed.header.pid, 42);
+        assert_eq!(path_from_components(&exe), b"/usr/bin/echo");
+        assert_eq!(path_from_components(&cwd), b"/tmp");
+        assert_eq!(split_args(&argv), vec![&b"/bin/echo"[..], b"x y", b"z"]);
+    }
+
+    #[test]
+    fn decodes_fixed_records() {
+        let fork = ForkEvent {
+            header: EventHeader {
+                kind: KIND_FORK,
+                size: size_of::<ForkEvent>() as u32,
+                ts_boot_ns: 1,
+                pid: 9,
+                tid: 9,
+            },
+            task: TaskInfo::default(),
+        };
+        assert_eq!(decode(as_bytes(&fork)), Ok(KernelEvent::Fork(fork)));
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short));
+        let mut rec = exec_record(1, b"a\0", b"", b"a\0");
+        rec.push(0);
+        assert_eq!(decode(&rec), Err(DecodeError::SizeMismatch));
+        let mut rec = exec_record(1, b"a\0", b"", b"a\0");
+        rec[0] = 99;
+        assert_eq!(decode(&rec), Err(DecodeError::UnknownKind));
+        let mut rec = exec_record(1, b"a\0", b"", b"a\0");
+        let argv_len_at = size_of::<ExecEvent>() - 8;
+        rec[argv_len_at..argv_len_at + 4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert_eq!(decode(&rec), Err(DecodeError::BadLength));
+    }
+
+    #[test]
+    fn root_and_empty_argv() {
+        assert_eq!(path_from_components(b""), b"/");
+        assert_eq!(split_args(b""), Vec::<&[u8]>::new());
+        assert_eq!(split_args(b"\0"), vec![&b""[..]]);
+        assert_eq!(split_args(b"a\0b"), vec![&b"a"[..], b"b"]);
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn decode_never_panics_on_corrupted_exec(
+            flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..8)
+        ) {
+            let mut rec = exec_record(3, b"x\0", b"y\0", b"a\0b\0");
+            for (i, v) in flips {
+                if i < rec.len() { rec[i] = v; }
+            }
+            let _ = decode(&rec);
+        }
+    }
+}

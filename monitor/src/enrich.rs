@@ -1,0 +1,281 @@
+//! The enrich stage: keeps the process table current from kernel events and
+//! turns each into an output [`Event`] with its process context.
+
+use std::{sync::Arc, time::Instant};
+
+use monitor_common::event::{
+    TaskInfo, EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED, EXEC_EXE_TRUNCATED,
+    EXEC_FILENAME_TRUNCATED, SYSCALL_EXECVEAT,
+};
+
+use crate::{
+    clock::BootClock,
+    decode::{c_str, path_from_components, split_args, KernelEvent},
+    escape::escape,
+    event::{
+        Event, ExecFailedRecord, ExecRecord, ExitRecord, FdKind, ForkRecord, ProcessRecord, Task,
+        Termination,
+    },
+    process::{Process, ProcessTable},
+};
+
+/// The kernel's encoding of a device number: major in the top 12 bits.
+const KERNEL_MINOR_BITS: u32 = 20;
+
+pub struct Enricher {
+    pub table: ProcessTable,
+    pub clock: BootClock,
+}
+
+fn task(pid: u32, tid: u32, t: &TaskInfo) -> Task {
+    Task {
+        pid,
+        tid,
+        ppid: t.ppid,
+        uid: t.uid,
+        euid: t.euid,
+        gid: t.gid,
+        egid: t.egid,
+        auid: (t.auid != u32::MAX).then_some(t.auid),
+        comm: escape(c_str(&t.comm)),
+        cgroup_id: t.cgroup_id,
+    }
+}
+
+fn process_from(task: &Task, start_boot_ns: u64) -> Process {
+    Process {
+        pid: task.pid,
+        ppid: task.ppid,
+        start_boot_ns: Some(start_boot_ns),
+        uid: task.uid,
+        euid: task.euid,
+        gid: task.gid,
+        egid: task.egid,
+        comm: task.comm.clone(),
+        exe: None,
+        exe_deleted: false,
+        argv: Arc::from(Vec::new()),
+        cwd: None,
+        stdio: [FdKind::None; 3],
+        seeded: false,
+    }
+}
+
+impl Enricher {
+    pub fn new(table: ProcessTable) -> Self {
+        Self {
+            table,
+            clock: BootClock::new(),
+        }
+    }
+
+    /// Adds the processes found in /proc and returns their `process` events.
+    pub fn seed(&mut self, processes: Vec<crate::process::Process>) -> Vec<Event> {
+        let ts = self.clock.rfc3339(BootClock::boot_now_ns());
+        for p in processes.iter().cloned() {
+            self.table.insert(p);
+        }
+        processes
+            .into_iter()
+            .map(|p| {
+                Event::Process(Box::new(ProcessRecord {
+                    ts: ts.clone(),
+                    seeded: true,
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    uid: p.uid,
+                    euid: p.euid,
+                    gid: p.gid,
+                    egid: p.egid,
+                    comm: p.comm.clone(),
+                    exe: p.exe.as_deref().map(str::to_owned),
+                    exe_deleted: p.exe_deleted,
+                    argv: p.argv.to_vec(),
+                    cwd: p.cwd.as_deref().map(str::to_owned),
+                    stdio: p.stdio,
+                    ancestry: self.table.ancestry(p.ppid),
+                }))
+            })
+            .collect()
+    }
+
+    /// Applies one kernel event to the table and returns its output event.
+    pub fn apply(&mut self, ev: KernelEvent, now: Instant) -> Event {
+        match ev {
+            KernelEvent::Exec {
+                fixed,
+                exe,
+                cwd,
+                argv,
+            } => {
+                let h = fixed.header;
+                let task = task(h.pid, h.tid, &fixed.task);
+                let exe = escape(&path_from_components(&exe));
+                let cwd = escape(&path_from_components(&cwd));
+                let argv: Vec<String> = split_args(&argv).into_iter().map(escape).collect();
+                let stdio = fixed
+                    .stdio
+                    .map(|fd| FdKind::classify(fd.mode, fd.rdev >> KERNEL_MINOR_BITS));
+                let mut p = process_from(&task, fixed.task.start_boot_ns);
+                p.exe = Some(Arc::from(exe.as_str()));
+                p.exe_deleted = fixed.exe_nlink == 0;
+                p.argv = crate::process::bounded_argv(&argv);
+                p.cwd = Some(Arc::from(cwd.as_str()));
+                p.stdio = stdio;
+                self.table.exec(p);
+                let flags = fixed.flags;
+                Event::Exec(Box::new(ExecRecord {
+                    ts: self.clock.rfc3339(h.ts_boot_ns),
+                    ancestry: self.table.ancestry(task.ppid),
+                    task,
+                    exe,
+                    exe_deleted: fixed.exe_nlink == 0,
+                    exe_truncated: flags & EXEC_EXE_TRUNCATED != 0,
+                    argv,
+                    argv_truncated: flags & (EXEC_ARGV_TRUNCATED | EXEC_ARGV_UNREADABLE) != 0,
+                    cwd,
+                    cwd_truncated: flags & EXEC_CWD_TRUNCATED != 0,
+                    stdio,
+                }))
+            }
+            KernelEvent::ExecFailed {
+                fixed,
+                filename,
+                cwd,
+                argv,
+            } => {
+                let h = fixed.header;
+                let task = task(h.pid, h.tid, &fixed.task);
+                let argv: Vec<String> = split_args(&argv).into_iter().map(escape).collect();
+                Event::ExecFailed(Box::new(ExecFailedRecord {
+                    ts: self.clock.rfc3339(h.ts_boot_ns),
+                    exe: self
+                        .table
+                        .get(task.pid)
+                        .and_then(|p| p.exe.as_deref().map(str::to_owned)),
+                    ancestry: self.table.ancestry(task.ppid),
+                    task,
+                    syscall: if fixed.syscall == SYSCALL_EXECVEAT {
+                        "execveat"
+                    } else {
+                        "execve"
+                    }
+                    .to_owned(),
+                    filename: escape(c_str(&filename)),
+                    errno: fixed.errno,
+                    error: errno_name(fixed.errno),
+                    argv,
+                    argv_truncated: fixed.flags & (EXEC_ARGV_TRUNCATED | EXEC_FILENAME_TRUNCATED)
+                        != 0,
+                    cwd: escape(&path_from_components(&cwd)),
+                }))
+            }
+            KernelEvent::Fork(f) => {
+                let h = f.header;
+                let task = task(h.pid, h.tid, &f.task);
+                self.table.fork(process_from(&task, f.task.start_boot_ns));
+                let exe = self
+                    .table
+                    .get(task.pid)
+                    .and_then(|p| p.exe.as_deref().map(str::to_owned));
+                Event::Fork(ForkRecord {
+                    ts: self.clock.rfc3339(h.ts_boot_ns),
+                    task,
+                    exe,
+                })
+            }
+            KernelEvent::Exit(x) => {
+                let h = x.header;
+                let task = task(h.pid, h.tid, &x.task);
+                let exe = self
+                    .table
+                    .exit(task.pid, now)
+                    .and_then(|p| p.exe.as_deref().map(str::to_owned));
+                let (exit_code, signal, core_dumped) = match Termination::from_wait_status(x.exit_code) {
+                    Termination::Exited { code } => (Some(code), None, false),
+                    Termination::Signaled {
+                        signal,
+                        core_dumped,
+                    } => (None, Some(signal), core_dumped),
+                };
+                let start = x.task.start_boot_ns;
+                Event::Exit(ExitRecord {
+                    ts: self.clock.rfc3339(h.ts_boot_ns),
+                    task,
+                    exe,
+                    exit_code,
+                    signal,
+                    core_dumped,
+                    lifetime_ms: (start != 0 && h.ts_boot_ns >= start)
+                        .then(|| (h.ts_boot_ns - start) / 1_000_000),
+                })
+            }
+        }
+    }
+}
+
+/// Symbolic name of an errno value, such as `ENOENT`.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::E2BIG => "E2BIG",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ELOOP => "ELOOP",
+        libc::ELIBBAD => "ELIBBAD",
+        _ => return format!("E{errno}"),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::decode::{decode, tests::exec_record};
+
+    #[test]
+    fn exec_is_enriched_with_ancestry_and_stdio() {
+        let mut table = ProcessTable::new(100, Duration::from_secs(60));
+        let init = crate::process::procfs::read_process(std::path::Path::new("/proc/1"), 1)
+            .expect("init readable");
+        table.insert(init);
+        let mut e = Enricher::new(table);
+        let rec = exec_record(42, b"echo\0bin\0usr\0", b"tmp\0", b"/bin/echo\0x y\0z\0");
+        let ev = e.apply(decode(&rec).expect("decodes"), Instant::now());
+        let Event::Exec(x) = ev else { panic!("not exec") };
+        assert_eq!(x.exe, "/usr/bin/echo");
+        assert_eq!(x.argv, vec!["/bin/echo", "x y", "z"]);
+        assert_eq!(x.cwd, "/tmp");
+        assert_eq!(x.task.comm, "echo");
+        assert_eq!(x.stdio, [FdKind::Tty, FdKind::Pipe, FdKind::None]);
+        assert_eq!(x.ancestry.first().map(|a| a.pid), Some(1));
+        assert_eq!(x.task.auid, None);
+        assert_eq!(e.table.get(42).and_then(|p| p.exe.as_deref()), Some("/usr/bin/echo"));
+        let json = serde_json::to_value(Event::Exec(x)).expect("json");
+        assert_eq!(json["kind"], "exec");
+        assert_eq!(json["ppid"], 1);
+        assert_eq!(json["stdio"][0], "tty");
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(2), "ENOENT");
+        assert_eq!(errno_name(13), "EACCES");
+        assert_eq!(errno_name(4242), "E4242");
+    }
+}

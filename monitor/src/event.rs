@@ -1,0 +1,299 @@
+//! The events the monitor writes, one JSON object per line. The schema is
+//! documented in the README; field names here are that schema.
+
+use serde::{Deserialize, Serialize};
+
+/// Event kinds, a closed set: also the values of the `kind` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Exec,
+    ExecFailed,
+    Fork,
+    Exit,
+    /// A process that was already running when the monitor started.
+    Process,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Exec,
+        Kind::ExecFailed,
+        Kind::Fork,
+        Kind::Exit,
+        Kind::Process,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Exec => "exec",
+            Kind::ExecFailed => "exec_failed",
+            Kind::Fork => "fork",
+            Kind::Exit => "exit",
+            Kind::Process => "process",
+        }
+    }
+}
+
+/// What one of the standard descriptors 0, 1, 2 refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    /// Not open.
+    #[default]
+    None,
+    /// A terminal: a pseudo-terminal, console or serial line.
+    Tty,
+    Pipe,
+    Socket,
+    /// A regular file.
+    File,
+    /// A character device that is not a terminal, such as /dev/null.
+    Chardev,
+    /// Anything else: a directory, block device or anonymous inode.
+    Other,
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFSOCK: u32 = 0o140000;
+const S_IFREG: u32 = 0o100000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFIFO: u32 = 0o010000;
+
+impl FdKind {
+    /// Classifies an inode by its mode and, for character devices, its
+    /// major number. Used for kernel records and for /proc alike.
+    pub fn classify(mode: u32, major: u32) -> Self {
+        if mode == 0 {
+            return FdKind::None;
+        }
+        match mode & S_IFMT {
+            S_IFSOCK => FdKind::Socket,
+            S_IFIFO => FdKind::Pipe,
+            S_IFREG => FdKind::File,
+            S_IFCHR if is_tty_major(major) => FdKind::Tty,
+            S_IFCHR => FdKind::Chardev,
+            _ => FdKind::Other,
+        }
+    }
+}
+
+/// Character-device majors of terminals (Documentation/admin-guide/devices.txt):
+/// 2-4 legacy ptys and virtual consoles, 5 /dev/tty, console and ptmx,
+/// 136-143 Unix98 pty slaves, 166 ACM modems, 188 USB serial, 204 low-density
+/// serial ports (ARM boards), 229 hypervisor consoles.
+fn is_tty_major(major: u32) -> bool {
+    matches!(major, 2..=5 | 136..=143 | 166 | 188 | 204 | 229)
+}
+
+/// One ancestor of a process: its pid and executable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: Option<String>,
+}
+
+/// Identity and credentials common to process events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    /// Audit login uid; absent when unset.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auid: Option<u32>,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// `exit(code)`.
+    Exited { code: u8 },
+    /// Killed by a signal.
+    Signaled { signal: u8, core_dumped: bool },
+}
+
+impl Termination {
+    /// Decodes `task->exit_code` as `wait(2)` does.
+    pub fn from_wait_status(status: u32) -> Self {
+        let signal = (status & 0x7f) as u8;
+        if signal == 0 {
+            Termination::Exited {
+                code: ((status >> 8) & 0xff) as u8,
+            }
+        } else {
+            Termination::Signaled {
+                signal,
+                core_dumped: status & 0x80 != 0,
+            }
+        }
+    }
+}
+
+/// One output line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Exec(Box<ExecRecord>),
+    ExecFailed(Box<ExecFailedRecord>),
+    Fork(ForkRecord),
+    Exit(ExitRecord),
+    Process(Box<ProcessRecord>),
+}
+
+impl Event {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Event::Exec(_) => Kind::Exec,
+            Event::ExecFailed(_) => Kind::ExecFailed,
+            Event::Fork(_) => Kind::Fork,
+            Event::Exit(_) => Kind::Exit,
+            Event::Process(_) => Kind::Process,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRecord {
+    /// RFC 3339 wall-clock time.
+    pub ts: String,
+    #[serde(flatten)]
+    pub task: Task,
+    pub exe: String,
+    /// The executable has no links left: deleted, or a memfd.
+    pub exe_deleted: bool,
+    pub exe_truncated: bool,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub cwd: String,
+    pub cwd_truncated: bool,
+    pub stdio: [FdKind; 3],
+    pub ancestry: Vec<Ancestor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecFailedRecord {
+    pub ts: String,
+    #[serde(flatten)]
+    pub task: Task,
+    /// `execve` or `execveat`.
+    pub syscall: String,
+    /// The path the caller asked for, as given.
+    pub filename: String,
+    pub errno: i32,
+    /// Symbolic errno, such as `ENOENT`.
+    pub error: String,
+    pub argv: Vec<String>,
+    pub argv_truncated: bool,
+    pub cwd: String,
+    /// The caller's own executable, from the process table.
+    pub exe: Option<String>,
+    pub ancestry: Vec<Ancestor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForkRecord {
+    pub ts: String,
+    #[serde(flatten)]
+    pub task: Task,
+    /// The executable inherited from the parent.
+    pub exe: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub ts: String,
+    #[serde(flatten)]
+    pub task: Task,
+    pub exe: Option<String>,
+    /// Exit status, when the process called exit.
+    pub exit_code: Option<u8>,
+    /// Signal number, when a signal ended the process.
+    pub signal: Option<u8>,
+    pub core_dumped: bool,
+    /// Milliseconds from process start to exit.
+    pub lifetime_ms: Option<u64>,
+}
+
+/// A process found in /proc at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub ts: String,
+    pub seeded: bool,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub comm: String,
+    /// Absent for kernel threads.
+    pub exe: Option<String>,
+    pub exe_deleted: bool,
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    pub stdio: [FdKind; 3],
+    pub ancestry: Vec<Ancestor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_kinds_from_mode() {
+        assert_eq!(FdKind::classify(0, 0), FdKind::None);
+        assert_eq!(FdKind::classify(0o140777, 0), FdKind::Socket);
+        assert_eq!(FdKind::classify(0o010600, 0), FdKind::Pipe);
+        assert_eq!(FdKind::classify(0o100644, 0), FdKind::File);
+        assert_eq!(FdKind::classify(0o020620, 136), FdKind::Tty);
+        assert_eq!(FdKind::classify(0o020666, 1), FdKind::Chardev);
+        assert_eq!(FdKind::classify(0o040755, 0), FdKind::Other);
+    }
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(Termination::from_wait_status(0), Termination::Exited { code: 0 });
+        assert_eq!(Termination::from_wait_status(3 << 8), Termination::Exited { code: 3 });
+        assert_eq!(
+            Termination::from_wait_status(9),
+            Termination::Signaled { signal: 9, core_dumped: false }
+        );
+        assert_eq!(
+            Termination::from_wait_status(0x80 | 11),
+            Termination::Signaled { signal: 11, core_dumped: true }
+        );
+    }
+
+    #[test]
+    fn kind_tag_is_snake_case() {
+        let e = Event::Fork(ForkRecord {
+            ts: "t".into(),
+            task: Task {
+                pid: 2,
+                tid: 2,
+                ppid: 1,
+                uid: 0,
+                euid: 0,
+                gid: 0,
+                egid: 0,
+                auid: None,
+                comm: "x".into(),
+                cgroup_id: 1,
+            },
+            exe: None,
+        });
+        let v = serde_json::to_value(&e).expect("serialize");
+        assert_eq!(v["kind"], "fork");
+        assert_eq!(v["pid"], 2);
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).expect("kind"), k.as_str());
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The edgewatch daemon as a library. The data path is a set of stages,
+//! one module each: [`load`] (eBPF object and probes), [`read`] (ring
+//! buffer), [`decode`], [`enrich`] (process table), [`output`] (JSON
+//! lines) and [`metrics`] (Prometheus). [`daemon`] wires them together.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod enrich;
+pub mod escape;
+pub mod event;
+pub mod load;
+pub mod metrics;
+pub mod output;
+pub mod process;
+pub mod read;
+
+/// Exit code for bad configuration or usage (clap uses it too).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for a failure to start or run.
+pub const EXIT_FAILURE: i32 = 1;

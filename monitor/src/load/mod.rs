@@ -1,0 +1,127 @@
+//! The load stage: prepare the kernel interface, resolve structure offsets,
+//! load the embedded eBPF object and attach every probe in [`probes::PROBES`].
+
+pub mod env;
+pub mod offsets;
+pub mod probes;
+
+use aya::{
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use monitor_common::limits::{GLOBAL_OFFSETS, MAP_PROC_EVENTS, MAP_SCRATCH};
+
+use self::probes::{Hook, ProbeSpec, PROBES};
+use crate::config::Config;
+
+/// The eBPF object built by `build.rs` from `monitor-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Env(#[from] env::EnvError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetError),
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("required probe {name} ({hook}) did not attach: {message}")]
+    Required {
+        name: &'static str,
+        hook: String,
+        message: String,
+    },
+}
+
+/// Whether one probe attached, and why not.
+#[derive(Debug, Clone)]
+pub struct ProbeStatus {
+    pub spec: ProbeSpec,
+    pub error: Option<String>,
+}
+
+impl ProbeStatus {
+    pub fn attached(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// The loaded object with its programs attached.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub probes: Vec<ProbeStatus>,
+}
+
+/// Runs the whole load stage.
+pub fn load(config: &Config) -> Result<Loaded, LoadError> {
+    env::prepare()?;
+    let kernel_offsets = offsets::from_file(std::path::Path::new(offsets::VMLINUX_BTF))?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| LoadError::Cpus(format!("{what}: {e}")))?;
+    let log_level = config.kernel.ebpf_log_level.aya_level();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_OFFSETS, &kernel_offsets, true)
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .map_max_entries(MAP_PROC_EVENTS, *config.kernel.ring_buffer_bytes.get_ref())
+        .map_max_entries(MAP_SCRATCH, cpus as u32)
+        .load(EBPF_OBJECT)
+        .map_err(LoadError::Object)?;
+    let probes = PROBES
+        .iter()
+        .map(|spec| ProbeStatus {
+            spec: *spec,
+            error: attach(&mut ebpf, spec).err(),
+        })
+        .collect::<Vec<_>>();
+    for status in &probes {
+        let spec = &status.spec;
+        match &status.error {
+            None => tracing::debug!(probe = spec.name, hook = %spec.hook.describe(), "probe attached"),
+            Some(message) if spec.required => {
+                return Err(LoadError::Required {
+                    name: spec.name,
+                    hook: spec.hook.describe(),
+                    message: message.clone(),
+                })
+            }
+            Some(message) => tracing::warn!(
+                probe = spec.name,
+                hook = %spec.hook.describe(),
+                error = %message,
+                lost = spec.loses,
+                "probe not attached; continuing without it"
+            ),
+        }
+    }
+    Ok(Loaded { ebpf, probes })
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(spec.name)
+        .ok_or_else(|| "program missing from the eBPF object".to_owned())?;
+    let chain = |e: &dyn std::error::Error| {
+        let mut msg = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        msg
+    };
+    match spec.hook {
+        Hook::RawTracepoint(tp) => {
+            let p: &mut RawTracePoint = program.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(tp).map_err(|e| chain(&e))?;
+        }
+        Hook::Tracepoint(category, name) => {
+            let p: &mut TracePoint = program.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(category, name).map_err(|e| chain(&e))?;
+        }
+    }
+    Ok(())
+}

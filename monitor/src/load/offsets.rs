@@ -1,0 +1,197 @@
+//! Resolving [`KernelOffsets`] from the running kernel's BTF.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use monitor_common::offsets::{KernelOffsets, OFFSET_MISSING};
+
+/// Where the kernel exposes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("cannot read kernel BTF at {path}: {message} (the monitor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
+    NoBtf { path: String, message: String },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel struct {strukt} has no member {member} (tried {tried})")]
+    NoMember {
+        strukt: String,
+        member: String,
+        tried: String,
+    },
+    #[error("kernel struct {strukt} member {member} is a bit field")]
+    BitField { strukt: String, member: String },
+}
+
+/// Reads the offsets from the BTF file at `path`.
+pub fn from_file(path: &Path) -> Result<KernelOffsets, OffsetError> {
+    let btf = Btf::from_file(path).map_err(|e| OffsetError::NoBtf {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    resolve(&btf)
+}
+
+/// Resolves every member the eBPF programs read.
+pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
+    let r = Resolver { btf };
+    Ok(KernelOffsets {
+        task_struct_pid: r.member("task_struct", &["pid"])?,
+        task_struct_tgid: r.member("task_struct", &["tgid"])?,
+        task_struct_real_parent: r.member("task_struct", &["real_parent"])?,
+        task_struct_group_leader: r.member("task_struct", &["group_leader"])?,
+        task_struct_mm: r.member("task_struct", &["mm"])?,
+        task_struct_fs: r.member("task_struct", &["fs"])?,
+        task_struct_files: r.member("task_struct", &["files"])?,
+        task_struct_cred: r.member("task_struct", &["cred"])?,
+        task_struct_exit_code: r.member("task_struct", &["exit_code"])?,
+        task_struct_signal: r.member("task_struct", &["signal"])?,
+        // Renamed in Linux 5.5 (commit cf25e24db61c).
+        task_struct_start_boottime: r
+            .member("task_struct", &["start_boottime", "real_start_time"])?,
+        task_struct_comm: r.member("task_struct", &["comm"])?,
+        task_struct_loginuid: r.optional("task_struct", "loginuid")?,
+        signal_struct_live: r.member("signal_struct", &["live"])?,
+        mm_struct_arg_start: r.member("mm_struct", &["arg_start"])?,
+        mm_struct_arg_end: r.member("mm_struct", &["arg_end"])?,
+        mm_struct_exe_file: r.member("mm_struct", &["exe_file"])?,
+        file_f_path: r.member("file", &["f_path"])?,
+        file_f_inode: r.member("file", &["f_inode"])?,
+        path_mnt: r.member("path", &["mnt"])?,
+        path_dentry: r.member("path", &["dentry"])?,
+        dentry_d_parent: r.member("dentry", &["d_parent"])?,
+        dentry_d_name: r.member("dentry", &["d_name"])?,
+        qstr_name: r.member("qstr", &["name"])?,
+        vfsmount_mnt_root: r.member("vfsmount", &["mnt_root"])?,
+        mount_mnt: r.member("mount", &["mnt"])?,
+        mount_mnt_parent: r.member("mount", &["mnt_parent"])?,
+        mount_mnt_mountpoint: r.member("mount", &["mnt_mountpoint"])?,
+        fs_struct_pwd: r.member("fs_struct", &["pwd"])?,
+        files_struct_fdt: r.member("files_struct", &["fdt"])?,
+        fdtable_max_fds: r.member("fdtable", &["max_fds"])?,
+        fdtable_fd: r.member("fdtable", &["fd"])?,
+        inode_i_mode: r.member("inode", &["i_mode"])?,
+        inode_i_rdev: r.member("inode", &["i_rdev"])?,
+        inode_i_nlink: r.member("inode", &["i_nlink", "__i_nlink"])?,
+        cred_uid: r.member("cred", &["uid"])?,
+        cred_euid: r.member("cred", &["euid"])?,
+        cred_gid: r.member("cred", &["gid"])?,
+        cred_egid: r.member("cred", &["egid"])?,
+        _pad: 0,
+    })
+}
+
+struct Resolver<'a> {
+    btf: &'a Btf,
+}
+
+impl Resolver<'_> {
+    /// Offset of the first of `names` that `strukt` has.
+    fn member(&self, strukt: &str, names: &[&str]) -> Result<u32, OffsetError> {
+        let s = self.find_struct(strukt)?;
+        for name in names {
+            if let Some(bits) = self.search(&s, name, strukt)? {
+                return Ok(bits / 8);
+            }
+        }
+        Err(OffsetError::NoMember {
+            strukt: strukt.to_owned(),
+            member: names[0].to_owned(),
+            tried: names.join(", "),
+        })
+    }
+
+    /// Offset of `name`, or [`OFFSET_MISSING`] when this kernel lacks it.
+    fn optional(&self, strukt: &str, name: &str) -> Result<u32, OffsetError> {
+        match self.member(strukt, &[name]) {
+            Err(OffsetError::NoMember { .. }) => Ok(OFFSET_MISSING),
+            other => other,
+        }
+    }
+
+    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
+        let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| OffsetError::NoStruct(name.to_owned()))
+    }
+
+    /// Bit offset of member `name` in `s`, looking into anonymous struct
+    /// and union members as C does.
+    fn search(
+        &self,
+        s: &btf_rs::Struct,
+        name: &str,
+        strukt: &str,
+    ) -> Result<Option<u32>, OffsetError> {
+        for m in &s.members {
+            let member_name = self.btf.resolve_name(m).unwrap_or_default();
+            if member_name == name {
+                if m.bitfield_size().is_some_and(|b| b != 0) || m.bit_offset() % 8 != 0 {
+                    return Err(OffsetError::BitField {
+                        strukt: strukt.to_owned(),
+                        member: name.to_owned(),
+                    });
+                }
+                return Ok(Some(m.bit_offset()));
+            }
+            if member_name.is_empty() {
+                if let Some(inner) = self.aggregate(m) {
+                    if let Some(bits) = self.search(&inner, name, strukt)? {
+                        return Ok(Some(m.bit_offset() + bits));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The struct or union a member's type is, through typedefs and qualifiers.
+    fn aggregate(&self, m: &btf_rs::Member) -> Option<btf_rs::Struct> {
+        let mut t = self.btf.resolve_chained_type(m).ok()?;
+        for _ in 0..8 {
+            t = match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(x) => self.btf.resolve_chained_type(&x).ok()?,
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
+                    self.btf.resolve_chained_type(&x).ok()?
+                }
+                Type::TypeTag(x) => self.btf.resolve_chained_type(&x).ok()?,
+                _ => return None,
+            };
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs against this machine's kernel BTF, which every supported kernel has.
+    #[test]
+    fn resolves_running_kernel() {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipped: {VMLINUX_BTF} is missing on this machine");
+            return;
+        }
+        let o = from_file(Path::new(VMLINUX_BTF)).expect("offsets resolve");
+        assert_ne!(o.task_struct_tgid, 0);
+        assert_eq!(o.task_struct_tgid, o.task_struct_pid + 4, "tgid follows pid");
+        assert_eq!(o.qstr_name, 8, "qstr: 8-byte hash_len then the name pointer");
+        assert_eq!(o.path_dentry, o.path_mnt + 8);
+        assert!(o.mm_struct_arg_end > o.mm_struct_arg_start);
+        assert!(o.mount_mnt > o.mount_mnt_mountpoint);
+    }
+
+    #[test]
+    fn missing_btf_is_a_clear_error() {
+        let err = from_file(Path::new("/nonexistent/vmlinux")).expect_err("no file");
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+    }
+}

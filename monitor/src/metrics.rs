@@ -1,0 +1,217 @@
+//! The export stage: Prometheus metrics and the HTTP endpoint that serves
+//! them. Names follow `edgewatch_<area>_<name>_<unit>_total`; every label
+//! value comes from a closed set.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+
+use crate::{decode::DecodeError, event::Kind, load::probes::PROBES};
+
+/// Namespace prefix of every metric.
+pub const NAMESPACE: &str = "edgewatch";
+
+/// Kernel-side counters besides ring-buffer losses: `reason` label values.
+pub const KERNEL_ERROR_REASONS: [&str; 3] = ["read", "scratch", "exec_attempt_map_full"];
+
+/// Sinks events are written to: `sink` label values.
+pub const SINKS: [&str; 2] = ["stdout", "file"];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub kernel_lost: IntCounterVec,
+    pub kernel_errors: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub process_table_entries: IntGauge,
+    pub process_table_evictions: IntCounter,
+    pub probe_attached: IntGaugeVec,
+    pub output_errors: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name, help, labels: &[&str]| {
+            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let events = counter_vec("events_total", "Events written, by kind.", &["kind"]);
+        let kernel_lost = counter_vec(
+            "kernel_events_lost_total",
+            "Events the kernel could not queue because the ring buffer was full, by kind (summed over CPUs).",
+            &["kind"],
+        );
+        let kernel_errors = counter_vec(
+            "kernel_errors_total",
+            "Errors inside the eBPF programs, by reason (summed over CPUs).",
+            &["reason"],
+        );
+        let decode_errors = counter_vec(
+            "decode_errors_total",
+            "Ring-buffer records that could not be decoded, by reason.",
+            &["reason"],
+        );
+        let output_errors = counter_vec(
+            "output_errors_total",
+            "Events that could not be written to a sink, by sink.",
+            &["sink"],
+        );
+        let process_table_entries =
+            IntGauge::with_opts(opts("process_table_entries", "Processes in the process table."))
+                .expect("valid metric");
+        registry
+            .register(Box::new(process_table_entries.clone()))
+            .expect("unique metric");
+        let process_table_evictions = IntCounter::with_opts(opts(
+            "process_table_evictions_total",
+            "Processes evicted from the full process table.",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(process_table_evictions.clone()))
+            .expect("unique metric");
+        let probe_attached = IntGaugeVec::new(
+            opts("probe_attached", "Whether each probe is attached (1) or not (0)."),
+            &["probe"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(probe_attached.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(build_info.clone())).expect("unique metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        // Every series of a closed label set exists from the start, so a
+        // rate() over it is defined before the first increment.
+        for k in Kind::ALL {
+            events.with_label_values(&[k.as_str()]);
+        }
+        for k in [Kind::Exec, Kind::ExecFailed, Kind::Fork, Kind::Exit] {
+            kernel_lost.with_label_values(&[k.as_str()]);
+        }
+        for r in KERNEL_ERROR_REASONS {
+            kernel_errors.with_label_values(&[r]);
+        }
+        for r in DecodeError::ALL {
+            decode_errors.with_label_values(&[r.as_str()]);
+        }
+        for s in SINKS {
+            output_errors.with_label_values(&[s]);
+        }
+        for p in PROBES {
+            probe_attached.with_label_values(&[p.name]).set(0);
+        }
+        Self {
+            registry,
+            events,
+            kernel_lost,
+            kernel_errors,
+            decode_errors,
+            process_table_entries,
+            process_table_evictions,
+            probe_attached,
+            output_errors,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Binds the metrics endpoint; separate from [`serve`] so a bind failure
+/// is reported before the monitor says it is ready.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    if req.method() != hyper::Method::GET {
+        *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return resp;
+    }
+    if req.uri().path() != "/metrics" {
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        *resp.body_mut() = Full::new(Bytes::from_static(b"see /metrics\n"));
+        return resp;
+    }
+    *resp.body_mut() = Full::new(Bytes::from(metrics.render()));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_prefixed_and_present() {
+        let m = Metrics::new();
+        let text = String::from_utf8(m.render()).expect("utf8");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("edgewatch_"), "{line}");
+        }
+        for name in [
+            "edgewatch_events_total{kind=\"exec\"} 0",
+            "edgewatch_kernel_events_lost_total{kind=\"exec\"} 0",
+            "edgewatch_decode_errors_total{reason=\"short\"} 0",
+            "edgewatch_process_table_entries 0",
+            "edgewatch_probe_attached{probe=\"process_sched_exec\"} 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Seeding the process table from /proc, so processes started before the
+//! monitor have the same fields as those it saw being created.
+
+use std::{
+    fs,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::Path,
+    sync::Arc,
+};
+
+use super::table::{bounded_argv, Process};
+use crate::{escape::escape, event::FdKind};
+
+/// Suffix the kernel appends to the link of a deleted executable.
+const DELETED_SUFFIX: &[u8] = b" (deleted)";
+
+/// Reads every process under `proc_root`. Processes that vanish while being
+/// read are skipped.
+pub fn scan(proc_root: &Path) -> Vec<Process> {
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(p) = read_process(&entry.path(), pid) {
+            out.push(p);
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Reads one process directory such as `/proc/1234`.
+pub fn read_process(dir: &Path, pid: u32) -> Option<Process> {
+    let stat = fs::read(dir.join("stat")).ok()?;
+    let (comm, ppid) = parse_stat(&stat)?;
+    let status = fs::read_to_string(dir.join("status")).ok()?;
+    let (uid, euid) = status_ids(&status, "Uid:")?;
+    let (gid, egid) = status_ids(&status, "Gid:")?;
+    let (exe, exe_deleted) = match fs::read_link(dir.join("exe")) {
+        Ok(link) => {
+            let raw = link.as_os_str().as_bytes();
+            match raw.strip_suffix(DELETED_SUFFIX) {
+                Some(stripped) => (Some(escape(stripped)), true),
+                None => (Some(escape(raw)), false),
+            }
+        }
+        Err(_) => (None, false),
+    };
+    let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+    let argv: Vec<String> = crate::decode::split_args(&cmdline)
+        .into_iter()
+        .map(escape)
+        .collect();
+    let cwd = fs::read_link(dir.join("cwd"))
+        .ok()
+        .map(|p| Arc::from(escape(p.as_os_str().as_bytes())));
+    let stdio = [0, 1, 2].map(|fd| fd_kind(&dir.join("fd").join(fd.to_string())));
+    Some(Process {
+        pid,
+        ppid,
+        start_boot_ns: None,
+        uid,
+        euid,
+        gid,
+        egid,
+        comm: escape(&comm),
+        exe: exe.map(Arc::from),
+        exe_deleted,
+        argv: bounded_argv(&argv),
+        cwd,
+        stdio,
+        seeded: true,
+    })
+}
+
+/// Kind of an open descriptor, from `stat` through its /proc link.
+pub fn fd_kind(link: &Path) -> FdKind {
+    match fs::metadata(link) {
+        Ok(m) => FdKind::classify(m.mode(), libc::major(m.rdev())),
+        Err(_) => FdKind::None,
+    }
+}
+
+/// Parses `comm` and `ppid` from `/proc/PID/stat`. `comm` may contain
+/// spaces and parentheses, so it spans from the first `(` to the last `)`.
+pub fn parse_stat(stat: &[u8]) -> Option<(Vec<u8>, u32)> {
+    let open = stat.iter().position(|&b| b == b'(')?;
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    if close < open {
+        return None;
+    }
+    let comm = stat[open + 1..close].to_vec();
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// Real and effective ids from a `Uid:` or `Gid:` line of `/proc/PID/status`.
+fn status_ids(status: &str, key: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut ids = line[key.len()..].split_ascii_whitespace();
+    let real = ids.next()?.parse().ok()?;
+    let effective = ids.next()?.parse().ok()?;
+    Some((real, effective))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_awkward_comm() {
+        let (comm, ppid) = parse_stat(b"42 (a) b (c)) S 7 42 42 0 -1").expect("parses");
+        assert_eq!(comm, b"a) b (c)");
+        assert_eq!(ppid, 7);
+        assert!(parse_stat(b"garbage").is_none());
+        assert!(parse_stat(b"1 )x( S 1").is_none());
+    }
+
+    #[test]
+    fn status_ids_parse() {
+        let s = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t101\t101\t101\n";
+        assert_eq!(status_ids(s, "Uid:"), Some((1000, 0)));
+        assert_eq!(status_ids(s, "Gid:"), Some((100, 101)));
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        let p = read_process(Path::new(&format!("/proc/{me}")), me).expect("own /proc entry");
+        assert_eq!(p.pid, me);
+        assert!(p.seeded);
+        let exe = std::env::current_exe().expect("current exe");
+        assert_eq!(p.exe.as_deref(), exe.to_str());
+        assert_eq!(p.uid, unsafe { libc::getuid() });
+    }
+
+    #[test]
+    fn scan_finds_init_and_self() {
+        let all = scan(Path::new("/proc"));
+        assert!(all.iter().any(|p| p.pid == 1));
+        assert!(all.iter().any(|p| p.pid == std::process::id()));
+    }
+}
