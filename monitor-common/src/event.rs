@@ -173,3 +173,44 @@ pub mod counter {
     /// Number of counters.
     pub const COUNT: u32 = 16;
 }
+
+#[cfg(test)]
+mod tests {
+    use core::mem::offset_of;
+
+    use super::*;
+
+    /// The decoder reads `kind` and `size` before it knows the record type.
+    #[test]
+    fn header_fields_are_where_the_decoder_reads_them() {
+        assert_eq!(offset_of!(EventHeader, kind), 0);
+        assert_eq!(offset_of!(EventHeader, size), 4);
+        assert_eq!(offset_of!(EventHeader, ts_boot_ns), 8);
+        assert_eq!(offset_of!(ExecEvent, header), 0);
+        assert_eq!(offset_of!(ExecFailedEvent, header), 0);
+        assert_eq!(offset_of!(ForkEvent, header), 0);
+        assert_eq!(offset_of!(ExitEvent, header), 0);
+    }
+
+    /// Variable data follows the fixed part, so every fixed part must keep
+    /// 8-byte alignment and the length fields must sit where the kernel
+    /// writes them.
+    #[test]
+    fn fixed_parts_keep_alignment_and_length_fields() {
+        for size in [
+            size_of::<ExecEvent>(),
+            size_of::<ExecFailedEvent>(),
+            size_of::<ForkEvent>(),
+            size_of::<ExitEvent>(),
+        ] {
+            assert_eq!(size % 8, 0);
+        }
+        assert_eq!(offset_of!(ExecEvent, task), 24);
+        assert_eq!(offset_of!(ExecEvent, stdio), 88);
+        assert_eq!(offset_of!(ExecEvent, exe_len), 116);
+        assert_eq!(offset_of!(ExecEvent, argv_len), 120);
+        assert_eq!(offset_of!(ExecFailedEvent, filename_len), 100);
+        assert_eq!(offset_of!(ExitEvent, exit_code), 80);
+        assert_eq!(offset_of!(TaskInfo, comm), 40);
+    }
+}

@@ -108,3 +108,16 @@ impl KernelOffsets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_is_all_zero_and_has_no_padding() {
+        let z = KernelOffsets::zeroed();
+        // SAFETY: plain u32 fields, size asserted above.
+        let words: [u32; 40] = unsafe { core::mem::transmute(z) };
+        assert!(words.iter().all(|&w| w == 0));
+    }
+}

@@ -4,9 +4,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
-    generated::{bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str},
-    bpf_probe_read_kernel,
+    bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_kernel,
+    generated::{
+        bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
+    },
 };
 use monitor_common::{
     event::{counter, StdioFd, TaskInfo},
@@ -260,7 +261,11 @@ pub fn copy_user_str(buf: *mut u8, start: usize, src: u64, max: usize) -> Option
     let max = max & (SCRATCH_HALF - 1);
     // SAFETY: offset and length are both masked below SCRATCH_HALF.
     let n = unsafe { bpf_probe_read_user_str(at(buf, start).cast(), max as u32, src as *const _) };
-    if n > 0 { Some(n as usize) } else { None }
+    if n > 0 {
+        Some(n as usize)
+    } else {
+        None
+    }
 }
 
 /// Sends the first `len` bytes of a scratch slot as one record, counting a

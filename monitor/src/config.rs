@@ -11,7 +11,7 @@ use crate::event::Kind;
 /// The embedded default configuration, printed by `monitor config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub output: OutputConfig,
@@ -111,17 +111,6 @@ impl Default for ProcessTableConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            output: OutputConfig::default(),
-            metrics: MetricsConfig::default(),
-            kernel: KernelConfig::default(),
-            process_table: ProcessTableConfig::default(),
-        }
-    }
-}
-
 /// A configuration that could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -195,7 +184,10 @@ impl Config {
             return Err(invalid(
                 src,
                 cap.span().start,
-                &format!("process_table.capacity must be at least 64, not {}", cap.get_ref()),
+                &format!(
+                    "process_table.capacity must be at least 64, not {}",
+                    cap.get_ref()
+                ),
             ));
         }
         Ok(())
@@ -235,7 +227,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Source { name: "test.toml", text })
+        Config::parse(Source {
+            name: "test.toml",
+            text,
+        })
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! `monitor run`: wires the stages together (load, read, decode, enrich,
 //! output, export) and runs them until SIGINT or SIGTERM.
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{PerCpuArray, RingBuf};
 use monitor_common::limits::{MAP_COUNTERS, MAP_PROC_EVENTS};
-use tokio::{signal::unix::{signal, SignalKind}, sync::{mpsc, watch}};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
 
 use crate::{
     config::Config,
@@ -52,11 +58,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let metrics = Metrics::new();
     let listener = if config.metrics.enabled {
         let addr = config.metrics.listen;
-        Some(metrics::bind(addr).await.map_err(|source| RunError::Metrics { addr, source })?)
+        Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| RunError::Metrics { addr, source })?,
+        )
     } else {
         None
     };
-    let mut output = Output::new(config.output.stdout, config.output.file.as_deref(), metrics.clone())?;
+    let mut output = Output::new(
+        config.output.stdout,
+        config.output.file.as_deref(),
+        metrics.clone(),
+    )?;
 
     let mut loaded = load::load(&config)?;
     for status in &loaded.probes {
@@ -65,8 +79,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .with_label_values(&[status.spec.name])
             .set(i64::from(status.attached()));
     }
-    let ring = take_map(&mut loaded.ebpf, MAP_PROC_EVENTS, |m| RingBuf::try_from(m))?;
-    let counters = take_map(&mut loaded.ebpf, MAP_COUNTERS, |m| PerCpuArray::<_, u64>::try_from(m))?;
+    let ring = take_map(&mut loaded.ebpf, MAP_PROC_EVENTS, RingBuf::try_from)?;
+    let counters = take_map(&mut loaded.ebpf, MAP_COUNTERS, |m| {
+        PerCpuArray::<_, u64>::try_from(m)
+    })?;
     let mut ebpf_logger = aya_log::EbpfLogger::init(&mut loaded.ebpf).ok();
 
     // Seed after attaching: a process created in between is both seeded
@@ -91,16 +107,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(CHANNEL_BATCHES);
     let reader = tokio::spawn(read::run(ring, tx, metrics.clone(), shutdown_rx.clone()));
     let shared_metrics = Arc::new(metrics.clone());
-    let server = listener.map(|l| tokio::spawn(metrics::serve(l, shared_metrics)));
 
     let attached = loaded.probes.iter().filter(|p| p.attached()).count();
+    let metrics_addr = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or_else(|| "disabled".to_owned(), |a| a.to_string());
     tracing::info!(
         attached,
         probes = loaded.probes.len(),
         processes = enricher.table.stats().entries,
-        metrics = %config.metrics.listen,
+        metrics = %metrics_addr,
         "monitor ready"
     );
+    let server = listener.map(|l| tokio::spawn(metrics::serve(l, shared_metrics)));
 
     let mut kernel_counters = KernelCounters::new(counters);
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -99,18 +99,36 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let rest = &bytes[size_of::<ExecEvent>()..];
             let [exe, cwd, argv] = split_parts(
                 rest,
-                [fixed.exe_len as usize, fixed.cwd_len as usize, fixed.argv_len as usize],
+                [
+                    fixed.exe_len as usize,
+                    fixed.cwd_len as usize,
+                    fixed.argv_len as usize,
+                ],
             )?;
-            Ok(KernelEvent::Exec { fixed, exe, cwd, argv })
+            Ok(KernelEvent::Exec {
+                fixed,
+                exe,
+                cwd,
+                argv,
+            })
         }
         KIND_EXEC_FAILED => {
             let fixed: ExecFailedEvent = read_fixed(bytes)?;
             let rest = &bytes[size_of::<ExecFailedEvent>()..];
             let [filename, cwd, argv] = split_parts(
                 rest,
-                [fixed.filename_len as usize, fixed.cwd_len as usize, fixed.argv_len as usize],
+                [
+                    fixed.filename_len as usize,
+                    fixed.cwd_len as usize,
+                    fixed.argv_len as usize,
+                ],
             )?;
-            Ok(KernelEvent::ExecFailed { fixed, filename, cwd, argv })
+            Ok(KernelEvent::ExecFailed {
+                fixed,
+                filename,
+                cwd,
+                argv,
+            })
         }
         KIND_FORK => Ok(KernelEvent::Fork(read_fixed(bytes)?)),
         KIND_EXIT => Ok(KernelEvent::Exit(read_fixed(bytes)?)),
@@ -121,10 +139,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 /// Rebuilds a path from components sent leaf first, each NUL-terminated.
 /// No components means the root.
 pub fn path_from_components(raw: &[u8]) -> Vec<u8> {
-    let mut parts: Vec<&[u8]> = raw
-        .split(|&b| b == 0)
-        .filter(|c| !c.is_empty())
-        .collect();
+    let mut parts: Vec<&[u8]> = raw.split(|&b| b == 0).filter(|c| !c.is_empty()).collect();
     parts.reverse();
     let mut out = Vec::with_capacity(raw.len() + 1);
     for part in parts {
@@ -179,8 +194,14 @@ pub(crate) mod tests {
                 comm: *b"echo\0\0\0\0\0\0\0\0\0\0\0\0",
             },
             stdio: [
-                StdioFd { mode: 0o020620, rdev: 136 << 20 },
-                StdioFd { mode: 0o010600, rdev: 0 },
+                StdioFd {
+                    mode: 0o020620,
+                    rdev: 136 << 20,
+                },
+                StdioFd {
+                    mode: 0o010600,
+                    rdev: 0,
+                },
                 StdioFd { mode: 0, rdev: 0 },
             ],
             exe_len: exe.len() as u16,
@@ -206,7 +227,13 @@ pub(crate) mod tests {
     #[test]
     fn decodes_exec_with_variable_parts() {
         let rec = exec_record(42, b"echo\0bin\0usr\0", b"tmp\0", b"/bin/echo\0x y\0z\0");
-        let KernelEvent::Exec { fixed, exe, cwd, argv } = decode(&rec).expect("decodes") else {
+        let KernelEvent::Exec {
+            fixed,
+            exe,
+            cwd,
+            argv,
+        } = decode(&rec).expect("decodes")
+        else {
             panic!("not an exec");
         };
         assert_eq!(fixed.header.pid, 42);

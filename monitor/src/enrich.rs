@@ -191,13 +191,14 @@ impl Enricher {
                     .table
                     .exit(task.pid, now)
                     .and_then(|p| p.exe.as_deref().map(str::to_owned));
-                let (exit_code, signal, core_dumped) = match Termination::from_wait_status(x.exit_code) {
-                    Termination::Exited { code } => (Some(code), None, false),
-                    Termination::Signaled {
-                        signal,
-                        core_dumped,
-                    } => (None, Some(signal), core_dumped),
-                };
+                let (exit_code, signal, core_dumped) =
+                    match Termination::from_wait_status(x.exit_code) {
+                        Termination::Exited { code } => (Some(code), None, false),
+                        Termination::Signaled {
+                            signal,
+                            core_dumped,
+                        } => (None, Some(signal), core_dumped),
+                    };
                 let start = x.task.start_boot_ns;
                 Event::Exit(ExitRecord {
                     ts: self.clock.rfc3339(h.ts_boot_ns),
@@ -257,7 +258,9 @@ mod tests {
         let mut e = Enricher::new(table);
         let rec = exec_record(42, b"echo\0bin\0usr\0", b"tmp\0", b"/bin/echo\0x y\0z\0");
         let ev = e.apply(decode(&rec).expect("decodes"), Instant::now());
-        let Event::Exec(x) = ev else { panic!("not exec") };
+        let Event::Exec(x) = ev else {
+            panic!("not exec")
+        };
         assert_eq!(x.exe, "/usr/bin/echo");
         assert_eq!(x.argv, vec!["/bin/echo", "x y", "z"]);
         assert_eq!(x.cwd, "/tmp");
@@ -265,7 +268,10 @@ mod tests {
         assert_eq!(x.stdio, [FdKind::Tty, FdKind::Pipe, FdKind::None]);
         assert_eq!(x.ancestry.first().map(|a| a.pid), Some(1));
         assert_eq!(x.task.auid, None);
-        assert_eq!(e.table.get(42).and_then(|p| p.exe.as_deref()), Some("/usr/bin/echo"));
+        assert_eq!(
+            e.table.get(42).and_then(|p| p.exe.as_deref()),
+            Some("/usr/bin/echo")
+        );
         let json = serde_json::to_value(Event::Exec(x)).expect("json");
         assert_eq!(json["kind"], "exec");
         assert_eq!(json["ppid"], 1);

@@ -29,8 +29,7 @@ pub fn escape(bytes: &[u8]) -> String {
             }
         };
         let after_valid = &rest[valid.len()..];
-        let mut chars = valid.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
+        for (i, c) in valid.char_indices() {
             if c == '\\' {
                 let next = valid.as_bytes().get(i + 1).copied();
                 let escaped_next = next.is_none() && invalid > 0;
@@ -63,7 +62,9 @@ pub fn unescape(text: &str) -> Vec<u8> {
                 continue;
             }
             if b.get(i + 1) == Some(&b'x') {
-                let hex = b.get(i + 2..i + 4).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = b
+                    .get(i + 2..i + 4)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     out.push(v);
                     i += 4;

@@ -259,15 +259,27 @@ mod tests {
 
     #[test]
     fn wait_status_decoding() {
-        assert_eq!(Termination::from_wait_status(0), Termination::Exited { code: 0 });
-        assert_eq!(Termination::from_wait_status(3 << 8), Termination::Exited { code: 3 });
+        assert_eq!(
+            Termination::from_wait_status(0),
+            Termination::Exited { code: 0 }
+        );
+        assert_eq!(
+            Termination::from_wait_status(3 << 8),
+            Termination::Exited { code: 3 }
+        );
         assert_eq!(
             Termination::from_wait_status(9),
-            Termination::Signaled { signal: 9, core_dumped: false }
+            Termination::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
         );
         assert_eq!(
             Termination::from_wait_status(0x80 | 11),
-            Termination::Signaled { signal: 11, core_dumped: true }
+            Termination::Signaled {
+                signal: 11,
+                core_dumped: true
+            }
         );
     }
 

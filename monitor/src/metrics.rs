@@ -7,7 +7,9 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tokio::net::TcpListener;
 
 use crate::{decode::DecodeError, event::Kind, load::probes::PROBES};
@@ -43,7 +45,9 @@ impl Metrics {
         let registry = Registry::new();
         let counter_vec = |name, help, labels: &[&str]| {
             let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let events = counter_vec("events_total", "Events written, by kind.", &["kind"]);
@@ -67,9 +71,11 @@ impl Metrics {
             "Events that could not be written to a sink, by sink.",
             &["sink"],
         );
-        let process_table_entries =
-            IntGauge::with_opts(opts("process_table_entries", "Processes in the process table."))
-                .expect("valid metric");
+        let process_table_entries = IntGauge::with_opts(opts(
+            "process_table_entries",
+            "Processes in the process table.",
+        ))
+        .expect("valid metric");
         registry
             .register(Box::new(process_table_entries.clone()))
             .expect("unique metric");
@@ -82,7 +88,10 @@ impl Metrics {
             .register(Box::new(process_table_evictions.clone()))
             .expect("unique metric");
         let probe_attached = IntGaugeVec::new(
-            opts("probe_attached", "Whether each probe is attached (1) or not (0)."),
+            opts(
+                "probe_attached",
+                "Whether each probe is attached (1) or not (0).",
+            ),
             &["probe"],
         )
         .expect("valid metric");
@@ -94,8 +103,12 @@ impl Metrics {
             &["version"],
         )
         .expect("valid metric");
-        registry.register(Box::new(build_info.clone())).expect("unique metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         // Every series of a closed label set exists from the start, so a
         // rate() over it is defined before the first increment.

@@ -71,7 +71,10 @@ impl Output {
             let result = sink.writer.write_all(&line);
             Self::account(&self.metrics, sink, result);
         }
-        self.metrics.events.with_label_values(&[event.kind().as_str()]).inc();
+        self.metrics
+            .events
+            .with_label_values(&[event.kind().as_str()])
+            .inc();
     }
 
     /// Flushes buffered lines, at the end of each batch.

@@ -38,7 +38,11 @@ pub async fn run(
                 Ok(ev) => batch.push(ev),
                 Err(e) => {
                     metrics.decode_errors.with_label_values(&[e.as_str()]).inc();
-                    tracing::warn!(reason = e.as_str(), len = item.len(), "undecodable ring-buffer record dropped");
+                    tracing::warn!(
+                        reason = e.as_str(),
+                        len = item.len(),
+                        "undecodable ring-buffer record dropped"
+                    );
                 }
             }
             if batch.len() >= BATCH {
@@ -82,8 +86,15 @@ impl KernelCounters {
         for (index, kind) in lost {
             let delta = self.delta(counter::LOST_BASE + index);
             if delta > 0 {
-                metrics.kernel_lost.with_label_values(&[kind.as_str()]).inc_by(delta);
-                tracing::error!(kind = kind.as_str(), lost = delta, "ring buffer full: events lost in the kernel");
+                metrics
+                    .kernel_lost
+                    .with_label_values(&[kind.as_str()])
+                    .inc_by(delta);
+                tracing::error!(
+                    kind = kind.as_str(),
+                    lost = delta,
+                    "ring buffer full: events lost in the kernel"
+                );
             }
         }
         let errors = [
@@ -94,7 +105,10 @@ impl KernelCounters {
         for (index, reason) in errors {
             let delta = self.delta(index);
             if delta > 0 {
-                metrics.kernel_errors.with_label_values(&[reason]).inc_by(delta);
+                metrics
+                    .kernel_errors
+                    .with_label_values(&[reason])
+                    .inc_by(delta);
             }
         }
     }

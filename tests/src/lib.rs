@@ -1,1 +1,339 @@
+//! Harness for the root-level kernel tests: starts the real monitor binary
+//! with a test configuration, collects the JSON lines it writes, and lets a
+//! test wait for the event its trigger must produce.
+//!
+//! The tests need root. Without it each test prints why it skipped and
+//! passes; `cargo xtask test` runs them as root.
 
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long a test waits for an event before it fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The monitor binary under test: `EDGEWATCH_MONITOR`, else the release
+/// build in this workspace's target directory.
+pub fn monitor_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGEWATCH_MONITOR") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = root.join("../target/release/monitor");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --release -p monitor` or run `cargo xtask test`",
+        bin.display()
+    );
+    bin
+}
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn is_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped {test}: the kernel tests need root (run `cargo xtask test` as root)");
+    }
+    root
+}
+
+#[derive(Default)]
+struct Seen {
+    events: Vec<Value>,
+    stderr: Vec<String>,
+    ready: Option<String>,
+    closed: bool,
+}
+
+/// A running monitor.
+pub struct Monitor {
+    child: Child,
+    seen: Arc<(Mutex<Seen>, Condvar)>,
+    pub metrics_addr: String,
+    _config: tempfile_path::TempPath,
+}
+
+mod tempfile_path {
+    use std::path::{Path, PathBuf};
+
+    /// A file removed when dropped.
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn write(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "edgewatch-test-{}-{}-{name}",
+                std::process::id(),
+                super::unique()
+            ));
+            std::fs::write(&path, text).expect("write temp file");
+            Self(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+pub use tempfile_path::TempPath;
+
+/// A number unique within this test process.
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Base configuration of every test: metrics on a free loopback port.
+const BASE_CONFIG: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
+
+impl Monitor {
+    /// Starts the monitor and waits until it says it is ready.
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts the monitor with `extra` appended to the base configuration.
+    pub fn start_with(extra: &str) -> Self {
+        let config = TempPath::write("config.toml", &format!("{BASE_CONFIG}{extra}"));
+        let mut child = Command::new(monitor_bin())
+            .args(["run", "--config"])
+            .arg(config.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn monitor");
+        let seen: Arc<(Mutex<Seen>, Condvar)> = Arc::default();
+        let stdout = child.stdout.take().expect("stdout");
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("monitor wrote a line that is not JSON ({e}): {line}")
+                });
+                let (m, c) = &*s;
+                m.lock().expect("lock").events.push(v);
+                c.notify_all();
+            }
+            let (m, c) = &*s;
+            m.lock().expect("lock").closed = true;
+            c.notify_all();
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (m, c) = &*s;
+                let mut g = m.lock().expect("lock");
+                if line.contains("monitor ready") {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix("metrics="))
+                        .unwrap_or_default()
+                        .to_owned();
+                    g.ready = Some(addr);
+                }
+                g.stderr.push(line);
+                c.notify_all();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let metrics_addr = {
+            let (m, c) = &*seen;
+            let mut g = m.lock().expect("lock");
+            loop {
+                if let Some(addr) = &g.ready {
+                    break addr.clone();
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("monitor exited before ready ({status}): {:#?}", g.stderr);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "monitor not ready in 30 s: {:#?}",
+                    g.stderr
+                );
+                g = c
+                    .wait_timeout(g, Duration::from_millis(100))
+                    .expect("wait")
+                    .0;
+            }
+        };
+        Self {
+            child,
+            seen,
+            metrics_addr,
+            _config: config,
+        }
+    }
+
+    /// Waits for the first event matching `pred` and returns it; fails the
+    /// test with the events seen when none arrives in time.
+    pub fn expect_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_event(EVENT_TIMEOUT, pred).unwrap_or_else(|| {
+            let (m, _) = &*self.seen;
+            let g = m.lock().expect("lock");
+            let tail: Vec<String> = g.events.iter().rev().take(20).map(Value::to_string).collect();
+            panic!("no event {what} within {EVENT_TIMEOUT:?}; last events (newest first):\n{}\nstderr:\n{}",
+                tail.join("\n"), g.stderr.join("\n"))
+        })
+    }
+
+    /// Waits up to `timeout` for an event matching `pred`.
+    pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.seen;
+        let mut g = m.lock().expect("lock");
+        loop {
+            if let Some(v) = g.events.iter().find(|v| pred(v)) {
+                return Some(v.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                return None;
+            }
+            g = c.wait_timeout(g, deadline - now).expect("wait").0;
+        }
+    }
+
+    /// All events seen so far that match `pred`.
+    pub fn events(&self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let (m, _) = &*self.seen;
+        m.lock()
+            .expect("lock")
+            .events
+            .iter()
+            .filter(|v| pred(v))
+            .cloned()
+            .collect()
+    }
+
+    /// Stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        let (m, _) = &*self.seen;
+        m.lock().expect("lock").stderr.clone()
+    }
+
+    /// The /metrics text.
+    pub fn metrics(&self) -> String {
+        http_get(&self.metrics_addr, "/metrics")
+    }
+
+    /// The value of one metric series, such as `edgewatch_events_total{kind="exec"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Stops the monitor with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "monitor did not stop within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback, returning the body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The ancestry the monitor must report for a child of this process:
+/// this process, then its ancestors, as /proc shows them, up to pid 1.
+pub fn expected_ancestry_of_child() -> Vec<Value> {
+    let mut chain = Vec::new();
+    let mut pid = std::process::id();
+    while pid != 0 {
+        // The monitor reports a deleted executable's path without the
+        // " (deleted)" suffix of the /proc link, and flags it instead.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| {
+                let p = p.to_string_lossy();
+                p.strip_suffix(" (deleted)").unwrap_or(&p).to_owned()
+            });
+        chain.push(serde_json::json!({ "pid": pid, "exe": exe }));
+        if pid == 1 {
+            break;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let after = &stat[stat.rfind(')').expect("comm end") + 2..];
+        pid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("ppid");
+    }
+    chain
+}
+
+/// Field accessors that read well in assertions.
+pub trait EventExt {
+    fn kind(&self) -> &str;
+    fn pid(&self) -> u64;
+    fn argv(&self) -> Vec<String>;
+}
+
+impl EventExt for Value {
+    fn kind(&self) -> &str {
+        self["kind"].as_str().unwrap_or_default()
+    }
+    fn pid(&self) -> u64 {
+        self["pid"].as_u64().unwrap_or_default()
+    }
+    fn argv(&self) -> Vec<String> {
+        self["argv"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| s.as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

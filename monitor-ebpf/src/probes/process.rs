@@ -17,8 +17,8 @@ use monitor_common::{
     event::{
         counter, EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent,
         EXEC_ARGV_TRUNCATED, EXEC_ARGV_UNREADABLE, EXEC_CWD_TRUNCATED, EXEC_EXE_TRUNCATED,
-        EXEC_FILENAME_TRUNCATED, KIND_EXEC, KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK,
-        SYSCALL_EXECVE, SYSCALL_EXECVEAT,
+        EXEC_FILENAME_TRUNCATED, KIND_EXEC, KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK, SYSCALL_EXECVE,
+        SYSCALL_EXECVEAT,
     },
     limits::{ARGV_MAX, FAILED_ARGC_MAX, FAILED_ARG_MAX, PATH_MAX},
 };
@@ -52,7 +52,10 @@ fn header(kind: u32, size: u32, pid: u32, tid: u32) -> EventHeader {
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn process_sched_exec(ctx: RawTracePointContext) -> i32 {
     if try_exec(&ctx).is_err() {
-        debug!(&ctx, "process_sched_exec: kernel read failed; record dropped");
+        debug!(
+            &ctx,
+            "process_sched_exec: kernel read failed; record dropped"
+        );
     }
     0
 }
@@ -110,7 +113,12 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), ReadError> {
         flags |= EXEC_ARGV_UNREADABLE;
     }
     ev.flags = flags;
-    ev.header = header(KIND_EXEC, cursor as u32, (pid_tgid >> 32) as u32, pid_tgid as u32);
+    ev.header = header(
+        KIND_EXEC,
+        cursor as u32,
+        (pid_tgid >> 32) as u32,
+        pid_tgid as u32,
+    );
     emit(buf, cursor, KIND_EXEC);
     Ok(())
 }
@@ -120,7 +128,10 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), ReadError> {
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn process_sched_fork(ctx: RawTracePointContext) -> i32 {
     if try_fork(&ctx).is_err() {
-        debug!(&ctx, "process_sched_fork: kernel read failed; record dropped");
+        debug!(
+            &ctx,
+            "process_sched_fork: kernel read failed; record dropped"
+        );
     }
     0
 }
@@ -137,7 +148,12 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadError> {
     }
     let mut ev = ForkEvent::default();
     task_info(child, &mut ev.task)?;
-    ev.header = header(KIND_FORK, core::mem::size_of::<ForkEvent>() as u32, tgid, pid);
+    ev.header = header(
+        KIND_FORK,
+        core::mem::size_of::<ForkEvent>() as u32,
+        tgid,
+        pid,
+    );
     if PROC_EVENTS.output::<ForkEvent>(&ev, 0).is_err() {
         count(counter::LOST_BASE + KIND_FORK);
     }
@@ -150,7 +166,10 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadError> {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn process_sched_exit(ctx: RawTracePointContext) -> i32 {
     if try_exit(&ctx).is_err() {
-        debug!(&ctx, "process_sched_exit: kernel read failed; record dropped");
+        debug!(
+            &ctx,
+            "process_sched_exit: kernel read failed; record dropped"
+        );
     }
     0
 }
@@ -170,7 +189,12 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), ReadError> {
     let mut ev = ExitEvent::default();
     task_info(task, &mut ev.task)?;
     ev.exit_code = read(task, off!(task_struct_exit_code))?;
-    ev.header = header(KIND_EXIT, core::mem::size_of::<ExitEvent>() as u32, tgid, pid);
+    ev.header = header(
+        KIND_EXIT,
+        core::mem::size_of::<ExitEvent>() as u32,
+        tgid,
+        pid,
+    );
     if PROC_EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
         count(counter::LOST_BASE + KIND_EXIT);
     }
@@ -227,7 +251,10 @@ pub fn process_sys_enter_execveat(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_execve")]
 pub fn process_sys_exit_execve(ctx: TracePointContext) -> i32 {
     if try_exec_exit(&ctx).is_err() {
-        debug!(&ctx, "process_sys_exit_execve*: kernel read failed; record dropped");
+        debug!(
+            &ctx,
+            "process_sys_exit_execve*: kernel read failed; record dropped"
+        );
     }
     0
 }
@@ -236,7 +263,10 @@ pub fn process_sys_exit_execve(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
 pub fn process_sys_exit_execveat(ctx: TracePointContext) -> i32 {
     if try_exec_exit(&ctx).is_err() {
-        debug!(&ctx, "process_sys_exit_execve*: kernel read failed; record dropped");
+        debug!(
+            &ctx,
+            "process_sys_exit_execve*: kernel read failed; record dropped"
+        );
     }
     0
 }
@@ -308,7 +338,12 @@ fn try_exec_exit(ctx: &TracePointContext) -> Result<(), ReadError> {
     ev.argv_len = (cursor - argv_start) as u32;
     ev.flags = flags;
     let pid_tgid = key;
-    ev.header = header(KIND_EXEC_FAILED, cursor as u32, (pid_tgid >> 32) as u32, pid_tgid as u32);
+    ev.header = header(
+        KIND_EXEC_FAILED,
+        cursor as u32,
+        (pid_tgid >> 32) as u32,
+        pid_tgid as u32,
+    );
     emit(buf, cursor, KIND_EXEC_FAILED);
     Ok(())
 }

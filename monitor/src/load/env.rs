@@ -44,7 +44,11 @@ pub fn prepare() -> Result<(), EnvError> {
     for needed in [TRACEFS, BPFFS] {
         if find_mount(&mounts, needed.fstype).is_none() {
             mount(needed.fstype, needed.default_target)?;
-            tracing::info!(fstype = needed.fstype, target = needed.default_target, "mounted");
+            tracing::info!(
+                fstype = needed.fstype,
+                target = needed.default_target,
+                "mounted"
+            );
         }
     }
     let unlimited = libc::rlimit {

@@ -77,7 +77,9 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
     for status in &probes {
         let spec = &status.spec;
         match &status.error {
-            None => tracing::debug!(probe = spec.name, hook = %spec.hook.describe(), "probe attached"),
+            None => {
+                tracing::debug!(probe = spec.name, hook = %spec.hook.describe(), "probe attached")
+            }
             Some(message) if spec.required => {
                 return Err(LoadError::Required {
                     name: spec.name,

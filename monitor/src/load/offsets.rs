@@ -182,8 +182,15 @@ mod tests {
         }
         let o = from_file(Path::new(VMLINUX_BTF)).expect("offsets resolve");
         assert_ne!(o.task_struct_tgid, 0);
-        assert_eq!(o.task_struct_tgid, o.task_struct_pid + 4, "tgid follows pid");
-        assert_eq!(o.qstr_name, 8, "qstr: 8-byte hash_len then the name pointer");
+        assert_eq!(
+            o.task_struct_tgid,
+            o.task_struct_pid + 4,
+            "tgid follows pid"
+        );
+        assert_eq!(
+            o.qstr_name, 8,
+            "qstr: 8-byte hash_len then the name pointer"
+        );
         assert_eq!(o.path_dentry, o.path_mnt + 8);
         assert!(o.mm_struct_arg_end > o.mm_struct_arg_start);
         assert!(o.mount_mnt > o.mount_mnt_mountpoint);

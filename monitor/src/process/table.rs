@@ -153,7 +153,11 @@ impl ProcessTable {
                 break;
             }
             self.exited.pop_front();
-            if self.entries.get(&pid).is_some_and(|e| e.generation == generation) {
+            if self
+                .entries
+                .get(&pid)
+                .is_some_and(|e| e.generation == generation)
+            {
                 self.entries.remove(&pid);
             }
         }
@@ -194,7 +198,11 @@ impl ProcessTable {
 
     fn pop_oldest_exited(&mut self) -> Option<u32> {
         while let Some((pid, generation, _)) = self.exited.pop_front() {
-            if self.entries.get(&pid).is_some_and(|e| e.generation == generation) {
+            if self
+                .entries
+                .get(&pid)
+                .is_some_and(|e| e.generation == generation)
+            {
                 return Some(pid);
             }
         }
@@ -203,7 +211,11 @@ impl ProcessTable {
 
     fn pop_oldest(&mut self) -> Option<u32> {
         while let Some((pid, generation)) = self.order.pop_front() {
-            if self.entries.get(&pid).is_some_and(|e| e.generation == generation) {
+            if self
+                .entries
+                .get(&pid)
+                .is_some_and(|e| e.generation == generation)
+            {
                 return Some(pid);
             }
         }
@@ -287,7 +299,10 @@ mod tests {
         let mut child = proc(11, 10, "/ignored");
         child.exe = None;
         t.fork(child);
-        assert_eq!(t.get(11).and_then(|p| p.exe.as_deref()), Some("/usr/sbin/nginx"));
+        assert_eq!(
+            t.get(11).and_then(|p| p.exe.as_deref()),
+            Some("/usr/sbin/nginx")
+        );
         t.exec(proc(11, 10, "/bin/sh"));
         assert_eq!(t.get(11).and_then(|p| p.exe.as_deref()), Some("/bin/sh"));
     }
@@ -316,7 +331,13 @@ mod tests {
         assert!(t.get(1).is_some());
         t.insert(proc(5, 1, "/d"));
         assert!(t.get(1).is_none(), "then the oldest");
-        assert_eq!(t.stats(), TableStats { entries: 3, evictions: 2 });
+        assert_eq!(
+            t.stats(),
+            TableStats {
+                entries: 3,
+                evictions: 2
+            }
+        );
     }
 
     #[test]
@@ -329,7 +350,11 @@ mod tests {
             t.expire(now);
         }
         assert!(t.stats().entries <= 64);
-        assert!(t.order.len() <= 2 * 64 + 1024 + 1, "order queue {}", t.order.len());
+        assert!(
+            t.order.len() <= 2 * 64 + 1024 + 1,
+            "order queue {}",
+            t.order.len()
+        );
         assert!(t.exited.len() <= 2 * 64, "exit queue {}", t.exited.len());
         assert!(t.stats().evictions > 0);
     }
