@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::event::Kind;
+use crate::{event::Kind, load::probes::PROBES};
 
 /// The embedded default configuration, printed by `monitor config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -41,6 +41,8 @@ pub struct MetricsConfig {
 pub struct KernelConfig {
     pub ring_buffer_bytes: Spanned<u32>,
     pub ebpf_log_level: EbpfLogLevel,
+    /// Optional probes not to attach, by name.
+    pub disabled_probes: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -98,6 +100,7 @@ impl Default for KernelConfig {
         Self {
             ring_buffer_bytes: Spanned::new(0..0, monitor_common::limits::PROC_RING_BYTES),
             ebpf_log_level: EbpfLogLevel::Warn,
+            disabled_probes: Vec::new(),
         }
     }
 }
@@ -178,6 +181,21 @@ impl Config {
                 ring.span().start,
                 &format!("kernel.ring_buffer_bytes must be a power of two and at least 4096, not {bytes}"),
             ));
+        }
+        for name in &self.kernel.disabled_probes {
+            let message = match PROBES.iter().find(|p| p.name == name.get_ref().as_str()) {
+                None => format!(
+                    "kernel.disabled_probes: unknown probe {:?}; probes are: {}",
+                    name.get_ref(),
+                    PROBES.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                ),
+                Some(p) if p.required => format!(
+                    "kernel.disabled_probes: {} is required and cannot be disabled",
+                    p.name
+                ),
+                Some(_) => continue,
+            };
+            return Err(invalid(src, name.span().start, &message));
         }
         let cap = &self.process_table.capacity;
         if *cap.get_ref() < 64 {
@@ -283,6 +301,17 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("test.toml:2:21: "), "{msg}");
         assert!(msg.contains("power of two"), "{msg}");
+    }
+
+    #[test]
+    fn disabled_probes_must_exist_and_be_optional() {
+        let ok = parse("[kernel]\ndisabled_probes = [\"process_sched_fork\"]\n").expect("valid");
+        assert_eq!(ok.kernel.disabled_probes[0].get_ref(), "process_sched_fork");
+        let err = parse("[kernel]\ndisabled_probes = [\"nope\"]\n").expect_err("unknown");
+        assert!(err.to_string().starts_with("test.toml:2:20: "), "{err}");
+        let err =
+            parse("[kernel]\ndisabled_probes = [\"process_sched_exec\"]\n").expect_err("required");
+        assert!(err.to_string().contains("required"), "{err}");
     }
 
     #[test]

@@ -266,3 +266,39 @@ fn no_events_lost_under_light_load() {
     let status = m.stop();
     assert!(status.success(), "monitor exit status {status}");
 }
+
+#[test]
+fn a_missing_optional_probe_is_said_and_the_rest_runs() {
+    if !is_root("a_missing_optional_probe_is_said_and_the_rest_runs") {
+        return;
+    }
+    let m = Monitor::start_with(
+        "[output]\nseed_events = false\n[kernel]\ndisabled_probes = [\"process_sys_exit_execve\"]\n",
+    );
+    let warning = m
+        .stderr()
+        .into_iter()
+        .find(|l| l.contains("probe not attached"))
+        .expect("a warning names the probe");
+    assert!(warning.contains("process_sys_exit_execve"), "{warning}");
+    assert!(warning.contains("failed execve attempts"), "{warning}");
+    assert_eq!(
+        m.metric("edgewatch_probe_attached{probe=\"process_sys_exit_execve\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.metric("edgewatch_probe_attached{probe=\"process_sched_exec\"}"),
+        Some(1.0)
+    );
+    let missing = format!("/nonexistent/edgewatch-{}", unique());
+    let _ = Command::new(&missing).spawn().expect_err("must not exist");
+    let mut c = Command::new("/bin/true").spawn().expect("spawn");
+    let pid = u64::from(c.id());
+    c.wait().expect("wait");
+    m.expect_event("exec still reported", |v| {
+        v.kind() == "exec" && v.pid() == pid
+    });
+    assert!(m
+        .events(|v| v.kind() == "exec_failed" && v["filename"] == missing.as_str())
+        .is_empty());
+}

@@ -1,1 +1,110 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//! - `test`: unit tests, then the root-level kernel tests against a release
+//!   build of the monitor;
+//! - `lint`: formatting and clippy, for the host crates and the eBPF crate.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "edgewatch project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run every test: unit tests (no root), then the kernel tests (root).
+    Test {
+        /// Extra arguments for the kernel test binaries, such as a test name.
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+    /// Check formatting and run clippy on every crate.
+    Lint,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn test(filter: &[String]) -> Result<()> {
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--exclude",
+        "tests",
+    ]))?;
+    run(cargo().args(["build", "--release", "-p", "monitor"]))?;
+    let monitor = workspace_root().join("target/release/monitor");
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("xtask: warning: not root, so the kernel tests will skip themselves");
+    }
+    run(cargo()
+        .args(["test", "-p", "tests", "--", "--test-threads=2"])
+        .args(filter)
+        .env("EDGEWATCH_MONITOR", monitor))
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(workspace_root().join("monitor-ebpf"))
+        .args([
+            "+nightly",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Test { filter } => test(&filter),
+        Task::Lint => lint(),
+    }
+}

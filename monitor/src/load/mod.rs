@@ -69,9 +69,20 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
         .map_err(LoadError::Object)?;
     let probes = PROBES
         .iter()
-        .map(|spec| ProbeStatus {
-            spec: *spec,
-            error: attach(&mut ebpf, spec).err(),
+        .map(|spec| {
+            let disabled = config
+                .kernel
+                .disabled_probes
+                .iter()
+                .any(|d| d.get_ref() == spec.name);
+            ProbeStatus {
+                spec: *spec,
+                error: if disabled {
+                    Some("disabled by configuration".to_owned())
+                } else {
+                    attach(&mut ebpf, spec).err()
+                },
+            }
         })
         .collect::<Vec<_>>();
     for status in &probes {
