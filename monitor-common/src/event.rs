@@ -15,8 +15,24 @@ pub const KIND_EXEC_FAILED: u32 = 2;
 pub const KIND_FORK: u32 = 3;
 /// `EventHeader::kind` of a whole process ending ([`ExitEvent`]).
 pub const KIND_EXIT: u32 = 4;
+/// `EventHeader::kind` of an outbound TCP connect attempt ([`NetEvent`]).
+pub const KIND_NET_CONNECT: u32 = 5;
+/// `EventHeader::kind` of the outcome of a TCP connect ([`NetEvent`], `errno`).
+pub const KIND_NET_CONNECT_RESULT: u32 = 6;
+/// `EventHeader::kind` of a TCP socket starting to listen ([`NetEvent`]).
+pub const KIND_NET_LISTEN: u32 = 7;
+/// `EventHeader::kind` of an accepted TCP connection ([`NetEvent`]).
+pub const KIND_NET_ACCEPT: u32 = 8;
+/// `EventHeader::kind` of a successful `bind` ([`NetEvent`]).
+pub const KIND_NET_BIND: u32 = 9;
+/// `EventHeader::kind` of a TCP connection or listener closing ([`NetEvent`]).
+pub const KIND_NET_CLOSE: u32 = 10;
+/// `EventHeader::kind` of the first packet between a UDP socket and a peer.
+pub const KIND_NET_UDP_FLOW: u32 = 11;
+/// `EventHeader::kind` of an inet UDP socket being released ([`NetEvent`]).
+pub const KIND_NET_RELEASE: u32 = 12;
 /// One past the largest kind; sizes the per-kind loss counters.
-pub const KIND_COUNT: u32 = 5;
+pub const KIND_COUNT: u32 = 13;
 
 /// Fixed header of every record.
 #[repr(C)]
@@ -159,19 +175,112 @@ pub struct ExitEvent {
 }
 assert_size!(ExitEvent, 88);
 
+/// `NetEvent::proto` for TCP.
+pub const PROTO_TCP: u8 = 6;
+/// `NetEvent::proto` for UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// One socket event. Addresses are 16 bytes in network order; IPv4
+/// addresses are stored v4-mapped (`::ffff:a.b.c.d`). Ports are host order.
+/// `header.pid` is the owning process (0 when unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEvent {
+    pub header: EventHeader,
+    /// Socket cookie (`bpf_get_socket_cookie`), stable for the socket's life.
+    pub cookie: u64,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// TCP state before and after, for state-change events. For
+    /// `KIND_NET_UDP_FLOW`, `new_state` is 1 when the first packet was sent
+    /// and 0 when it was received.
+    pub old_state: u8,
+    pub new_state: u8,
+    pub _pad0: u8,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Positive errno of a failed connect, 0 otherwise.
+    pub errno: i32,
+    /// First packet seen on the flow, boot ns (0 when none was counted).
+    pub first_ns: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub pkts_out: u64,
+    pub pkts_in: u64,
+    /// `comm` of the owner.
+    pub comm: [u8; 16],
+}
+assert_size!(NetEvent, 136);
+
+/// Owner of a socket, by cookie, as the kernel learnt it (creation,
+/// connect, listen, accept, bind). Userspace seeds it for sockets that
+/// existed before the monitor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    pub tgid: u32,
+    pub pid: u32,
+    pub netns: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+assert_size!(SockOwner, 32);
+
+/// Key of the per-flow counters: a socket and one peer. TCP sockets have
+/// one peer; a UDP socket has one entry per peer it exchanges packets with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub cookie: u64,
+    pub peer_addr: [u8; 16],
+    pub peer_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 5],
+}
+assert_size!(FlowKey, 32);
+
+/// Per-flow counters, kept by the `cgroup_skb` programs at line rate.
+/// Bytes are transport payload bytes (headers excluded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub local_addr: [u8; 16],
+    pub local_port: u16,
+    pub _pad: [u8; 6],
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub pkts_out: u64,
+    pub pkts_in: u64,
+}
+assert_size!(FlowStats, 72);
+
 /// Indices into the per-CPU `COUNTERS` array. Indices below [`KIND_COUNT`]
 /// count records of that kind the ring buffer had no room for.
 pub mod counter {
-    /// Records lost because the ring buffer was full, for kind `k`: index `k`.
+    /// Records lost because the ring buffer was full, for kind `k`: index
+    /// `LOST_BASE + k`, for every `k < KIND_COUNT`.
     pub const LOST_BASE: u32 = 0;
     /// A kernel memory read failed while building a record.
-    pub const READ_ERRORS: u32 = 8;
+    pub const READ_ERRORS: u32 = 13;
     /// The scratch slot could not be looked up.
-    pub const SCRATCH_ERRORS: u32 = 9;
+    pub const SCRATCH_ERRORS: u32 = 14;
     /// The exec-attempt map was full (failed exec may go unreported).
-    pub const ATTEMPT_ERRORS: u32 = 10;
+    pub const ATTEMPT_ERRORS: u32 = 15;
+    /// The socket-owner map was full: a socket's events name no process.
+    pub const SOCK_OWNER_FULL: u32 = 16;
+    /// The flow-counter map was full: a flow's bytes were not counted.
+    pub const FLOW_MAP_FULL: u32 = 17;
+    /// Packets the flow counters could not parse (not TCP/UDP, IPv6 with
+    /// extension headers, truncated headers).
+    pub const PACKETS_UNPARSED: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 24;
 }
 
 #[cfg(test)]
@@ -212,5 +321,21 @@ mod tests {
         assert_eq!(offset_of!(ExecFailedEvent, filename_len), 100);
         assert_eq!(offset_of!(ExitEvent, exit_code), 80);
         assert_eq!(offset_of!(TaskInfo, comm), 40);
+        assert_eq!(offset_of!(NetEvent, header), 0);
+        assert_eq!(size_of::<NetEvent>() % 8, 0);
+    }
+
+    #[test]
+    fn counters_do_not_overlap_loss_slots() {
+        for c in [
+            counter::READ_ERRORS,
+            counter::SCRATCH_ERRORS,
+            counter::ATTEMPT_ERRORS,
+            counter::SOCK_OWNER_FULL,
+            counter::FLOW_MAP_FULL,
+            counter::PACKETS_UNPARSED,
+        ] {
+            assert!(c >= counter::LOST_BASE + KIND_COUNT && c < counter::COUNT);
+        }
     }
 }

@@ -8,11 +8,28 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_SCRATCH: &str = "SCRATCH";
 /// Name of the map of exec attempts in flight (syscall entry to exit).
 pub const MAP_EXEC_ATTEMPTS: &str = "EXEC_ATTEMPTS";
+/// Name of the ring buffer that carries socket events.
+pub const MAP_NET_EVENTS: &str = "NET_EVENTS";
+/// Name of the map of socket owners by cookie.
+pub const MAP_SOCK_OWNERS: &str = "SOCK_OWNERS";
+/// Name of the map of per-flow counters.
+pub const MAP_FLOWS: &str = "FLOWS";
+/// Name of the map of `bind`/`accept` calls in flight.
+pub const MAP_SOCK_CALLS: &str = "SOCK_CALLS";
 /// Name of the read-only global holding kernel structure offsets.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 
 /// Default size of the process ring buffer, in bytes (power of two).
 pub const PROC_RING_BYTES: u32 = 8 << 20;
+
+/// Default size of the socket-event ring buffer, in bytes (power of two).
+pub const NET_RING_BYTES: u32 = 8 << 20;
+/// Sockets whose owner the kernel tracks at once.
+pub const SOCK_OWNERS_MAX: u32 = 65536;
+/// Flows (socket and peer) counted at once.
+pub const FLOWS_MAX: u32 = 65536;
+/// `bind`/`accept` calls in flight.
+pub const SOCK_CALLS_MAX: u32 = 4096;
 
 /// Bytes of the argument block (`argv`, NUL-separated) captured per exec.
 /// Longer argument lists are cut at this bound and flagged as truncated.

@@ -56,56 +56,33 @@ pub struct KernelOffsets {
     pub cred_euid: u32,
     pub cred_gid: u32,
     pub cred_egid: u32,
-    pub _pad: u32,
+    pub task_struct_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    pub net_ns: u32,
+    pub ns_common_inum: u32,
+    pub sock_common_skc_cookie: u32,
+    pub sock_common_skc_net: u32,
+    pub sock_common_skc_family: u32,
+    pub sock_common_skc_daddr: u32,
+    pub sock_common_skc_rcv_saddr: u32,
+    pub sock_common_skc_dport: u32,
+    pub sock_common_skc_num: u32,
+    pub sock_common_skc_v6_daddr: u32,
+    pub sock_common_skc_v6_rcv_saddr: u32,
+    pub sock_sk_err: u32,
+    pub sock_sk_protocol: u32,
+    pub sock_sk_type: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
 }
-assert_size!(KernelOffsets, 40 * 4);
+assert_size!(KernelOffsets, 57 * 4);
 
 impl KernelOffsets {
     /// All offsets zero: the value the eBPF object is built with, replaced
     /// at load time. Programs check `task_struct_tgid != 0` before running.
     pub const fn zeroed() -> Self {
-        Self {
-            task_struct_pid: 0,
-            task_struct_tgid: 0,
-            task_struct_real_parent: 0,
-            task_struct_group_leader: 0,
-            task_struct_mm: 0,
-            task_struct_fs: 0,
-            task_struct_files: 0,
-            task_struct_cred: 0,
-            task_struct_exit_code: 0,
-            task_struct_signal: 0,
-            task_struct_start_boottime: 0,
-            task_struct_comm: 0,
-            task_struct_loginuid: 0,
-            signal_struct_live: 0,
-            mm_struct_arg_start: 0,
-            mm_struct_arg_end: 0,
-            mm_struct_exe_file: 0,
-            file_f_path: 0,
-            file_f_inode: 0,
-            path_mnt: 0,
-            path_dentry: 0,
-            dentry_d_parent: 0,
-            dentry_d_name: 0,
-            qstr_name: 0,
-            vfsmount_mnt_root: 0,
-            mount_mnt: 0,
-            mount_mnt_parent: 0,
-            mount_mnt_mountpoint: 0,
-            fs_struct_pwd: 0,
-            files_struct_fdt: 0,
-            fdtable_max_fds: 0,
-            fdtable_fd: 0,
-            inode_i_mode: 0,
-            inode_i_rdev: 0,
-            inode_i_nlink: 0,
-            cred_uid: 0,
-            cred_euid: 0,
-            cred_gid: 0,
-            cred_egid: 0,
-            _pad: 0,
-        }
+        // SAFETY: every field is a `u32`, for which zero is valid.
+        unsafe { core::mem::zeroed() }
     }
 }
 
@@ -117,7 +94,7 @@ mod tests {
     fn zeroed_is_all_zero_and_has_no_padding() {
         let z = KernelOffsets::zeroed();
         // SAFETY: plain u32 fields, size asserted above.
-        let words: [u32; 40] = unsafe { core::mem::transmute(z) };
+        let words: [u32; 57] = unsafe { core::mem::transmute(z) };
         assert!(words.iter().all(|&w| w == 0));
     }
 }

@@ -5,3 +5,10 @@ use crate::offsets::KernelOffsets;
 // SAFETY: `KernelOffsets` is `#[repr(C)]`, made only of `u32` fields, with no
 // padding (checked by its size assertion), so every bit pattern is valid.
 unsafe impl aya::Pod for KernelOffsets {}
+
+// SAFETY: `#[repr(C)]` integer-only records without padding (size asserted).
+unsafe impl aya::Pod for crate::event::SockOwner {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::event::FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::event::FlowStats {}

@@ -279,3 +279,82 @@ pub fn emit(buf: *mut u8, len: usize, kind: u32) {
         count(counter::LOST_BASE + kind);
     }
 }
+
+/// `S_IFMT` and `S_IFSOCK` of `inode->i_mode`.
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+/// `AF_INET` and `AF_INET6`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Network namespace inode number of a `struct sock *`.
+#[inline(always)]
+pub fn sk_netns(sk: u64) -> Result<u32, ReadError> {
+    let net: u64 = read(sk, off!(sock_common_skc_net))?;
+    read(net, off!(net_ns) + off!(ns_common_inum))
+}
+
+/// Network namespace inode number of the current task.
+#[inline(always)]
+pub fn current_netns(task: u64) -> Result<u32, ReadError> {
+    let nsproxy: u64 = read(task, off!(task_struct_nsproxy))?;
+    if nsproxy == 0 {
+        return Ok(0);
+    }
+    let net: u64 = read(nsproxy, off!(nsproxy_net_ns))?;
+    read(net, off!(net_ns) + off!(ns_common_inum))
+}
+
+/// An IPv4 address (network order) as a v4-mapped IPv6 address.
+#[inline(always)]
+pub fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// Local and remote address and port of a `struct sock *`, addresses in
+/// the 16-byte form of `NetEvent`, ports in host order.
+#[inline(always)]
+pub fn sk_tuple(sk: u64) -> Result<([u8; 16], u16, [u8; 16], u16), ReadError> {
+    let family: u16 = read(sk, off!(sock_common_skc_family))?;
+    let (local, remote) = if family == AF_INET6 {
+        (
+            read::<[u8; 16]>(sk, off!(sock_common_skc_v6_rcv_saddr))?,
+            read::<[u8; 16]>(sk, off!(sock_common_skc_v6_daddr))?,
+        )
+    } else {
+        (
+            v4_mapped(read(sk, off!(sock_common_skc_rcv_saddr))?),
+            v4_mapped(read(sk, off!(sock_common_skc_daddr))?),
+        )
+    };
+    let dport: u16 = read(sk, off!(sock_common_skc_dport))?;
+    let num: u16 = read(sk, off!(sock_common_skc_num))?;
+    Ok((local, num, remote, u16::from_be(dport)))
+}
+
+/// The `struct sock *` behind file descriptor `fd` of `task`, when it is a
+/// socket.
+#[inline(always)]
+pub fn sock_of_fd(task: u64, fd: u64) -> Result<Option<u64>, ReadError> {
+    let files: u64 = read(task, off!(task_struct_files))?;
+    let fdt: u64 = read(files, off!(files_struct_fdt))?;
+    let max_fds: u32 = read(fdt, off!(fdtable_max_fds))?;
+    if fd >= max_fds as u64 {
+        return Ok(None);
+    }
+    let fd_array: u64 = read(fdt, off!(fdtable_fd))?;
+    let file: u64 = read(fd_array, fd * 8)?;
+    if file == 0 {
+        return Ok(None);
+    }
+    let inode: u64 = read(file, off!(file_f_inode))?;
+    let mode: u16 = read(inode, off!(inode_i_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return Ok(None);
+    }
+    let socket: u64 = read(file, off!(file_private_data))?;
+    let sk: u64 = read(socket, off!(socket_sk))?;
+    Ok((sk != 0).then_some(sk))
+}

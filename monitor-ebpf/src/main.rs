@@ -2,6 +2,9 @@
 //! under `probes`; shared kernel-reading helpers live in `kernel`.
 #![no_std]
 #![no_main]
+// Atomic adds on map values; see `probes::net::add`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod kernel;
 mod maps;

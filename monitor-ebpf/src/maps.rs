@@ -3,11 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    event::counter,
-    limits::{EXEC_ATTEMPTS_MAX, PROC_RING_BYTES, SCRATCH_BYTES},
+    event::{counter, FlowKey, FlowStats, SockOwner},
+    limits::{
+        EXEC_ATTEMPTS_MAX, FLOWS_MAX, NET_RING_BYTES, PROC_RING_BYTES, SCRATCH_BYTES,
+        SOCK_CALLS_MAX, SOCK_OWNERS_MAX,
+    },
 };
 
 /// Process events (exec, failed exec, fork, exit). Resized by userspace.
@@ -54,3 +57,28 @@ pub fn count(index: u32) {
 /// Path-walk state, per CPU (see `kernel::Walk`).
 #[map(name = "PATH_WALK")]
 pub static PATH_WALK: PerCpuArray<crate::kernel::Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket events. Separate from process events so a flood of one cannot
+/// starve the other. Resized by userspace.
+#[map(name = "NET_EVENTS")]
+pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(NET_RING_BYTES, 0);
+
+/// Owner of each TCP/UDP socket, by cookie. A plain hash map: when it is
+/// full, new sockets go unnamed and the failure is counted, rather than an
+/// LRU silently dropping the owner of a live connection.
+#[map(name = "SOCK_OWNERS")]
+pub static SOCK_OWNERS: HashMap<u64, SockOwner> = HashMap::with_max_entries(SOCK_OWNERS_MAX, 0);
+
+/// Per-flow counters (socket and peer). Entries leave at TCP close, or
+/// when userspace ends an idle or released UDP flow.
+#[map(name = "FLOWS")]
+pub static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_MAX, 0);
+
+/// `bind` calls in flight: the fd, by `pid_tgid`.
+#[map(name = "SOCK_CALLS")]
+pub static SOCK_CALLS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(SOCK_CALLS_MAX, 0);
+
+/// Packet counters' working memory (see `probes::net::PacketScratch`).
+#[map(name = "PACKET_SCRATCH")]
+pub static PACKET_SCRATCH: PerCpuArray<crate::probes::net::PacketScratch> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -18,6 +18,31 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub kernel: KernelConfig,
     pub process_table: ProcessTableConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub flow_table_capacity: usize,
+    pub flow_update_secs: u64,
+    pub udp_idle_secs: u64,
+    pub tcp_idle_secs: u64,
+    pub sweep_secs: Spanned<u64>,
+    pub seed_events: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            flow_table_capacity: 65536,
+            flow_update_secs: 30,
+            udp_idle_secs: 60,
+            tcp_idle_secs: 3600,
+            sweep_secs: Spanned::new(0..0, 5),
+            seed_events: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +222,10 @@ impl Config {
             };
             return Err(invalid(src, name.span().start, &message));
         }
+        let sweep = &self.network.sweep_secs;
+        if *sweep.get_ref() == 0 {
+            return Err(invalid(src, sweep.span().start, "network.sweep_secs must be at least 1"));
+        }
         let cap = &self.process_table.capacity;
         if *cap.get_ref() < 64 {
             return Err(invalid(
@@ -272,6 +301,13 @@ mod tests {
             embedded.process_table.exited_retention_secs,
             code.process_table.exited_retention_secs
         );
+        let (e, c) = (&embedded.network, &code.network);
+        assert_eq!(e.flow_table_capacity, c.flow_table_capacity);
+        assert_eq!(e.flow_update_secs, c.flow_update_secs);
+        assert_eq!(e.udp_idle_secs, c.udp_idle_secs);
+        assert_eq!(e.tcp_idle_secs, c.tcp_idle_secs);
+        assert_eq!(e.sweep_secs.get_ref(), c.sweep_secs.get_ref());
+        assert_eq!(e.seed_events, c.seed_events);
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! output, export) and runs them until SIGINT or SIGTERM.
 
 use std::{
+    os::unix::fs::MetadataExt as _,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use aya::maps::{PerCpuArray, RingBuf};
-use monitor_common::limits::{MAP_COUNTERS, MAP_PROC_EVENTS};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use monitor_common::limits::{
+    MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_SOCK_OWNERS,
+};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
@@ -17,17 +20,18 @@ use crate::{
     config::Config,
     decode::KernelEvent,
     enrich::Enricher,
-    event::Kind,
+    event::{Event, Kind},
     load,
     metrics::{self, Metrics},
+    net::{maps::KernelFlows, sockdiag, NetSettings, NetTracker},
     output::{self, Output},
     process::{procfs, ProcessTable},
     read::{self, KernelCounters},
 };
 
 /// Batches in flight between the read and enrich stages. When full, the
-/// reader waits and the ring buffer absorbs the burst; past that the kernel
-/// counts what it drops.
+/// readers wait and the ring buffers absorb the burst; past that the
+/// kernel counts what it drops.
 const CHANNEL_BATCHES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,33 +83,53 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             .with_label_values(&[status.spec.name])
             .set(i64::from(status.attached()));
     }
-    let ring = take_map(&mut loaded.ebpf, MAP_PROC_EVENTS, RingBuf::try_from)?;
-    let counters = take_map(&mut loaded.ebpf, MAP_COUNTERS, |m| {
-        PerCpuArray::<_, u64>::try_from(m)
-    })?;
-    let mut ebpf_logger = aya_log::EbpfLogger::init(&mut loaded.ebpf).ok();
+    let ebpf = &mut loaded.ebpf;
+    let proc_ring = take_map(ebpf, MAP_PROC_EVENTS, RingBuf::try_from)?;
+    let net_ring = take_map(ebpf, MAP_NET_EVENTS, RingBuf::try_from)?;
+    let counters = take_map(ebpf, MAP_COUNTERS, PerCpuArray::<_, u64>::try_from)?;
+    let mut kernel_flows = KernelFlows {
+        flows: take_map(ebpf, MAP_FLOWS, HashMap::<MapData, _, _>::try_from)?,
+        owners: take_map(ebpf, MAP_SOCK_OWNERS, HashMap::<MapData, _, _>::try_from)?,
+    };
+    let mut ebpf_logger = aya_log::EbpfLogger::init(ebpf).ok();
 
-    // Seed after attaching: a process created in between is both seeded
-    // and reported, never missed.
+    // Seed after attaching: a process or socket created in between is
+    // both seeded and reported, never missed.
     let table = ProcessTable::new(
         *config.process_table.capacity.get_ref(),
         Duration::from_secs(config.process_table.exited_retention_secs),
     );
-    let mut enricher = Enricher::new(table);
+    let net = &config.network;
+    let tracker = NetTracker::new(
+        net.flow_table_capacity,
+        NetSettings {
+            update_interval_ns: net.flow_update_secs * 1_000_000_000,
+            udp_idle_ns: net.udp_idle_secs * 1_000_000_000,
+            tcp_idle_ns: net.tcp_idle_secs * 1_000_000_000,
+        },
+        metrics.clone(),
+    );
+    let mut enricher = Enricher::new(table, tracker);
+    let kinds = &config.output.kinds;
     let seeded = enricher.seed(procfs::scan(std::path::Path::new("/proc")));
-    if config.output.seed_events && config.output.kinds.contains(&Kind::Process) {
-        for ev in &seeded {
-            output.write(ev);
-        }
-        output.flush();
+    if config.output.seed_events && kinds.contains(&Kind::Process) {
+        write_all(&mut output, kinds, &seeded);
     }
+    let connections = seed_sockets(&mut enricher, &mut kernel_flows);
+    if net.seed_events {
+        write_all(&mut output, kinds, &connections);
+    }
+    output.flush();
     metrics
         .process_table_entries
         .set(enricher.table.stats().entries as i64);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(CHANNEL_BATCHES);
-    let reader = tokio::spawn(read::run(ring, tx, metrics.clone(), shutdown_rx.clone()));
+    let readers = [
+        tokio::spawn(read::run(proc_ring, tx.clone(), metrics.clone(), shutdown_rx.clone())),
+        tokio::spawn(read::run(net_ring, tx, metrics.clone(), shutdown_rx.clone())),
+    ];
     let shared_metrics = Arc::new(metrics.clone());
 
     let attached = loaded.probes.iter().filter(|p| p.attached()).count();
@@ -117,6 +141,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         attached,
         probes = loaded.probes.len(),
         processes = enricher.table.stats().entries,
+        connections = enricher.net.flows.len(),
         metrics = %metrics_addr,
         "monitor ready"
     );
@@ -124,14 +149,28 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let mut kernel_counters = KernelCounters::new(counters);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(Duration::from_secs(*net.sweep_secs.get_ref()));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut evictions_seen = 0;
+    let mut flow_evictions_seen = 0;
+    let mut out = Vec::new();
     loop {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                handle(&mut enricher, &mut output, &config.output.kinds, batch);
+                handle(&mut enricher, &mut kernel_flows, batch, &mut out);
+                write_all(&mut output, kinds, &out);
+                out.clear();
+                tokio::task::block_in_place(|| output.flush());
+            }
+            _ = sweep.tick() => {
+                tokio::task::block_in_place(|| enricher.sweep(&mut kernel_flows, &mut out));
+                write_all(&mut output, kinds, &out);
+                out.clear();
+                let evictions = enricher.net.flows.evictions();
+                metrics.net_flow_table_evictions.inc_by(evictions - flow_evictions_seen);
+                flow_evictions_seen = evictions;
                 tokio::task::block_in_place(|| output.flush());
             }
             _ = tick.tick() => {
@@ -141,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 metrics.process_table_entries.set(stats.entries as i64);
                 metrics.process_table_evictions.inc_by(stats.evictions - evictions_seen);
                 evictions_seen = stats.evictions;
+                metrics.net_flow_table_entries.set(enricher.net.flows.len() as i64);
                 kernel_counters.poll(&metrics);
                 if let Some(logger) = ebpf_logger.as_mut() {
                     logger.flush();
@@ -152,10 +192,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = reader.await;
-    while let Ok(batch) = rx.try_recv() {
-        handle(&mut enricher, &mut output, &config.output.kinds, batch);
+    for reader in readers {
+        let _ = reader.await;
     }
+    while let Ok(batch) = rx.try_recv() {
+        handle(&mut enricher, &mut kernel_flows, batch, &mut out);
+    }
+    write_all(&mut output, kinds, &out);
     output.flush();
     if let Some(server) = server {
         server.abort();
@@ -163,15 +206,42 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Enriches a batch and writes the kinds the configuration asks for.
-fn handle(enricher: &mut Enricher, output: &mut Output, kinds: &[Kind], batch: Vec<KernelEvent>) {
+/// Enriches a batch into `out`.
+fn handle(enricher: &mut Enricher, flows: &mut KernelFlows, batch: Vec<KernelEvent>, out: &mut Vec<Event>) {
     let now = Instant::now();
     for ev in batch {
-        let ev = enricher.apply(ev, now);
-        if kinds.contains(&ev.kind()) {
-            output.write(&ev);
+        enricher.apply(ev, now, flows, out);
+    }
+}
+
+/// Writes the events of the kinds the configuration asks for.
+fn write_all(output: &mut Output, kinds: &[Kind], events: &[Event]) {
+    for ev in events.iter().filter(|e| kinds.contains(&e.kind())) {
+        output.write(ev);
+    }
+}
+
+/// Adopts the sockets open at start. Failure here costs the history of
+/// those sockets, not the monitor, so it is logged and the run goes on.
+fn seed_sockets(enricher: &mut Enricher, kernel: &mut KernelFlows) -> Vec<Event> {
+    let sockets = match sockdiag::dump_all() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "sock_diag dump failed; connections open at start are not seeded");
+            return Vec::new();
+        }
+    };
+    let owners = sockdiag::socket_owners(std::path::Path::new("/proc"));
+    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32);
+    let (events, sock_owners) =
+        enricher.net.seed(&sockets, &owners, netns, &enricher.table, &enricher.clock);
+    for (cookie, owner) in sock_owners {
+        if let Err(e) = kernel.set_owner(cookie, owner) {
+            tracing::warn!(error = %e, "socket owner map full while seeding; later events of some sockets name no process");
+            break;
         }
     }
+    events
 }
 
 fn take_map<T>(

@@ -6,9 +6,28 @@
 //! trusted: a length that points past the record is an error, not a panic.
 
 use monitor_common::event::{
-    EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent, KIND_EXEC, KIND_EXEC_FAILED,
-    KIND_EXIT, KIND_FORK,
+    EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent, NetEvent, KIND_EXEC,
+    KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK, KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE,
+    KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
+    KIND_NET_UDP_FLOW,
 };
+
+/// Every kernel record kind with its name: the `kind` label values of the
+/// kernel loss metric.
+pub const KERNEL_KINDS: [(u32, &str); 12] = [
+    (KIND_EXEC, "exec"),
+    (KIND_EXEC_FAILED, "exec_failed"),
+    (KIND_FORK, "fork"),
+    (KIND_EXIT, "exit"),
+    (KIND_NET_CONNECT, "connect"),
+    (KIND_NET_CONNECT_RESULT, "connect_result"),
+    (KIND_NET_LISTEN, "listen"),
+    (KIND_NET_ACCEPT, "accept"),
+    (KIND_NET_BIND, "bind"),
+    (KIND_NET_CLOSE, "close"),
+    (KIND_NET_UDP_FLOW, "udp_flow"),
+    (KIND_NET_RELEASE, "release"),
+];
 
 /// Why a record could not be decoded. The variants are the values of the
 /// `reason` label of the decode-error metric.
@@ -60,6 +79,7 @@ pub enum KernelEvent {
     },
     Fork(ForkEvent),
     Exit(ExitEvent),
+    Net(NetEvent),
 }
 
 /// Copies a `#[repr(C)]` plain-data record out of possibly unaligned bytes.
@@ -132,6 +152,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         KIND_FORK => Ok(KernelEvent::Fork(read_fixed(bytes)?)),
         KIND_EXIT => Ok(KernelEvent::Exit(read_fixed(bytes)?)),
+        KIND_NET_CONNECT | KIND_NET_CONNECT_RESULT | KIND_NET_LISTEN | KIND_NET_ACCEPT
+        | KIND_NET_BIND | KIND_NET_CLOSE | KIND_NET_UDP_FLOW | KIND_NET_RELEASE => {
+            if bytes.len() != size_of::<NetEvent>() {
+                return Err(DecodeError::SizeMismatch);
+            }
+            Ok(KernelEvent::Net(read_fixed(bytes)?))
+        }
         _ => Err(DecodeError::UnknownKind),
     }
 }

@@ -16,6 +16,7 @@ use crate::{
         Event, ExecFailedRecord, ExecRecord, ExitRecord, FdKind, ForkRecord, ProcessRecord, Task,
         Termination,
     },
+    net::{FlowMap, NetTracker},
     process::{Process, ProcessTable},
 };
 
@@ -25,6 +26,7 @@ const KERNEL_MINOR_BITS: u32 = 20;
 pub struct Enricher {
     pub table: ProcessTable,
     pub clock: BootClock,
+    pub net: NetTracker,
 }
 
 fn task(pid: u32, tid: u32, t: &TaskInfo) -> Task {
@@ -62,10 +64,11 @@ fn process_from(task: &Task, start_boot_ns: u64) -> Process {
 }
 
 impl Enricher {
-    pub fn new(table: ProcessTable) -> Self {
+    pub fn new(table: ProcessTable, net: NetTracker) -> Self {
         Self {
             table,
             clock: BootClock::new(),
+            net,
         }
     }
 
@@ -99,9 +102,14 @@ impl Enricher {
             .collect()
     }
 
-    /// Applies one kernel event to the table and returns its output event.
-    pub fn apply(&mut self, ev: KernelEvent, now: Instant) -> Event {
-        match ev {
+    /// Applies one kernel event to the tables and adds its output events
+    /// to `out`.
+    pub fn apply(&mut self, ev: KernelEvent, now: Instant, flows: &mut dyn FlowMap, out: &mut Vec<Event>) {
+        let event = match ev {
+            KernelEvent::Net(n) => {
+                out.extend(self.net.apply(&n, &self.table, &self.clock, flows));
+                return;
+            }
             KernelEvent::Exec {
                 fixed,
                 exe,
@@ -211,7 +219,14 @@ impl Enricher {
                         .then(|| (h.ts_boot_ns - start) / 1_000_000),
                 })
             }
-        }
+        };
+        out.push(event);
+    }
+
+    /// Periodic work on the flow counters (see [`NetTracker::sweep`]).
+    pub fn sweep(&mut self, flows: &mut dyn FlowMap, out: &mut Vec<Event>) {
+        let now = BootClock::boot_now_ns();
+        out.extend(self.net.sweep(now, &self.table, &self.clock, flows));
     }
 }
 
@@ -255,10 +270,20 @@ mod tests {
         let init = crate::process::procfs::read_process(std::path::Path::new("/proc/1"), 1)
             .expect("init readable");
         table.insert(init);
-        let mut e = Enricher::new(table);
+        let net = NetTracker::new(
+            10,
+            crate::net::NetSettings {
+                update_interval_ns: 1,
+                udp_idle_ns: 1,
+                tcp_idle_ns: 1,
+            },
+            crate::metrics::Metrics::new(),
+        );
+        let mut e = Enricher::new(table, net);
         let rec = exec_record(42, b"echo\0bin\0usr\0", b"tmp\0", b"/bin/echo\0x y\0z\0");
-        let ev = e.apply(decode(&rec).expect("decodes"), Instant::now());
-        let Event::Exec(x) = ev else {
+        let mut out = Vec::new();
+        e.apply(decode(&rec).expect("decodes"), Instant::now(), &mut NoFlows, &mut out);
+        let Some(Event::Exec(x)) = out.pop() else {
             panic!("not exec")
         };
         assert_eq!(x.exe, "/usr/bin/echo");
@@ -276,6 +301,24 @@ mod tests {
         assert_eq!(json["kind"], "exec");
         assert_eq!(json["ppid"], 1);
         assert_eq!(json["stdio"][0], "tty");
+    }
+
+    /// Process events never touch the flow counters.
+    struct NoFlows;
+
+    impl FlowMap for NoFlows {
+        fn get(&self, _: &monitor_common::event::FlowKey) -> Option<monitor_common::event::FlowStats> {
+            unreachable!("process events read no flows")
+        }
+        fn remove(&mut self, _: &monitor_common::event::FlowKey) {
+            unreachable!("process events remove no flows")
+        }
+        fn entries(&self) -> Vec<(monitor_common::event::FlowKey, monitor_common::event::FlowStats)> {
+            unreachable!("process events list no flows")
+        }
+        fn owner(&self, _: u64) -> Option<monitor_common::event::SockOwner> {
+            unreachable!("process events ask no owners")
+        }
     }
 
     #[test]

@@ -13,15 +13,42 @@ pub enum Kind {
     Exit,
     /// A process that was already running when the monitor started.
     Process,
+    /// An outbound TCP connection attempt.
+    Connect,
+    /// The outcome of an outbound TCP connection attempt.
+    ConnectResult,
+    /// An inbound TCP connection accepted by a process.
+    Accept,
+    /// A TCP socket listening.
+    Listen,
+    /// A socket bound to a local address.
+    Bind,
+    /// A connection or UDP flow ended, with its bytes.
+    Close,
+    /// The first packet between a UDP socket and a new peer.
+    UdpFlow,
+    /// Byte counts of a long-lived connection or flow, periodically.
+    FlowUpdate,
+    /// A connection or listener that existed when the monitor started.
+    Connection,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
         Kind::Exit,
         Kind::Process,
+        Kind::Connect,
+        Kind::ConnectResult,
+        Kind::Accept,
+        Kind::Listen,
+        Kind::Bind,
+        Kind::Close,
+        Kind::UdpFlow,
+        Kind::FlowUpdate,
+        Kind::Connection,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -31,6 +58,15 @@ impl Kind {
             Kind::Fork => "fork",
             Kind::Exit => "exit",
             Kind::Process => "process",
+            Kind::Connect => "connect",
+            Kind::ConnectResult => "connect_result",
+            Kind::Accept => "accept",
+            Kind::Listen => "listen",
+            Kind::Bind => "bind",
+            Kind::Close => "close",
+            Kind::UdpFlow => "udp_flow",
+            Kind::FlowUpdate => "flow_update",
+            Kind::Connection => "connection",
         }
     }
 }
@@ -145,6 +181,15 @@ pub enum Event {
     Fork(ForkRecord),
     Exit(ExitRecord),
     Process(Box<ProcessRecord>),
+    Connect(Box<NetRecord>),
+    ConnectResult(Box<NetRecord>),
+    Accept(Box<NetRecord>),
+    Listen(Box<NetRecord>),
+    Bind(Box<NetRecord>),
+    Close(Box<NetRecord>),
+    UdpFlow(Box<NetRecord>),
+    FlowUpdate(Box<NetRecord>),
+    Connection(Box<NetRecord>),
 }
 
 impl Event {
@@ -155,8 +200,137 @@ impl Event {
             Event::Fork(_) => Kind::Fork,
             Event::Exit(_) => Kind::Exit,
             Event::Process(_) => Kind::Process,
+            Event::Connect(_) => Kind::Connect,
+            Event::ConnectResult(_) => Kind::ConnectResult,
+            Event::Accept(_) => Kind::Accept,
+            Event::Listen(_) => Kind::Listen,
+            Event::Bind(_) => Kind::Bind,
+            Event::Close(_) => Kind::Close,
+            Event::UdpFlow(_) => Kind::UdpFlow,
+            Event::FlowUpdate(_) => Kind::FlowUpdate,
+            Event::Connection(_) => Kind::Connection,
         }
     }
+
+    /// A socket event of kind `kind` (one of the network kinds).
+    pub fn net(kind: Kind, record: NetRecord) -> Self {
+        let r = Box::new(record);
+        match kind {
+            Kind::Connect => Event::Connect(r),
+            Kind::ConnectResult => Event::ConnectResult(r),
+            Kind::Accept => Event::Accept(r),
+            Kind::Listen => Event::Listen(r),
+            Kind::Bind => Event::Bind(r),
+            Kind::UdpFlow => Event::UdpFlow(r),
+            Kind::FlowUpdate => Event::FlowUpdate(r),
+            Kind::Connection => Event::Connection(r),
+            _ => Event::Close(r),
+        }
+    }
+}
+
+/// Transport protocol of a socket event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// Which side started a connection or flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// This machine's socket opened it (connect, or sent the first UDP packet).
+    Outbound,
+    /// A peer opened it (accepted, or sent the first UDP packet).
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// An address and port. IPv4-mapped IPv6 addresses are shown as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+}
+
+/// The process behind a socket event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub ancestry: Vec<Ancestor>,
+}
+
+/// The process at the other end of a connection, when it is on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRef {
+    pub pid: u32,
+    pub exe: Option<String>,
+}
+
+/// One socket event; which fields are present depends on the kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NetRecord {
+    pub ts: String,
+    pub proto: Option<Proto>,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// Socket cookie: one id per socket, shared by all its events.
+    pub socket: u64,
+    pub local: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub remote: Option<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub direction: Option<Direction>,
+    /// The owning process; null when the monitor does not know it.
+    pub process: Option<ProcessRef>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub peer_process: Option<PeerRef>,
+    /// connect_result: established, refused, timed_out, unreachable,
+    /// aborted or error.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub errno: Option<i32>,
+    /// close: closed, idle, released, evicted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bytes_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bytes_received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub packets_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub packets_received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub duration_ms: Option<u64>,
+    /// connection: the TCP state (established, listen, ...) or `bound`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub seeded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ pub mod escape;
 pub mod event;
 pub mod load;
 pub mod metrics;
+pub mod net;
 pub mod output;
 pub mod process;
 pub mod read;

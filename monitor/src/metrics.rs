@@ -12,13 +12,24 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
-use crate::{decode::DecodeError, event::Kind, load::probes::PROBES};
+use crate::{
+    decode::DecodeError,
+    event::{Direction, Kind, Proto},
+    load::probes::PROBES,
+};
 
 /// Namespace prefix of every metric.
 pub const NAMESPACE: &str = "edgewatch";
 
 /// Kernel-side counters besides ring-buffer losses: `reason` label values.
-pub const KERNEL_ERROR_REASONS: [&str; 3] = ["read", "scratch", "exec_attempt_map_full"];
+pub const KERNEL_ERROR_REASONS: [&str; 6] = [
+    "read",
+    "scratch",
+    "exec_attempt_map_full",
+    "sock_owner_map_full",
+    "flow_map_full",
+    "packet_unparsed",
+];
 
 /// Sinks events are written to: `sink` label values.
 pub const SINKS: [&str; 2] = ["stdout", "file"];
@@ -34,6 +45,13 @@ pub struct Metrics {
     pub process_table_evictions: IntCounter,
     pub probe_attached: IntGaugeVec,
     pub output_errors: IntCounterVec,
+    pub net_opened: IntCounterVec,
+    pub net_closed: IntCounterVec,
+    pub net_sent_bytes: IntCounterVec,
+    pub net_received_bytes: IntCounterVec,
+    pub net_connect_results: IntCounterVec,
+    pub net_flow_table_entries: IntGauge,
+    pub net_flow_table_evictions: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -71,22 +89,52 @@ impl Metrics {
             "Events that could not be written to a sink, by sink.",
             &["sink"],
         );
-        let process_table_entries = IntGauge::with_opts(opts(
-            "process_table_entries",
-            "Processes in the process table.",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(process_table_entries.clone()))
-            .expect("unique metric");
-        let process_table_evictions = IntCounter::with_opts(opts(
+        let net_opened = counter_vec(
+            "net_connections_opened_total",
+            "TCP connections established and UDP flows started, by protocol and direction.",
+            &["proto", "direction"],
+        );
+        let net_closed = counter_vec(
+            "net_connections_closed_total",
+            "TCP connections and UDP flows ended, by protocol and direction.",
+            &["proto", "direction"],
+        );
+        let net_sent_bytes = counter_vec(
+            "net_sent_bytes_total",
+            "Payload bytes sent by local sockets, by protocol (counted at flow updates and ends).",
+            &["proto"],
+        );
+        let net_received_bytes = counter_vec(
+            "net_received_bytes_total",
+            "Payload bytes received by local sockets, by protocol (counted at flow updates and ends).",
+            &["proto"],
+        );
+        let net_connect_results = counter_vec(
+            "net_connect_results_total",
+            "Outcomes of outbound TCP connection attempts.",
+            &["result"],
+        );
+        let gauge = |name, help| {
+            let g = IntGauge::with_opts(opts(name, help)).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter = |name, help| {
+            let c = IntCounter::with_opts(opts(name, help)).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let process_table_entries = gauge("process_table_entries", "Processes in the process table.");
+        let process_table_evictions = counter(
             "process_table_evictions_total",
             "Processes evicted from the full process table.",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(process_table_evictions.clone()))
-            .expect("unique metric");
+        );
+        let net_flow_table_entries =
+            gauge("net_flow_table_entries", "Connections and UDP flows in the flow table.");
+        let net_flow_table_evictions = counter(
+            "net_flow_table_evictions_total",
+            "Flows evicted from the full flow table.",
+        );
         let probe_attached = IntGaugeVec::new(
             opts(
                 "probe_attached",
@@ -115,8 +163,19 @@ impl Metrics {
         for k in Kind::ALL {
             events.with_label_values(&[k.as_str()]);
         }
-        for k in [Kind::Exec, Kind::ExecFailed, Kind::Fork, Kind::Exit] {
-            kernel_lost.with_label_values(&[k.as_str()]);
+        for (_, name) in crate::decode::KERNEL_KINDS {
+            kernel_lost.with_label_values(&[name]);
+        }
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for d in [Direction::Outbound, Direction::Inbound] {
+                net_opened.with_label_values(&[proto.as_str(), d.as_str()]);
+                net_closed.with_label_values(&[proto.as_str(), d.as_str()]);
+            }
+            net_sent_bytes.with_label_values(&[proto.as_str()]);
+            net_received_bytes.with_label_values(&[proto.as_str()]);
+        }
+        for r in crate::net::CONNECT_RESULTS {
+            net_connect_results.with_label_values(&[r]);
         }
         for r in KERNEL_ERROR_REASONS {
             kernel_errors.with_label_values(&[r]);
@@ -140,6 +199,13 @@ impl Metrics {
             process_table_evictions,
             probe_attached,
             output_errors,
+            net_opened,
+            net_closed,
+            net_sent_bytes,
+            net_received_bytes,
+            net_connect_results,
+            net_flow_table_entries,
+            net_flow_table_evictions,
         }
     }
 

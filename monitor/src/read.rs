@@ -3,13 +3,12 @@
 //! and error counters into metrics.
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use monitor_common::event::{counter, KIND_EXEC, KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK};
+use monitor_common::event::counter;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
-    decode::{decode, KernelEvent},
-    event::Kind,
-    metrics::Metrics,
+    decode::{decode, KernelEvent, KERNEL_KINDS},
+    metrics::{Metrics, KERNEL_ERROR_REASONS},
 };
 
 /// Most records taken from the ring in one go before handing them on.
@@ -77,32 +76,22 @@ impl KernelCounters {
 
     /// Adds what the kernel counted since the last poll to the metrics.
     pub fn poll(&mut self, metrics: &Metrics) {
-        let lost = [
-            (KIND_EXEC, Kind::Exec),
-            (KIND_EXEC_FAILED, Kind::ExecFailed),
-            (KIND_FORK, Kind::Fork),
-            (KIND_EXIT, Kind::Exit),
-        ];
-        for (index, kind) in lost {
-            let delta = self.delta(counter::LOST_BASE + index);
+        for (kind, name) in KERNEL_KINDS {
+            let delta = self.delta(counter::LOST_BASE + kind);
             if delta > 0 {
-                metrics
-                    .kernel_lost
-                    .with_label_values(&[kind.as_str()])
-                    .inc_by(delta);
-                tracing::error!(
-                    kind = kind.as_str(),
-                    lost = delta,
-                    "ring buffer full: events lost in the kernel"
-                );
+                metrics.kernel_lost.with_label_values(&[name]).inc_by(delta);
+                tracing::error!(kind = name, lost = delta, "ring buffer full: events lost in the kernel");
             }
         }
         let errors = [
-            (counter::READ_ERRORS, "read"),
-            (counter::SCRATCH_ERRORS, "scratch"),
-            (counter::ATTEMPT_ERRORS, "exec_attempt_map_full"),
+            counter::READ_ERRORS,
+            counter::SCRATCH_ERRORS,
+            counter::ATTEMPT_ERRORS,
+            counter::SOCK_OWNER_FULL,
+            counter::FLOW_MAP_FULL,
+            counter::PACKETS_UNPARSED,
         ];
-        for (index, reason) in errors {
+        for (index, reason) in errors.into_iter().zip(KERNEL_ERROR_REASONS) {
             let delta = self.delta(index);
             if delta > 0 {
                 metrics

@@ -5,13 +5,18 @@ pub mod env;
 pub mod offsets;
 pub mod probes;
 
-use aya::{
-    programs::{RawTracePoint, TracePoint},
-    Ebpf, EbpfLoader,
-};
-use monitor_common::limits::{GLOBAL_OFFSETS, MAP_PROC_EVENTS, MAP_SCRATCH};
+use std::fs::File;
 
-use self::probes::{Hook, ProbeSpec, PROBES};
+use aya::{
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
+        RawTracePoint, TracePoint,
+    },
+    Btf, Ebpf, EbpfLoader,
+};
+use monitor_common::limits::{GLOBAL_OFFSETS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_SCRATCH};
+
+use self::probes::{Hook, ProbeSpec, SkbDirection, PROBES};
 use crate::config::Config;
 
 /// The eBPF object built by `build.rs` from `monitor-ebpf`.
@@ -64,9 +69,11 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
         .override_global(GLOBAL_OFFSETS, &kernel_offsets, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries(MAP_PROC_EVENTS, *config.kernel.ring_buffer_bytes.get_ref())
+        .map_max_entries(MAP_NET_EVENTS, *config.kernel.ring_buffer_bytes.get_ref())
         .map_max_entries(MAP_SCRATCH, cpus as u32)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
+    let mut targets = Targets::find();
     let probes = PROBES
         .iter()
         .map(|spec| {
@@ -80,7 +87,7 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
                 error: if disabled {
                     Some("disabled by configuration".to_owned())
                 } else {
-                    attach(&mut ebpf, spec).err()
+                    attach(&mut ebpf, spec, &mut targets).err()
                 },
             }
         })
@@ -110,7 +117,27 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
     Ok(Loaded { ebpf, probes })
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> Result<(), String> {
+/// What the cgroup and BTF-typed probes attach to, looked up once.
+struct Targets {
+    /// The cgroup v2 root, from /proc/mounts.
+    cgroup: Result<File, String>,
+    /// The kernel's BTF, for `tp_btf` programs.
+    btf: Result<Btf, String>,
+}
+
+impl Targets {
+    fn find() -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let cgroup = match env::find_mount(&mounts, "cgroup2") {
+            Some(path) => File::open(path).map_err(|e| format!("cannot open cgroup v2 root {path}: {e}")),
+            None => Err("no cgroup v2 hierarchy is mounted".to_owned()),
+        };
+        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
+        Self { cgroup, btf }
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, targets: &mut Targets) -> Result<(), String> {
     let program = ebpf
         .program_mut(spec.name)
         .ok_or_else(|| "program missing from the eBPF object".to_owned())?;
@@ -134,6 +161,33 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec) -> Result<(), String> {
             let p: &mut TracePoint = program.try_into().map_err(|e| chain(&e))?;
             p.load().map_err(|e| chain(&e))?;
             p.attach(category, name).map_err(|e| chain(&e))?;
+        }
+        Hook::BtfTracepoint(tp) => {
+            let btf = targets.btf.as_ref().map_err(Clone::clone)?;
+            let p: &mut BtfTracePoint = program.try_into().map_err(|e| chain(&e))?;
+            p.load(tp, btf).map_err(|e| chain(&e))?;
+            p.attach().map_err(|e| chain(&e))?;
+        }
+        // With bpf_link (Linux 5.7+, which aya uses here) cgroup programs
+        // always stack with others; `Single` only keeps the link flags at 0,
+        // which older kernels require.
+        Hook::CgroupSock(_) => {
+            let cgroup = targets.cgroup.as_ref().map_err(Clone::clone)?;
+            let p: &mut CgroupSock = program.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|e| chain(&e))?;
+        }
+        Hook::CgroupSkb(direction) => {
+            let cgroup = targets.cgroup.as_ref().map_err(Clone::clone)?;
+            let p: &mut CgroupSkb = program.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            let at = match direction {
+                SkbDirection::Ingress => CgroupSkbAttachType::Ingress,
+                SkbDirection::Egress => CgroupSkbAttachType::Egress,
+            };
+            p.attach(cgroup, at, CgroupAttachMode::Single)
+                .map_err(|e| chain(&e))?;
         }
     }
     Ok(())

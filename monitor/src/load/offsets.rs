@@ -78,7 +78,25 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         cred_euid: r.member("cred", &["euid"])?,
         cred_gid: r.member("cred", &["gid"])?,
         cred_egid: r.member("cred", &["egid"])?,
-        _pad: 0,
+        task_struct_nsproxy: r.member("task_struct", &["nsproxy"])?,
+        nsproxy_net_ns: r.member("nsproxy", &["net_ns"])?,
+        net_ns: r.member("net", &["ns"])?,
+        ns_common_inum: r.member("ns_common", &["inum"])?,
+        sock_common_skc_cookie: r.member("sock_common", &["skc_cookie"])?,
+        sock_common_skc_net: r.member("sock_common", &["skc_net"])?,
+        sock_common_skc_family: r.member("sock_common", &["skc_family"])?,
+        sock_common_skc_daddr: r.member("sock_common", &["skc_daddr"])?,
+        sock_common_skc_rcv_saddr: r.member("sock_common", &["skc_rcv_saddr"])?,
+        sock_common_skc_dport: r.member("sock_common", &["skc_dport"])?,
+        sock_common_skc_num: r.member("sock_common", &["skc_num"])?,
+        sock_common_skc_v6_daddr: r.member("sock_common", &["skc_v6_daddr"])?,
+        sock_common_skc_v6_rcv_saddr: r.member("sock_common", &["skc_v6_rcv_saddr"])?,
+        sock_sk_err: r.member("sock", &["sk_err"])?,
+        // A u16 since Linux 5.6 (commit bf9765145b85); a bit field before.
+        sock_sk_protocol: r.member("sock", &["sk_protocol"])?,
+        sock_sk_type: r.member("sock", &["sk_type"])?,
+        file_private_data: r.member("file", &["private_data"])?,
+        socket_sk: r.member("socket", &["sk"])?,
     })
 }
 
@@ -194,6 +212,8 @@ mod tests {
         assert_eq!(o.path_dentry, o.path_mnt + 8);
         assert!(o.mm_struct_arg_end > o.mm_struct_arg_start);
         assert!(o.mount_mnt > o.mount_mnt_mountpoint);
+        assert_eq!(o.sock_common_skc_rcv_saddr, o.sock_common_skc_daddr + 4);
+        assert_eq!(o.sock_common_skc_num, o.sock_common_skc_dport + 2);
     }
 
     #[test]

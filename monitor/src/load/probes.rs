@@ -9,6 +9,20 @@ pub enum Hook {
     RawTracepoint(&'static str),
     /// A tracefs tracepoint, `category:name`.
     Tracepoint(&'static str, &'static str),
+    /// A BTF-typed raw tracepoint (`tp_btf`).
+    BtfTracepoint(&'static str),
+    /// A `cgroup_sock` program on the cgroup v2 root; the attach point
+    /// (`sock_create`, `sock_release`) is in the program's section.
+    CgroupSock(&'static str),
+    /// A `cgroup_skb` program on the cgroup v2 root.
+    CgroupSkb(SkbDirection),
+}
+
+/// Direction of a `cgroup_skb` program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkbDirection {
+    Ingress,
+    Egress,
 }
 
 /// One program of the eBPF object and what it is for.
@@ -68,6 +82,60 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         loses: "failed execveat attempts",
     },
+    ProbeSpec {
+        name: "net_sock_create",
+        hook: Hook::CgroupSock("sock_create"),
+        required: false,
+        loses: "the creator of sockets that never connect, listen, accept or bind; UDP flows name no process",
+    },
+    ProbeSpec {
+        name: "net_sock_release",
+        hook: Hook::CgroupSock("sock_release"),
+        required: false,
+        loses: "the end of UDP flows at socket close; they end at the idle timeout instead",
+    },
+    ProbeSpec {
+        name: "net_inet_sock_set_state",
+        hook: Hook::BtfTracepoint("inet_sock_set_state"),
+        required: false,
+        loses: "TCP connect, connect result, listen and close events",
+    },
+    ProbeSpec {
+        name: "net_sys_exit_accept",
+        hook: Hook::Tracepoint("syscalls", "sys_exit_accept"),
+        required: false,
+        loses: "accept events from accept(2)",
+    },
+    ProbeSpec {
+        name: "net_sys_exit_accept4",
+        hook: Hook::Tracepoint("syscalls", "sys_exit_accept4"),
+        required: false,
+        loses: "accept events from accept4(2)",
+    },
+    ProbeSpec {
+        name: "net_sys_enter_bind",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_bind"),
+        required: false,
+        loses: "bind events",
+    },
+    ProbeSpec {
+        name: "net_sys_exit_bind",
+        hook: Hook::Tracepoint("syscalls", "sys_exit_bind"),
+        required: false,
+        loses: "bind events",
+    },
+    ProbeSpec {
+        name: "net_skb_ingress",
+        hook: Hook::CgroupSkb(SkbDirection::Ingress),
+        required: false,
+        loses: "received byte and packet counts, and UDP flows first seen inbound",
+    },
+    ProbeSpec {
+        name: "net_skb_egress",
+        hook: Hook::CgroupSkb(SkbDirection::Egress),
+        required: false,
+        loses: "sent byte and packet counts, and UDP flows first seen outbound",
+    },
 ];
 
 impl Hook {
@@ -75,6 +143,10 @@ impl Hook {
         match self {
             Hook::RawTracepoint(tp) => format!("raw_tracepoint/{tp}"),
             Hook::Tracepoint(cat, name) => format!("tracepoint/{cat}/{name}"),
+            Hook::BtfTracepoint(tp) => format!("tp_btf/{tp}"),
+            Hook::CgroupSock(at) => format!("cgroup/{at}"),
+            Hook::CgroupSkb(SkbDirection::Ingress) => "cgroup_skb/ingress".to_owned(),
+            Hook::CgroupSkb(SkbDirection::Egress) => "cgroup_skb/egress".to_owned(),
         }
     }
 }

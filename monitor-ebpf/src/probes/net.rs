@@ -1,0 +1,541 @@
+//! Sockets: who owns them, their TCP life cycle, and per-flow byte counts.
+//!
+//! - `cgroup/sock_create` and `cgroup/sock_release` on the cgroup v2 root
+//!   record and forget the owner of every TCP and UDP socket, by cookie.
+//! - `tp_btf/inet_sock_set_state` (`include/trace/events/sock.h`) follows
+//!   TCP state changes: connect attempts and results, listen, close.
+//! - `syscalls:sys_exit_accept{,4}` and `sys_{enter,exit}_bind` name the
+//!   process that accepted a connection or bound a socket.
+//! - `cgroup_skb/{ingress,egress}` count payload bytes and packets per
+//!   socket and peer at line rate, in `FLOWS`; no event per packet, except
+//!   the first packet between a UDP socket and a new peer.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_sock},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_socket_cookie,
+        bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_load_bytes,
+    },
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock, tracepoint},
+    programs::{BtfTracePointContext, SkBuffContext, SockContext, TracePointContext},
+};
+use aya_log_ebpf::debug;
+use monitor_common::event::{
+    counter, EventHeader, FlowKey, FlowStats, NetEvent, SockOwner, KIND_NET_ACCEPT,
+    KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN,
+    KIND_NET_RELEASE, KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    kernel::{
+        current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, ReadError,
+        AF_INET, AF_INET6,
+    },
+    maps::{count, FLOWS, NET_EVENTS, PACKET_SCRATCH, SOCK_CALLS, SOCK_OWNERS},
+};
+
+// TCP states, include/net/tcp_states.h.
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+const BPF_NOEXIST: u64 = 1;
+
+/// Returned by cgroup programs: let the operation or packet through.
+const ALLOW: i32 = 1;
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// The current task as a socket owner.
+#[inline(always)]
+fn current_owner() -> SockOwner {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    SockOwner {
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        netns: current_netns(task).unwrap_or(0),
+        _pad: 0,
+        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+#[inline(always)]
+fn set_owner(cookie: u64, owner: &SockOwner) {
+    if SOCK_OWNERS.insert(cookie, owner, 0).is_err() {
+        count(counter::SOCK_OWNER_FULL);
+    }
+}
+
+#[inline(always)]
+fn owner_of(cookie: u64) -> SockOwner {
+    // SAFETY: the value is copied out at once.
+    unsafe { SOCK_OWNERS.get(cookie) }.copied().unwrap_or_default()
+}
+
+/// Reserves a socket event in the ring buffer, fills its header from
+/// `owner`, lets `fill` add the rest, and submits it. Built in place: a
+/// `NetEvent` on the stack would not fit beside the packet parser's.
+#[inline(always)]
+fn emit(
+    kind: u32,
+    cookie: u64,
+    proto: u8,
+    owner: &SockOwner,
+    fill: impl FnOnce(&mut NetEvent) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let Some(mut entry) = NET_EVENTS.reserve::<NetEvent>(0) else {
+        count(counter::LOST_BASE + kind);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reserved record is exactly one NetEvent; zero it first
+    // so no stale ring-buffer bytes leak into unset fields.
+    let ev = unsafe {
+        core::ptr::write_bytes(ev, 0, 1);
+        &mut *ev
+    };
+    ev.header = EventHeader {
+        kind,
+        size: core::mem::size_of::<NetEvent>() as u32,
+        ts_boot_ns: now(),
+        pid: owner.tgid,
+        tid: owner.pid,
+    };
+    ev.cookie = cookie;
+    ev.netns = owner.netns;
+    ev.proto = proto;
+    ev.comm = owner.comm;
+    match fill(ev) {
+        Ok(()) => {
+            entry.submit(0);
+            Ok(())
+        }
+        Err(e) => {
+            entry.discard(0);
+            Err(e)
+        }
+    }
+}
+
+#[inline(always)]
+fn is_inet_tcp_udp(sk: *mut bpf_sock) -> Option<u8> {
+    // SAFETY: the context's socket is valid for the program's run.
+    let (family, ty, proto) = unsafe { ((*sk).family, (*sk).type_, (*sk).protocol) };
+    if family != AF_INET as u32 && family != AF_INET6 as u32 {
+        return None;
+    }
+    match (ty, proto as u8) {
+        (SOCK_STREAM, PROTO_TCP) => Some(PROTO_TCP),
+        (SOCK_DGRAM, PROTO_UDP) => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+/// Every new TCP or UDP socket: remember who created it.
+#[cgroup_sock(sock_create)]
+pub fn net_sock_create(ctx: SockContext) -> i32 {
+    if is_inet_tcp_udp(ctx.sock).is_some() {
+        // SAFETY: the context is a socket.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+        set_owner(cookie, &current_owner());
+    }
+    ALLOW
+}
+
+/// A TCP or UDP socket's last reference is gone. UDP flows end here; a TCP
+/// socket's owner is kept until the state machine reaches CLOSE.
+#[cgroup_sock(sock_release)]
+pub fn net_sock_release(ctx: SockContext) -> i32 {
+    let Some(proto) = is_inet_tcp_udp(ctx.sock) else {
+        return ALLOW;
+    };
+    // SAFETY: the context is a socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    if proto == PROTO_UDP {
+        let owner = owner_of(cookie);
+        let _ = emit(KIND_NET_RELEASE, cookie, PROTO_UDP, &owner, |_| Ok(()));
+        let _ = SOCK_OWNERS.remove(cookie);
+    } else if unsafe { (*ctx.sock).state } == TCP_CLOSE as u32 {
+        let _ = SOCK_OWNERS.remove(cookie);
+    }
+    ALLOW
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn net_inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    if try_set_state(&ctx).is_err() {
+        debug!(&ctx, "net_inet_sock_set_state: kernel read failed; event dropped");
+    }
+    0
+}
+
+fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let proto: u16 = read(sk as u64, off!(sock_sk_protocol))?;
+    if proto != PROTO_TCP as u16 {
+        return Ok(());
+    }
+    let kind = match (old, new) {
+        (TCP_CLOSE, TCP_SYN_SENT) => KIND_NET_CONNECT,
+        (TCP_SYN_SENT, TCP_ESTABLISHED) | (TCP_SYN_SENT, TCP_CLOSE) => KIND_NET_CONNECT_RESULT,
+        (TCP_CLOSE, TCP_LISTEN) => KIND_NET_LISTEN,
+        (_, TCP_CLOSE) => KIND_NET_CLOSE,
+        _ => return Ok(()),
+    };
+    // SAFETY: a BTF `struct sock *` from the tracepoint; the helper also
+    // assigns the cookie when the socket has none yet.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let sk = sk as u64;
+    let owner = if kind == KIND_NET_CONNECT || kind == KIND_NET_LISTEN {
+        // connect() and listen() run in the calling process.
+        let owner = current_owner();
+        set_owner(cookie, &owner);
+        owner
+    } else {
+        owner_of(cookie)
+    };
+    emit(kind, cookie, PROTO_TCP, &owner, |ev| {
+        ev.netns = sk_netns(sk)?;
+        ev.old_state = old as u8;
+        ev.new_state = new as u8;
+        let (local, lport, remote, rport) = sk_tuple(sk)?;
+        ev.local_addr = local;
+        ev.local_port = lport;
+        ev.remote_addr = remote;
+        ev.remote_port = rport;
+        if new == TCP_CLOSE {
+            if old == TCP_SYN_SENT {
+                ev.errno = read(sk, off!(sock_sk_err))?;
+            }
+            let key = FlowKey {
+                cookie,
+                peer_addr: remote,
+                peer_port: rport,
+                proto: PROTO_TCP,
+                _pad: [0; 5],
+            };
+            // SAFETY: the value is copied out before the entry is removed.
+            if let Some(stats) = unsafe { FLOWS.get(&key) } {
+                // The port may already be released at CLOSE (TIME_WAIT
+                // hands it to the timewait socket); the packets knew it.
+                if ev.local_port == 0 {
+                    ev.local_addr = stats.local_addr;
+                    ev.local_port = stats.local_port;
+                }
+                ev.first_ns = stats.first_ns;
+                ev.bytes_out = stats.bytes_out;
+                ev.bytes_in = stats.bytes_in;
+                ev.pkts_out = stats.pkts_out;
+                ev.pkts_in = stats.pkts_in;
+                let _ = FLOWS.remove(&key);
+            }
+        }
+        Ok(())
+    })?;
+    if new == TCP_CLOSE {
+        let _ = SOCK_OWNERS.remove(cookie);
+    }
+    Ok(())
+}
+
+/// Returns the socket behind the fd an accept returned, if any.
+#[inline(always)]
+fn accepted(ctx: &TracePointContext) -> Result<(), ReadError> {
+    // SAFETY: offset of the generic syscall-exit record.
+    let ret: i64 = unsafe { ctx.read_at::<i64>(16) }.map_err(|_| ReadError)?;
+    if ret < 0 {
+        return Ok(());
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(sk) = sock_of_fd(task, ret as u64)? else {
+        return Ok(());
+    };
+    let proto: u16 = read(sk, off!(sock_sk_protocol))?;
+    let family: u16 = read(sk, off!(sock_common_skc_family))?;
+    if proto != PROTO_TCP as u16 || (family != AF_INET && family != AF_INET6) {
+        return Ok(());
+    }
+    // The cookie was assigned when the connection was established.
+    let cookie: u64 = read(sk, off!(sock_common_skc_cookie))?;
+    let owner = current_owner();
+    set_owner(cookie, &owner);
+    emit(KIND_NET_ACCEPT, cookie, PROTO_TCP, &owner, |ev| {
+        ev.netns = sk_netns(sk)?;
+        let (local, lport, remote, rport) = sk_tuple(sk)?;
+        ev.local_addr = local;
+        ev.local_port = lport;
+        ev.remote_addr = remote;
+        ev.remote_port = rport;
+        Ok(())
+    })
+}
+
+/// `syscalls:sys_exit_accept`: the new fd at 16.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn net_sys_exit_accept(ctx: TracePointContext) -> i32 {
+    if accepted(&ctx).is_err() {
+        debug!(&ctx, "net_sys_exit_accept: kernel read failed; event dropped");
+    }
+    0
+}
+
+/// `syscalls:sys_exit_accept4`: the new fd at 16.
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn net_sys_exit_accept4(ctx: TracePointContext) -> i32 {
+    if accepted(&ctx).is_err() {
+        debug!(&ctx, "net_sys_exit_accept4: kernel read failed; event dropped");
+    }
+    0
+}
+
+/// `syscalls:sys_enter_bind`: fd at 16.
+#[tracepoint(category = "syscalls", name = "sys_enter_bind")]
+pub fn net_sys_enter_bind(ctx: TracePointContext) -> i32 {
+    // SAFETY: offset of the generic syscall-entry record.
+    if let Ok(fd) = unsafe { ctx.read_at::<u64>(16) } {
+        if SOCK_CALLS.insert(bpf_get_current_pid_tgid(), fd, 0).is_err() {
+            count(counter::ATTEMPT_ERRORS);
+        }
+    }
+    0
+}
+
+/// `syscalls:sys_exit_bind`: return value at 16.
+#[tracepoint(category = "syscalls", name = "sys_exit_bind")]
+pub fn net_sys_exit_bind(ctx: TracePointContext) -> i32 {
+    if try_bound(&ctx).is_err() {
+        debug!(&ctx, "net_sys_exit_bind: kernel read failed; event dropped");
+    }
+    0
+}
+
+fn try_bound(ctx: &TracePointContext) -> Result<(), ReadError> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(fd) = (unsafe { SOCK_CALLS.get(key) }).copied() else {
+        return Ok(());
+    };
+    let _ = SOCK_CALLS.remove(key);
+    // SAFETY: offset of the generic syscall-exit record.
+    let ret: i64 = unsafe { ctx.read_at::<i64>(16) }.map_err(|_| ReadError)?;
+    if ret != 0 {
+        return Ok(());
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(sk) = sock_of_fd(task, fd)? else {
+        return Ok(());
+    };
+    let family: u16 = read(sk, off!(sock_common_skc_family))?;
+    let proto: u16 = read(sk, off!(sock_sk_protocol))?;
+    let proto = proto as u8;
+    if (family != AF_INET && family != AF_INET6) || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return Ok(());
+    }
+    let cookie: u64 = read(sk, off!(sock_common_skc_cookie))?;
+    let owner = current_owner();
+    set_owner(cookie, &owner);
+    emit(KIND_NET_BIND, cookie, proto, &owner, |ev| {
+        ev.netns = sk_netns(sk)?;
+        let (local, lport, _, _) = sk_tuple(sk)?;
+        ev.local_addr = local;
+        ev.local_port = lport;
+        Ok(())
+    })
+}
+
+/// Counts a packet of a TCP or UDP socket; never drops it.
+#[cgroup_skb]
+pub fn net_skb_ingress(ctx: SkBuffContext) -> i32 {
+    account(&ctx, false);
+    ALLOW
+}
+
+/// See [`net_skb_ingress`].
+#[cgroup_skb]
+pub fn net_skb_egress(ctx: SkBuffContext) -> i32 {
+    account(&ctx, true);
+    ALLOW
+}
+
+/// Per-CPU working memory of the packet counters: the flow key, the first
+/// value of a new flow and the header bytes, kept off the 512-byte stack.
+#[repr(C)]
+pub struct PacketScratch {
+    key: FlowKey,
+    fresh: FlowStats,
+    header: [u8; 40],
+    l4: [u8; 16],
+}
+
+/// Fills `w.key` and `w.fresh` local fields from the packet headers;
+/// returns the header length to subtract from the packet length.
+#[inline(always)]
+fn parse(ctx: &SkBuffContext, skb: *mut __sk_buff, w: &mut PacketScratch, egress: bool) -> Option<u32> {
+    // SAFETY: reading a context field the verifier rewrites.
+    let protocol = match u16::from_be(unsafe { (*skb).protocol } as u16) as u32 {
+        // Some local output paths leave skb->protocol unset; the IP
+        // version nibble tells.
+        0 => match ctx.load::<u8>(0).ok()? >> 4 {
+            4 => ETH_P_IP,
+            6 => ETH_P_IPV6,
+            _ => return None,
+        },
+        p => p,
+    };
+    let h = &mut w.header;
+    let (proto, l3) = if protocol == ETH_P_IP {
+        // SAFETY: the buffer is at least 20 bytes long.
+        if unsafe { bpf_skb_load_bytes(skb.cast(), 0, h.as_mut_ptr().cast(), 20) } != 0 {
+            return None;
+        }
+        let (src, dst) = ([h[12], h[13], h[14], h[15]], [h[16], h[17], h[18], h[19]]);
+        let (local, peer) = if egress { (src, dst) } else { (dst, src) };
+        w.fresh.local_addr = v4_mapped(local);
+        w.key.peer_addr = v4_mapped(peer);
+        (h[9], ((h[0] & 0x0f) as u32) * 4)
+    } else if protocol == ETH_P_IPV6 {
+        // SAFETY: the buffer is 40 bytes long.
+        if unsafe { bpf_skb_load_bytes(skb.cast(), 0, h.as_mut_ptr().cast(), 40) } != 0 {
+            return None;
+        }
+        let (local, peer) = if egress { (8, 24) } else { (24, 8) };
+        w.fresh.local_addr.copy_from_slice(&h[local..local + 16]);
+        w.key.peer_addr.copy_from_slice(&h[peer..peer + 16]);
+        (h[6], 40)
+    } else {
+        return None;
+    };
+    let l4 = &mut w.l4;
+    // SAFETY: the buffer is 16 bytes long.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), l3 & 0x7f, l4.as_mut_ptr().cast(), 14) } != 0 {
+        return None;
+    }
+    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    let l4len = match proto {
+        PROTO_TCP => ((l4[12] >> 4) as u32) * 4,
+        PROTO_UDP => 8,
+        _ => return None,
+    };
+    let (local, peer) = if egress { (sport, dport) } else { (dport, sport) };
+    w.fresh.local_port = local;
+    w.key.peer_port = peer;
+    w.key.proto = proto;
+    Some(l3 + l4len)
+}
+
+#[inline(always)]
+fn account(ctx: &SkBuffContext, egress: bool) {
+    let skb = ctx.skb.skb;
+    // SAFETY: context field read; may be null.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: checked non-null above.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: a full socket from bpf_sk_fullsock.
+    let (ty, state) = unsafe { ((*sk).type_, (*sk).state) };
+    if (ty != SOCK_STREAM && ty != SOCK_DGRAM) || state == TCP_LISTEN as u32 {
+        return;
+    }
+    let Some(w) = PACKET_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this program uses it while it runs.
+    let w = unsafe { &mut *w };
+    let Some(headers) = parse(ctx, skb, w, egress) else {
+        count(counter::PACKETS_UNPARSED);
+        return;
+    };
+    // SAFETY: the context is an skb with a socket.
+    w.key.cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    // SAFETY: context field reads.
+    let (len, segs) = unsafe { ((*skb).len, (*skb).gso_segs) };
+    let segs = segs.max(1) as u64;
+    let payload = len.saturating_sub(headers) as u64;
+    let ts = now();
+    let stats = match FLOWS.get_ptr_mut(&w.key) {
+        Some(s) => s,
+        None => {
+            w.fresh.first_ns = ts;
+            w.fresh.last_ns = ts;
+            w.fresh.bytes_out = 0;
+            w.fresh.bytes_in = 0;
+            w.fresh.pkts_out = 0;
+            w.fresh.pkts_in = 0;
+            // Fails when the map is full or another CPU inserted it first;
+            // the lookup below tells which.
+            if FLOWS.insert(&w.key, &w.fresh, BPF_NOEXIST).is_ok() && w.key.proto == PROTO_UDP {
+                new_udp_flow(w, egress);
+            }
+            match FLOWS.get_ptr_mut(&w.key) {
+                Some(s) => s,
+                None => {
+                    count(counter::FLOW_MAP_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: a map value; other CPUs update it concurrently, hence the
+    // atomic adds (BPF_XADD).
+    unsafe {
+        (*stats).last_ns = ts;
+        if egress {
+            add(&raw mut (*stats).bytes_out, payload);
+            add(&raw mut (*stats).pkts_out, segs);
+        } else {
+            add(&raw mut (*stats).bytes_in, payload);
+            add(&raw mut (*stats).pkts_in, segs);
+        }
+    }
+}
+
+/// The first packet between a UDP socket and a peer.
+#[inline(never)]
+fn new_udp_flow(w: &PacketScratch, egress: bool) {
+    let owner = owner_of(w.key.cookie);
+    let _ = emit(KIND_NET_UDP_FLOW, w.key.cookie, PROTO_UDP, &owner, |ev| {
+        // 1: the first packet left this machine.
+        ev.new_state = egress as u8;
+        ev.local_addr = w.fresh.local_addr;
+        ev.local_port = w.fresh.local_port;
+        ev.remote_addr = w.key.peer_addr;
+        ev.remote_port = w.key.peer_port;
+        ev.first_ns = w.fresh.first_ns;
+        Ok(())
+    });
+}
+
+/// Atomic add whose result is unused, which the BPF backend emits as one
+/// `lock xadd`. `core::sync::atomic` offers no `fetch_add` on this target
+/// (it has no compare-and-swap), so the intrinsic is used directly.
+#[inline(always)]
+unsafe fn add(dst: *mut u64, v: u64) {
+    // SAFETY: `dst` points into a live map value.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        )
+    };
+}

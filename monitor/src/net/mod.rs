@@ -1,0 +1,62 @@
+//! The enrich stage for sockets: a flow table joining connection ends,
+//! kept current from kernel socket events and the kernel's per-flow
+//! counters, and seeded at start from sock_diag.
+
+pub mod maps;
+pub mod sockdiag;
+mod table;
+mod tracker;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use table::{FlowId, FlowTable};
+pub use tracker::{connect_result, FlowMap, NetSettings, NetTracker, CONNECT_RESULTS};
+
+use crate::event::Endpoint;
+
+/// An address from a kernel record (16 bytes, IPv4 stored v4-mapped) as
+/// an `IpAddr`, IPv4 when it is v4-mapped.
+pub fn ip_from_kernel(raw: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(raw);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The 16-byte kernel form of an address.
+pub fn ip_to_kernel(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+pub fn endpoint(raw: [u8; 16], port: u16) -> Endpoint {
+    Endpoint {
+        addr: ip_from_kernel(raw),
+        port,
+    }
+}
+
+/// The unspecified IPv4 endpoint, for events without a remote end.
+pub fn unspecified() -> Endpoint {
+    Endpoint {
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        port: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_addresses_show_as_ipv4() {
+        let raw = ip_to_kernel("192.0.2.7".parse().expect("ip"));
+        assert_eq!(ip_from_kernel(raw).to_string(), "192.0.2.7");
+        let raw = ip_to_kernel("2001:db8::1".parse().expect("ip"));
+        assert_eq!(ip_from_kernel(raw).to_string(), "2001:db8::1");
+        assert_eq!(ip_from_kernel([0; 16]).to_string(), "::");
+    }
+}
