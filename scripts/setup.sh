@@ -43,9 +43,10 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     bpf-linker --version >/dev/null || die "bpf-linker was built but does not run"
 fi
 
-# 3. Debian packages the tests use (setpriv comes with util-linux).
+# 3. Debian packages the tests use: setpriv (util-linux), ip and ss
+#    (iproute2), and real clients and servers (curl, socat).
 need_pkgs=()
-for pkg in util-linux procps; do
+for pkg in util-linux procps iproute2 curl socat; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -35,7 +35,7 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
-            flow_table_capacity: 65536,
+            flow_table_capacity: monitor_common::limits::FLOWS_MAX as usize,
             flow_update_secs: 30,
             udp_idle_secs: 60,
             tcp_idle_secs: 3600,
@@ -224,7 +224,11 @@ impl Config {
         }
         let sweep = &self.network.sweep_secs;
         if *sweep.get_ref() == 0 {
-            return Err(invalid(src, sweep.span().start, "network.sweep_secs must be at least 1"));
+            return Err(invalid(
+                src,
+                sweep.span().start,
+                "network.sweep_secs must be at least 1",
+            ));
         }
         let cap = &self.process_table.capacity;
         if *cap.get_ref() < 64 {

@@ -59,6 +59,10 @@ pub enum RunError {
 }
 
 pub async fn run(config: Config) -> Result<(), RunError> {
+    // First, so a stop requested during start-up is a clean stop once the
+    // probes are up, never the default action's abrupt exit.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let metrics = Metrics::new();
     let listener = if config.metrics.enabled {
         let addr = config.metrics.listen;
@@ -126,10 +130,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(CHANNEL_BATCHES);
-    let readers = [
-        tokio::spawn(read::run(proc_ring, tx.clone(), metrics.clone(), shutdown_rx.clone())),
-        tokio::spawn(read::run(net_ring, tx, metrics.clone(), shutdown_rx.clone())),
-    ];
+    let rings = read::Rings {
+        process: proc_ring,
+        net: net_ring,
+    };
+    let reader = tokio::spawn(read::run(rings, tx, metrics.clone(), shutdown_rx));
     let shared_metrics = Arc::new(metrics.clone());
 
     let attached = loaded.probes.iter().filter(|p| p.attached()).count();
@@ -150,8 +155,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut kernel_counters = KernelCounters::new(counters);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sweep = tokio::time::interval(Duration::from_secs(*net.sweep_secs.get_ref()));
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut evictions_seen = 0;
     let mut flow_evictions_seen = 0;
     let mut out = Vec::new();
@@ -192,9 +195,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    for reader in readers {
-        let _ = reader.await;
-    }
+    let _ = reader.await;
     while let Ok(batch) = rx.try_recv() {
         handle(&mut enricher, &mut kernel_flows, batch, &mut out);
     }
@@ -207,7 +208,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 }
 
 /// Enriches a batch into `out`.
-fn handle(enricher: &mut Enricher, flows: &mut KernelFlows, batch: Vec<KernelEvent>, out: &mut Vec<Event>) {
+fn handle(
+    enricher: &mut Enricher,
+    flows: &mut KernelFlows,
+    batch: Vec<KernelEvent>,
+    out: &mut Vec<Event>,
+) {
     let now = Instant::now();
     for ev in batch {
         enricher.apply(ev, now, flows, out);
@@ -234,7 +240,9 @@ fn seed_sockets(enricher: &mut Enricher, kernel: &mut KernelFlows) -> Vec<Event>
     let owners = sockdiag::socket_owners(std::path::Path::new("/proc"));
     let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32);
     let (events, sock_owners) =
-        enricher.net.seed(&sockets, &owners, netns, &enricher.table, &enricher.clock);
+        enricher
+            .net
+            .seed(&sockets, &owners, netns, &enricher.table, &enricher.clock);
     for (cookie, owner) in sock_owners {
         if let Err(e) = kernel.set_owner(cookie, owner) {
             tracing::warn!(error = %e, "socket owner map full while seeding; later events of some sockets name no process");

@@ -152,8 +152,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         KIND_FORK => Ok(KernelEvent::Fork(read_fixed(bytes)?)),
         KIND_EXIT => Ok(KernelEvent::Exit(read_fixed(bytes)?)),
-        KIND_NET_CONNECT | KIND_NET_CONNECT_RESULT | KIND_NET_LISTEN | KIND_NET_ACCEPT
-        | KIND_NET_BIND | KIND_NET_CLOSE | KIND_NET_UDP_FLOW | KIND_NET_RELEASE => {
+        KIND_NET_CONNECT
+        | KIND_NET_CONNECT_RESULT
+        | KIND_NET_LISTEN
+        | KIND_NET_ACCEPT
+        | KIND_NET_BIND
+        | KIND_NET_CLOSE
+        | KIND_NET_UDP_FLOW
+        | KIND_NET_RELEASE => {
             if bytes.len() != size_of::<NetEvent>() {
                 return Err(DecodeError::SizeMismatch);
             }

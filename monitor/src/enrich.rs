@@ -104,7 +104,13 @@ impl Enricher {
 
     /// Applies one kernel event to the tables and adds its output events
     /// to `out`.
-    pub fn apply(&mut self, ev: KernelEvent, now: Instant, flows: &mut dyn FlowMap, out: &mut Vec<Event>) {
+    pub fn apply(
+        &mut self,
+        ev: KernelEvent,
+        now: Instant,
+        flows: &mut dyn FlowMap,
+        out: &mut Vec<Event>,
+    ) {
         let event = match ev {
             KernelEvent::Net(n) => {
                 out.extend(self.net.apply(&n, &self.table, &self.clock, flows));
@@ -282,7 +288,12 @@ mod tests {
         let mut e = Enricher::new(table, net);
         let rec = exec_record(42, b"echo\0bin\0usr\0", b"tmp\0", b"/bin/echo\0x y\0z\0");
         let mut out = Vec::new();
-        e.apply(decode(&rec).expect("decodes"), Instant::now(), &mut NoFlows, &mut out);
+        e.apply(
+            decode(&rec).expect("decodes"),
+            Instant::now(),
+            &mut NoFlows,
+            &mut out,
+        );
         let Some(Event::Exec(x)) = out.pop() else {
             panic!("not exec")
         };
@@ -307,13 +318,21 @@ mod tests {
     struct NoFlows;
 
     impl FlowMap for NoFlows {
-        fn get(&self, _: &monitor_common::event::FlowKey) -> Option<monitor_common::event::FlowStats> {
+        fn get(
+            &self,
+            _: &monitor_common::event::FlowKey,
+        ) -> Option<monitor_common::event::FlowStats> {
             unreachable!("process events read no flows")
         }
         fn remove(&mut self, _: &monitor_common::event::FlowKey) {
             unreachable!("process events remove no flows")
         }
-        fn entries(&self) -> Vec<(monitor_common::event::FlowKey, monitor_common::event::FlowStats)> {
+        fn entries(
+            &self,
+        ) -> Vec<(
+            monitor_common::event::FlowKey,
+            monitor_common::event::FlowStats,
+        )> {
             unreachable!("process events list no flows")
         }
         fn owner(&self, _: u64) -> Option<monitor_common::event::SockOwner> {

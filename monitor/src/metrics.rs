@@ -52,6 +52,7 @@ pub struct Metrics {
     pub net_connect_results: IntCounterVec,
     pub net_flow_table_entries: IntGauge,
     pub net_flow_table_evictions: IntCounter,
+    pub net_kernel_flows: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -116,21 +117,32 @@ impl Metrics {
         );
         let gauge = |name, help| {
             let g = IntGauge::with_opts(opts(name, help)).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let counter = |name, help| {
             let c = IntCounter::with_opts(opts(name, help)).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let process_table_entries = gauge("process_table_entries", "Processes in the process table.");
+        let process_table_entries =
+            gauge("process_table_entries", "Processes in the process table.");
         let process_table_evictions = counter(
             "process_table_evictions_total",
             "Processes evicted from the full process table.",
         );
-        let net_flow_table_entries =
-            gauge("net_flow_table_entries", "Connections and UDP flows in the flow table.");
+        let net_flow_table_entries = gauge(
+            "net_flow_table_entries",
+            "Connections and UDP flows in the flow table.",
+        );
+        let net_kernel_flows = gauge(
+            "net_kernel_flows",
+            "Flows in the kernel's counter map at the last sweep.",
+        );
         let net_flow_table_evictions = counter(
             "net_flow_table_evictions_total",
             "Flows evicted from the full flow table.",
@@ -206,6 +218,7 @@ impl Metrics {
             net_connect_results,
             net_flow_table_entries,
             net_flow_table_evictions,
+            net_kernel_flows,
         }
     }
 

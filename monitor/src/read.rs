@@ -11,53 +11,76 @@ use crate::{
     metrics::{Metrics, KERNEL_ERROR_REASONS},
 };
 
-/// Most records taken from the ring in one go before handing them on.
+/// Most records taken from one ring in one go before handing them on.
 const BATCH: usize = 1024;
 
-/// Reads until `shutdown` fires or the next stage goes away.
+/// The rings, in the order their records are applied.
+pub struct Rings {
+    pub process: RingBuf<MapData>,
+    pub net: RingBuf<MapData>,
+}
+
+/// Reads both rings until `shutdown` fires or the next stage goes away.
+///
+/// Socket events are enriched from the process table, so the exec that
+/// named a process must be applied before that process's socket events.
+/// Each round therefore takes the socket records first, then the process
+/// records, and hands on the process records first: every process record
+/// committed before a socket record was produced is in the same batch,
+/// ahead of it.
 pub async fn run(
-    ring: RingBuf<MapData>,
+    rings: Rings,
     tx: mpsc::Sender<Vec<KernelEvent>>,
     metrics: Metrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its fd and keeps it open for as long as
+    // SAFETY: each ring buffer owns its fd and keeps it open for as long as
     // the AsyncFd that owns the ring buffer exists.
-    let mut fd = unsafe { AsyncFd::register(ring) }?;
+    let mut process = unsafe { AsyncFd::register(rings.process) }?;
+    // SAFETY: as above.
+    let mut net = unsafe { AsyncFd::register(rings.net) }?;
     loop {
-        let mut guard = tokio::select! {
-            g = fd.readable_mut() => g?,
+        tokio::select! {
+            g = process.readable_mut() => { g?.clear_ready(); }
+            g = net.readable_mut() => { g?.clear_ready(); }
             _ = shutdown.changed() => break,
-        };
-        let ring = guard.get_inner_mut();
-        let mut batch = Vec::with_capacity(64);
-        let mut drained = true;
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(ev) => batch.push(ev),
-                Err(e) => {
-                    metrics.decode_errors.with_label_values(&[e.as_str()]).inc();
-                    tracing::warn!(
-                        reason = e.as_str(),
-                        len = item.len(),
-                        "undecodable ring-buffer record dropped"
-                    );
-                }
+        }
+        loop {
+            let mut socket_batch = Vec::new();
+            let net_more = drain(net.get_mut(), &mut socket_batch, &metrics);
+            let mut batch = Vec::with_capacity(socket_batch.len() + 64);
+            let process_more = drain(process.get_mut(), &mut batch, &metrics);
+            batch.append(&mut socket_batch);
+            if !batch.is_empty() && tx.send(batch).await.is_err() {
+                return Ok(());
             }
-            if batch.len() >= BATCH {
-                drained = false;
+            if !net_more && !process_more {
                 break;
             }
         }
-        if drained {
-            guard.clear_ready();
-        }
-        drop(guard);
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
-            break;
-        }
     }
     Ok(())
+}
+
+/// Decodes up to [`BATCH`] records; returns whether more are waiting.
+fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<KernelEvent>, metrics: &Metrics) -> bool {
+    for _ in 0..BATCH {
+        let Some(item) = ring.next() else {
+            return false;
+        };
+        match decode(&item) {
+            Ok(ev) => batch.push(ev),
+            Err(e) => {
+                metrics.decode_errors.with_label_values(&[e.as_str()]).inc();
+                tracing::warn!(
+                    reason = e.as_str(),
+                    len = item.len(),
+                    "undecodable ring-buffer record dropped"
+                );
+            }
+        }
+    }
+    true
 }
 
 /// Kernel counters, summed over CPUs, mirrored into metrics.
@@ -80,7 +103,11 @@ impl KernelCounters {
             let delta = self.delta(counter::LOST_BASE + kind);
             if delta > 0 {
                 metrics.kernel_lost.with_label_values(&[name]).inc_by(delta);
-                tracing::error!(kind = name, lost = delta, "ring buffer full: events lost in the kernel");
+                tracing::error!(
+                    kind = name,
+                    lost = delta,
+                    "ring buffer full: events lost in the kernel"
+                );
             }
         }
         let errors = [

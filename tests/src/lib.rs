@@ -130,11 +130,16 @@ impl Monitor {
                     panic!("monitor wrote a line that is not JSON ({e}): {line}")
                 });
                 let (m, c) = &*s;
-                m.lock().expect("lock").events.push(v);
+                m.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .events
+                    .push(v);
                 c.notify_all();
             }
             let (m, c) = &*s;
-            m.lock().expect("lock").closed = true;
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .closed = true;
             c.notify_all();
         });
         let stderr = child.stderr.take().expect("stderr");
@@ -143,7 +148,7 @@ impl Monitor {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let (m, c) = &*s;
-                let mut g = m.lock().expect("lock");
+                let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if line.contains("monitor ready") {
                     let addr = line
                         .split_whitespace()
@@ -159,7 +164,7 @@ impl Monitor {
         let deadline = Instant::now() + Duration::from_secs(30);
         let metrics_addr = {
             let (m, c) = &*seen;
-            let mut g = m.lock().expect("lock");
+            let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             loop {
                 if let Some(addr) = &g.ready {
                     break addr.clone();
@@ -191,7 +196,7 @@ impl Monitor {
     pub fn expect_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         self.wait_event(EVENT_TIMEOUT, pred).unwrap_or_else(|| {
             let (m, _) = &*self.seen;
-            let g = m.lock().expect("lock");
+            let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let tail: Vec<String> = g.events.iter().rev().take(20).map(Value::to_string).collect();
             panic!("no event {what} within {EVENT_TIMEOUT:?}; last events (newest first):\n{}\nstderr:\n{}",
                 tail.join("\n"), g.stderr.join("\n"))
@@ -202,7 +207,7 @@ impl Monitor {
     pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         let (m, c) = &*self.seen;
-        let mut g = m.lock().expect("lock");
+        let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if let Some(v) = g.events.iter().find(|v| pred(v)) {
                 return Some(v.clone());
@@ -211,7 +216,10 @@ impl Monitor {
             if now >= deadline || g.closed {
                 return None;
             }
-            g = c.wait_timeout(g, deadline - now).expect("wait").0;
+            g = c
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -230,7 +238,10 @@ impl Monitor {
     /// Stderr lines so far.
     pub fn stderr(&self) -> Vec<String> {
         let (m, _) = &*self.seen;
-        m.lock().expect("lock").stderr.clone()
+        m.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stderr
+            .clone()
     }
 
     /// The /metrics text.
@@ -243,6 +254,11 @@ impl Monitor {
         let text = self.metrics();
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// The monitor's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the monitor with SIGTERM and returns its exit status.
@@ -336,4 +352,105 @@ impl EventExt for Value {
             })
             .unwrap_or_default()
     }
+}
+
+/// Two network namespaces joined by a veth pair, made by the test and
+/// removed when dropped. Addresses come from the documentation ranges:
+/// `192.0.2.1`/`2001:db8::1` in `a`, `192.0.2.2`/`2001:db8::2` in `b`.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+}
+
+impl NetnsPair {
+    pub const A4: &'static str = "192.0.2.1";
+    pub const B4: &'static str = "192.0.2.2";
+    pub const A6: &'static str = "2001:db8::1";
+    pub const B6: &'static str = "2001:db8::2";
+
+    pub fn new() -> Self {
+        let tag = format!("{}{}", std::process::id() % 100_000, unique());
+        let pair = Self {
+            a: format!("ewa{tag}"),
+            b: format!("ewb{tag}"),
+        };
+        let ip = |args: &str| {
+            let status = Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .expect("run ip");
+            assert!(status.success(), "ip {args} failed");
+        };
+        ip(&format!("netns add {}", pair.a));
+        ip(&format!("netns add {}", pair.b));
+        ip(&format!(
+            "link add va{tag} netns {} type veth peer name vb{tag} netns {}",
+            pair.a, pair.b
+        ));
+        for (ns, dev, v4, v6) in [
+            (&pair.a, format!("va{tag}"), Self::A4, Self::A6),
+            (&pair.b, format!("vb{tag}"), Self::B4, Self::B6),
+        ] {
+            ip(&format!("-n {ns} addr add {v4}/24 dev {dev}"));
+            ip(&format!("-n {ns} addr add {v6}/64 dev {dev} nodad"));
+            ip(&format!("-n {ns} link set {dev} up"));
+            ip(&format!("-n {ns} link set lo up"));
+        }
+        pair
+    }
+
+    /// A command run inside namespace `ns`.
+    pub fn command(ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// The inode number of a namespace, as the monitor reports it.
+    pub fn inode(ns: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(format!("/run/netns/{ns}"))
+            .expect("netns file")
+            .ino()
+    }
+}
+
+impl Default for NetnsPair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A free TCP or UDP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until something listens on `addr` (a TCP connect succeeds).
+pub fn wait_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts `got` is within 1% of `want`.
+pub fn assert_within_1pct(what: &str, got: u64, want: u64) {
+    let diff = got.abs_diff(want);
+    assert!(
+        diff * 100 <= want,
+        "{what}: {got} is not within 1% of {want}"
+    );
 }

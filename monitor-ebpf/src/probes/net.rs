@@ -21,15 +21,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use monitor_common::event::{
-    counter, EventHeader, FlowKey, FlowStats, NetEvent, SockOwner, KIND_NET_ACCEPT,
-    KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN,
-    KIND_NET_RELEASE, KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
+    counter, EventHeader, FlowKey, FlowStats, NetEvent, SockOwner, KIND_NET_ACCEPT, KIND_NET_BIND,
+    KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
+    KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     kernel::{
-        current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, ReadError,
-        AF_INET, AF_INET6,
+        current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, ReadError, AF_INET,
+        AF_INET6,
     },
     maps::{count, FLOWS, NET_EVENTS, PACKET_SCRATCH, SOCK_CALLS, SOCK_OWNERS},
 };
@@ -80,7 +80,9 @@ fn set_owner(cookie: u64, owner: &SockOwner) {
 #[inline(always)]
 fn owner_of(cookie: u64) -> SockOwner {
     // SAFETY: the value is copied out at once.
-    unsafe { SOCK_OWNERS.get(cookie) }.copied().unwrap_or_default()
+    unsafe { SOCK_OWNERS.get(cookie) }
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Reserves a socket event in the ring buffer, fills its header from
@@ -176,7 +178,10 @@ pub fn net_sock_release(ctx: SockContext) -> i32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn net_inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if try_set_state(&ctx).is_err() {
-        debug!(&ctx, "net_inet_sock_set_state: kernel read failed; event dropped");
+        debug!(
+            &ctx,
+            "net_inet_sock_set_state: kernel read failed; event dropped"
+        );
     }
     0
 }
@@ -189,6 +194,10 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     if proto != PROTO_TCP as u16 {
         return Ok(());
     }
+    // SAFETY: a BTF `struct sock *` from the tracepoint. Called on every
+    // transition: it assigns the socket its cookie, which the accept hook
+    // can then read from `sk_cookie` (it cannot call the helper itself).
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let kind = match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => KIND_NET_CONNECT,
         (TCP_SYN_SENT, TCP_ESTABLISHED) | (TCP_SYN_SENT, TCP_CLOSE) => KIND_NET_CONNECT_RESULT,
@@ -196,9 +205,6 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
         (_, TCP_CLOSE) => KIND_NET_CLOSE,
         _ => return Ok(()),
     };
-    // SAFETY: a BTF `struct sock *` from the tracepoint; the helper also
-    // assigns the cookie when the socket has none yet.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let sk = sk as u64;
     let owner = if kind == KIND_NET_CONNECT || kind == KIND_NET_LISTEN {
         // connect() and listen() run in the calling process.
@@ -289,7 +295,10 @@ fn accepted(ctx: &TracePointContext) -> Result<(), ReadError> {
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn net_sys_exit_accept(ctx: TracePointContext) -> i32 {
     if accepted(&ctx).is_err() {
-        debug!(&ctx, "net_sys_exit_accept: kernel read failed; event dropped");
+        debug!(
+            &ctx,
+            "net_sys_exit_accept: kernel read failed; event dropped"
+        );
     }
     0
 }
@@ -298,7 +307,10 @@ pub fn net_sys_exit_accept(ctx: TracePointContext) -> i32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn net_sys_exit_accept4(ctx: TracePointContext) -> i32 {
     if accepted(&ctx).is_err() {
-        debug!(&ctx, "net_sys_exit_accept4: kernel read failed; event dropped");
+        debug!(
+            &ctx,
+            "net_sys_exit_accept4: kernel read failed; event dropped"
+        );
     }
     0
 }
@@ -308,7 +320,10 @@ pub fn net_sys_exit_accept4(ctx: TracePointContext) -> i32 {
 pub fn net_sys_enter_bind(ctx: TracePointContext) -> i32 {
     // SAFETY: offset of the generic syscall-entry record.
     if let Ok(fd) = unsafe { ctx.read_at::<u64>(16) } {
-        if SOCK_CALLS.insert(bpf_get_current_pid_tgid(), fd, 0).is_err() {
+        if SOCK_CALLS
+            .insert(bpf_get_current_pid_tgid(), fd, 0)
+            .is_err()
+        {
             count(counter::ATTEMPT_ERRORS);
         }
     }
@@ -386,7 +401,12 @@ pub struct PacketScratch {
 /// Fills `w.key` and `w.fresh` local fields from the packet headers;
 /// returns the header length to subtract from the packet length.
 #[inline(always)]
-fn parse(ctx: &SkBuffContext, skb: *mut __sk_buff, w: &mut PacketScratch, egress: bool) -> Option<u32> {
+fn parse(
+    ctx: &SkBuffContext,
+    skb: *mut __sk_buff,
+    w: &mut PacketScratch,
+    egress: bool,
+) -> Option<u32> {
     // SAFETY: reading a context field the verifier rewrites.
     let protocol = match u16::from_be(unsafe { (*skb).protocol } as u16) as u32 {
         // Some local output paths leave skb->protocol unset; the IP
@@ -433,7 +453,11 @@ fn parse(ctx: &SkBuffContext, skb: *mut __sk_buff, w: &mut PacketScratch, egress
         PROTO_UDP => 8,
         _ => return None,
     };
-    let (local, peer) = if egress { (sport, dport) } else { (dport, sport) };
+    let (local, peer) = if egress {
+        (sport, dport)
+    } else {
+        (dport, sport)
+    };
     w.fresh.local_port = local;
     w.key.peer_port = peer;
     w.key.proto = proto;

@@ -9,8 +9,8 @@ use std::fs::File;
 
 use aya::{
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock,
-        RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint,
+        TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -129,7 +129,9 @@ impl Targets {
     fn find() -> Self {
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         let cgroup = match env::find_mount(&mounts, "cgroup2") {
-            Some(path) => File::open(path).map_err(|e| format!("cannot open cgroup v2 root {path}: {e}")),
+            Some(path) => {
+                File::open(path).map_err(|e| format!("cannot open cgroup v2 root {path}: {e}"))
+            }
             None => Err("no cgroup v2 hierarchy is mounted".to_owned()),
         };
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));

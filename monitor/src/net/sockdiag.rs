@@ -7,8 +7,7 @@
 
 use std::{
     collections::HashMap,
-    fs,
-    io,
+    fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
@@ -71,8 +70,14 @@ pub fn parse_msg(proto: Proto, m: &[u8]) -> Option<DiagSocket> {
     Some(DiagSocket {
         proto,
         state,
-        local: Endpoint { addr: src, port: sport },
-        remote: Endpoint { addr: dst, port: dport },
+        local: Endpoint {
+            addr: src,
+            port: sport,
+        },
+        remote: Endpoint {
+            addr: dst,
+            port: dport,
+        },
         inode,
         cookie: c0 | (c1 << 32),
         uid,
@@ -82,7 +87,13 @@ pub fn parse_msg(proto: Proto, m: &[u8]) -> Option<DiagSocket> {
 /// Dumps every socket of one family and protocol in this network namespace.
 pub fn dump(family: u8, proto: Proto) -> io::Result<Vec<DiagSocket>> {
     // SAFETY: plain socket(2) call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -94,7 +105,7 @@ pub fn dump(family: u8, proto: Proto) -> io::Result<Vec<DiagSocket>> {
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    // struct inet_diag_req_v2
+                                                // struct inet_diag_req_v2
     req.push(family);
     req.push(match proto {
         Proto::Tcp => libc::IPPROTO_TCP as u8,
@@ -104,7 +115,7 @@ pub fn dump(family: u8, proto: Proto) -> io::Result<Vec<DiagSocket>> {
     req.push(0); // pad
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
     req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: match all
-    // SAFETY: sending a fully initialised buffer on our socket.
+                                       // SAFETY: sending a fully initialised buffer on our socket.
     let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -120,10 +131,14 @@ pub fn dump(family: u8, proto: Proto) -> io::Result<Vec<DiagSocket>> {
         let mut at = 0usize;
         let data = &buf[..n as usize];
         while at + NLMSG_HDR <= data.len() {
-            let len = u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+            let len =
+                u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
             let ty = u16::from_ne_bytes([data[at + 4], data[at + 5]]);
             if len < NLMSG_HDR || at + len > data.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag reply"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed sock_diag reply",
+                ));
             }
             match ty {
                 NLMSG_DONE => return Ok(out),
@@ -164,7 +179,11 @@ pub fn socket_owners(proc_root: &Path) -> HashMap<u32, u32> {
         return owners;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
@@ -232,7 +251,9 @@ mod tests {
         assert_ne!(found.cookie, 0);
         let owners = socket_owners(Path::new("/proc"));
         assert_eq!(owners.get(&found.inode), Some(&std::process::id()));
-        assert!(all.iter().any(|s| s.state == 10 && s.local.port == addr.port()));
+        assert!(all
+            .iter()
+            .any(|s| s.state == 10 && s.local.port == addr.port()));
     }
 
     #[test]

@@ -154,14 +154,20 @@ mod tests {
             .peer(Proto::Tcp, ep("127.0.0.1:5000"), ep("127.0.0.1:80"))
             .expect("server end");
         assert_eq!(peer.owner, 2);
-        assert!(t.peer(Proto::Udp, ep("127.0.0.1:5000"), ep("127.0.0.1:80")).is_none());
+        assert!(t
+            .peer(Proto::Udp, ep("127.0.0.1:5000"), ep("127.0.0.1:80"))
+            .is_none());
     }
 
     #[test]
     fn bounded_with_evictions_counted() {
         let mut t = FlowTable::new(100);
         for i in 0..10_000u64 {
-            t.insert(flow(i, "127.0.0.1:1", &format!("127.0.0.1:{}", i % 60000 + 1)));
+            t.insert(flow(
+                i,
+                "127.0.0.1:1",
+                &format!("127.0.0.1:{}", i % 60000 + 1),
+            ));
         }
         assert_eq!(t.len(), 100);
         assert_eq!(t.evictions(), 9_900);

@@ -52,6 +52,8 @@ pub struct NetTracker {
     pub flows: FlowTable,
     settings: NetSettings,
     metrics: Metrics,
+    /// Boot ns of the previous sweep.
+    last_sweep_ns: u64,
 }
 
 fn proto_of(raw: u8) -> Proto {
@@ -98,8 +100,14 @@ pub fn connect_result(new_state: u8, errno: i32) -> &'static str {
 }
 
 /// Values of the `result` label of the connect-outcome metric.
-pub const CONNECT_RESULTS: [&str; 6] =
-    ["established", "refused", "timed_out", "unreachable", "aborted", "error"];
+pub const CONNECT_RESULTS: [&str; 6] = [
+    "established",
+    "refused",
+    "timed_out",
+    "unreachable",
+    "aborted",
+    "error",
+];
 
 impl NetTracker {
     pub fn new(capacity: usize, settings: NetSettings, metrics: Metrics) -> Self {
@@ -107,6 +115,7 @@ impl NetTracker {
             flows: FlowTable::new(capacity),
             settings,
             metrics,
+            last_sweep_ns: 0,
         }
     }
 
@@ -129,11 +138,19 @@ impl NetTracker {
         })
     }
 
-    fn peer(&self, procs: &ProcessTable, proto: Proto, local: Endpoint, remote: Endpoint) -> Option<PeerRef> {
+    fn peer(
+        &self,
+        procs: &ProcessTable,
+        proto: Proto,
+        local: Endpoint,
+        remote: Endpoint,
+    ) -> Option<PeerRef> {
         let f = self.flows.peer(proto, local, remote)?;
         (f.owner != 0).then(|| PeerRef {
             pid: f.owner,
-            exe: procs.get(f.owner).and_then(|p| p.exe.as_deref().map(str::to_owned)),
+            exe: procs
+                .get(f.owner)
+                .and_then(|p| p.exe.as_deref().map(str::to_owned)),
         })
     }
 
@@ -256,7 +273,15 @@ impl NetTracker {
         }
     }
 
-    fn open(&mut self, id: FlowId, local: Endpoint, direction: Direction, owner: u32, netns: u32, now: u64) {
+    fn open(
+        &mut self,
+        id: FlowId,
+        local: Endpoint,
+        direction: Direction,
+        owner: u32,
+        netns: u32,
+        now: u64,
+    ) {
         self.metrics
             .net_opened
             .with_label_values(&[id.proto.as_str(), direction.as_str()])
@@ -276,7 +301,14 @@ impl NetTracker {
 
     /// Ends a flow: fills the counters into `rec`, counts metrics and
     /// forgets the flow.
-    fn close(&mut self, id: FlowId, mut rec: NetRecord, stats: &FlowStats, now: u64, reason: &str) -> Event {
+    fn close(
+        &mut self,
+        id: FlowId,
+        mut rec: NetRecord,
+        stats: &FlowStats,
+        now: u64,
+        reason: &str,
+    ) -> Event {
         let flow = self.flows.remove(&id);
         let direction = flow.as_ref().and_then(|f| f.direction);
         rec.direction = direction;
@@ -320,27 +352,31 @@ impl NetTracker {
         map: &mut dyn FlowMap,
     ) -> Vec<Event> {
         let mut out = Vec::new();
-        for (key, stats) in map.entries() {
+        let interval = self.settings.update_interval_ns.max(1);
+        let previous = std::mem::replace(&mut self.last_sweep_ns, now);
+        let entries = map.entries();
+        self.metrics.net_kernel_flows.set(entries.len() as i64);
+        for (key, stats) in entries {
             let id = id_of_key(&key);
-            let local = endpoint(stats.local_addr, stats.local_port);
-            if self.flows.get(&id).is_none() {
-                // Counted before its socket event was seen, or evicted from
-                // the table: adopt it with the owner the kernel knows.
-                let owner = map.owner(key.cookie).unwrap_or_default();
-                self.flows.insert(Flow {
-                    id,
-                    local,
-                    direction: None,
-                    owner: owner.tgid,
-                    netns: owner.netns,
-                    seen_ns: stats.first_ns,
-                    reported_out: 0,
-                    reported_in: 0,
-                    last_report_ns: stats.first_ns,
-                });
-            }
-            let Some(flow) = self.flows.get(&id).cloned() else {
-                continue;
+            let tracked = self.flows.get(&id).cloned();
+            let flow = match &tracked {
+                Some(f) => f.clone(),
+                None => {
+                    // Counted before its socket event arrived, or evicted
+                    // from a full table: reported from the kernel's view.
+                    let owner = map.owner(key.cookie).unwrap_or_default();
+                    Flow {
+                        id,
+                        local: endpoint(stats.local_addr, stats.local_port),
+                        direction: None,
+                        owner: owner.tgid,
+                        netns: owner.netns,
+                        seen_ns: stats.first_ns,
+                        reported_out: 0,
+                        reported_in: 0,
+                        last_report_ns: stats.first_ns,
+                    }
+                }
             };
             let idle = now.saturating_sub(stats.last_ns);
             let idle_limit = match id.proto {
@@ -364,21 +400,36 @@ impl NetTracker {
                 out.push(self.close(id, rec, &stats, now, "idle"));
                 continue;
             }
-            let changed = stats.bytes_out != flow.reported_out || stats.bytes_in != flow.reported_in;
-            if changed && now.saturating_sub(flow.last_report_ns) >= self.settings.update_interval_ns {
-                self.count_bytes(id.proto, Some(&flow), &stats);
-                if let Some(f) = self.flows.get_mut(&id) {
-                    f.reported_out = stats.bytes_out;
-                    f.reported_in = stats.bytes_in;
-                    f.last_report_ns = now;
+            let due = match &tracked {
+                Some(f) => {
+                    let changed =
+                        stats.bytes_out != f.reported_out || stats.bytes_in != f.reported_in;
+                    changed && now.saturating_sub(f.last_report_ns) >= interval
                 }
-                let mut rec = rec;
-                fill_counters(&mut rec, &stats);
-                rec.duration_ms = Some(now.saturating_sub(stats.first_ns) / 1_000_000);
-                out.push(Event::net(Kind::FlowUpdate, rec));
+                // Untracked flows keep no report state: they are reported
+                // when an interval boundary passed since the last sweep and
+                // they carried traffic in between, so at most once per
+                // interval.
+                None => now / interval != previous / interval && stats.last_ns > previous,
+            };
+            if !due {
+                continue;
             }
+            if let Some(f) = self.flows.get_mut(&id) {
+                let reported = f.clone();
+                f.reported_out = stats.bytes_out;
+                f.reported_in = stats.bytes_in;
+                f.last_report_ns = now;
+                self.count_bytes(id.proto, Some(&reported), &stats);
+            }
+            let mut rec = rec;
+            fill_counters(&mut rec, &stats);
+            rec.duration_ms = Some(now.saturating_sub(stats.first_ns) / 1_000_000);
+            out.push(Event::net(Kind::FlowUpdate, rec));
         }
-        self.metrics.net_flow_table_entries.set(self.flows.len() as i64);
+        self.metrics
+            .net_flow_table_entries
+            .set(self.flows.len() as i64);
         out
     }
 }
@@ -481,7 +532,9 @@ impl NetTracker {
                 }
             }
         }
-        self.metrics.net_flow_table_entries.set(self.flows.len() as i64);
+        self.metrics
+            .net_flow_table_entries
+            .set(self.flows.len() as i64);
         (events, owners)
     }
 }
@@ -568,10 +621,24 @@ mod tests {
         let procs = ProcessTable::new(10, Duration::from_secs(60));
         let clock = BootClock::new();
         let mut map = MemMap::default();
-        let mut est = net(KIND_NET_CONNECT_RESULT, 1, 100, "127.0.0.1:5000", "127.0.0.1:80", SEC);
+        let mut est = net(
+            KIND_NET_CONNECT_RESULT,
+            1,
+            100,
+            "127.0.0.1:5000",
+            "127.0.0.1:80",
+            SEC,
+        );
         est.new_state = TCP_ESTABLISHED;
         t.apply(&est, &procs, &clock, &mut map);
-        let acc = net(KIND_NET_ACCEPT, 2, 200, "127.0.0.1:80", "127.0.0.1:5000", SEC);
+        let acc = net(
+            KIND_NET_ACCEPT,
+            2,
+            200,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            SEC,
+        );
         let out = t.apply(&acc, &procs, &clock, &mut map);
         let v = json(&out[0]);
         assert_eq!(v["kind"], "accept");
@@ -580,7 +647,14 @@ mod tests {
         assert_eq!(v["remote"]["addr"], "127.0.0.1");
         assert_eq!(v["direction"], "inbound");
 
-        let mut close = net(KIND_NET_CLOSE, 1, 100, "127.0.0.1:5000", "127.0.0.1:80", 3 * SEC);
+        let mut close = net(
+            KIND_NET_CLOSE,
+            1,
+            100,
+            "127.0.0.1:5000",
+            "127.0.0.1:80",
+            3 * SEC,
+        );
         close.old_state = TCP_ESTABLISHED;
         close.new_state = 7;
         close.first_ns = SEC;
@@ -605,7 +679,13 @@ mod tests {
         assert_eq!(connect_result(7, libc::ETIMEDOUT), "timed_out");
         assert_eq!(connect_result(7, 0), "aborted");
         assert_eq!(connect_result(TCP_ESTABLISHED, 0), "established");
-        for r in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH, 0, 999] {
+        for r in [
+            libc::ECONNREFUSED,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+            0,
+            999,
+        ] {
             assert!(CONNECT_RESULTS.contains(&connect_result(7, r)));
         }
     }
@@ -616,7 +696,14 @@ mod tests {
         let procs = ProcessTable::new(10, Duration::from_secs(60));
         let clock = BootClock::new();
         let mut map = MemMap::default();
-        let mut first = net(KIND_NET_UDP_FLOW, 9, 300, "127.0.0.1:5353", "127.0.0.1:40000", SEC);
+        let mut first = net(
+            KIND_NET_UDP_FLOW,
+            9,
+            300,
+            "127.0.0.1:5353",
+            "127.0.0.1:40000",
+            SEC,
+        );
         first.proto = PROTO_UDP;
         first.new_state = 0;
         let out = t.apply(&first, &procs, &clock, &mut map);
@@ -636,11 +723,17 @@ mod tests {
             ..Default::default()
         };
         map.flows.insert(key, stats);
-        assert!(t.sweep(10 * SEC, &procs, &clock, &mut map).is_empty(), "too early");
+        assert!(
+            t.sweep(10 * SEC, &procs, &clock, &mut map).is_empty(),
+            "too early"
+        );
         let out = t.sweep(40 * SEC, &procs, &clock, &mut map);
         assert_eq!(json(&out[0])["kind"], "flow_update");
         assert_eq!(json(&out[0])["bytes_received"], 500);
-        assert!(t.sweep(45 * SEC, &procs, &clock, &mut map).is_empty(), "no change, no update");
+        assert!(
+            t.sweep(45 * SEC, &procs, &clock, &mut map).is_empty(),
+            "no change, no update"
+        );
         stats.bytes_in = 700;
         map.flows.insert(key, stats);
         let out = t.sweep(81 * SEC, &procs, &clock, &mut map);
