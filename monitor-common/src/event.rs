@@ -335,7 +335,7 @@ mod tests {
             counter::FLOW_MAP_FULL,
             counter::PACKETS_UNPARSED,
         ] {
-            assert!(c >= counter::LOST_BASE + KIND_COUNT && c < counter::COUNT);
+            assert!((counter::LOST_BASE + KIND_COUNT..counter::COUNT).contains(&c));
         }
     }
 }

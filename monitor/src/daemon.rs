@@ -195,7 +195,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = reader.await;
+    // Keep consuming while the reader finishes: it may be waiting for room
+    // in the channel, and would wait forever if nobody drained it.
+    let mut reader = reader;
+    loop {
+        tokio::select! {
+            _ = &mut reader => break,
+            batch = rx.recv() => match batch {
+                Some(batch) => {
+                    handle(&mut enricher, &mut kernel_flows, batch, &mut out);
+                    write_all(&mut output, kinds, &out);
+                    out.clear();
+                }
+                None => break,
+            },
+        }
+    }
     while let Ok(batch) = rx.try_recv() {
         handle(&mut enricher, &mut kernel_flows, batch, &mut out);
     }

@@ -17,7 +17,7 @@ use std::{
 use serde_json::Value;
 
 /// How long a test waits for an event before it fails.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The monitor binary under test: `EDGEWATCH_MONITOR`, else the release
 /// build in this workspace's target directory.
@@ -48,6 +48,7 @@ pub fn is_root(test: &str) -> bool {
 #[derive(Default)]
 struct Seen {
     events: Vec<Value>,
+    bad_lines: Vec<String>,
     stderr: Vec<String>,
     ready: Option<String>,
     closed: bool,
@@ -265,9 +266,19 @@ impl Monitor {
     pub fn stop(mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Give the reader the last lines, then every line must
+                // have been whole JSON.
+                std::thread::sleep(Duration::from_millis(200));
+                let (m, _) = &*self.seen;
+                let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                assert!(
+                    g.bad_lines.is_empty(),
+                    "lines that are not JSON: {:?}",
+                    g.bad_lines
+                );
                 return status;
             }
             assert!(

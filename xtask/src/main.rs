@@ -52,6 +52,9 @@ fn cargo() -> Command {
     c
 }
 
+/// Kernel test binaries of the `tests` crate that can share the machine.
+const KERNEL_TESTS: [&str; 4] = ["process", "bad_input", "startup", "network"];
+
 fn test(filter: &[String]) -> Result<()> {
     run(cargo().args([
         "test",
@@ -68,9 +71,25 @@ fn test(filter: &[String]) -> Result<()> {
         eprintln!("xtask: warning: not root, so the kernel tests will skip themselves");
     }
     run(cargo()
-        .args(["test", "-p", "tests", "--", "--test-threads=2"])
+        .args(["test", "-p", "tests", "--lib"])
+        .args(KERNEL_TESTS.iter().flat_map(|t| ["--test", t]))
+        .args(["--", "--test-threads=2"])
         .args(filter)
-        .env("EDGEWATCH_MONITOR", monitor))
+        .env("EDGEWATCH_MONITOR", &monitor))?;
+    // The load tests each saturate the machine: one at a time, so they
+    // starve neither each other nor the tests above.
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "tests",
+            "--test",
+            "stress",
+            "--",
+            "--test-threads=1",
+        ])
+        .args(filter)
+        .env("EDGEWATCH_MONITOR", &monitor))
 }
 
 fn lint() -> Result<()> {

@@ -45,6 +45,12 @@ const SOCK_DGRAM: u32 = 2;
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 const BPF_NOEXIST: u64 = 1;
+// IPv6 extension headers with the generic (next header, length) layout.
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// Extension headers skipped before a packet counts as unparsed.
+const IPV6_EXT_MAX: usize = 4;
 
 /// Returned by cgroup programs: let the operation or packet through.
 const ALLOW: i32 = 1;
@@ -437,13 +443,32 @@ fn parse(
         let (local, peer) = if egress { (8, 24) } else { (24, 8) };
         w.fresh.local_addr.copy_from_slice(&h[local..local + 16]);
         w.key.peer_addr.copy_from_slice(&h[peer..peer + 16]);
-        (h[6], 40)
+        // Skip extension headers that use the generic layout: hop-by-hop
+        // (BIG TCP puts a jumbo payload option there on GSO packets over
+        // 64 KiB), routing and destination options.
+        let mut next = h[6];
+        let mut at = 40u32;
+        for _ in 0..IPV6_EXT_MAX {
+            if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS {
+                break;
+            }
+            let mut ext = [0u8; 2];
+            // SAFETY: a 2-byte stack buffer.
+            if unsafe { bpf_skb_load_bytes(skb.cast(), at & 0x1ff, ext.as_mut_ptr().cast(), 2) }
+                != 0
+            {
+                return None;
+            }
+            next = ext[0];
+            at += (ext[1] as u32 + 1) * 8;
+        }
+        (next, at)
     } else {
         return None;
     };
     let l4 = &mut w.l4;
     // SAFETY: the buffer is 16 bytes long.
-    if unsafe { bpf_skb_load_bytes(skb.cast(), l3 & 0x7f, l4.as_mut_ptr().cast(), 14) } != 0 {
+    if unsafe { bpf_skb_load_bytes(skb.cast(), l3 & 0x3ff, l4.as_mut_ptr().cast(), 14) } != 0 {
         return None;
     }
     let sport = u16::from_be_bytes([l4[0], l4[1]]);

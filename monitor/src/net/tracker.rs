@@ -354,6 +354,7 @@ impl NetTracker {
         let mut out = Vec::new();
         let interval = self.settings.update_interval_ns.max(1);
         let previous = std::mem::replace(&mut self.last_sweep_ns, now);
+        let ts = clock.rfc3339(now);
         let entries = map.entries();
         self.metrics.net_kernel_flows.set(entries.len() as i64);
         for (key, stats) in entries {
@@ -383,8 +384,30 @@ impl NetTracker {
                 Proto::Udp => self.settings.udp_idle_ns,
                 Proto::Tcp => self.settings.tcp_idle_ns,
             };
+            let ended = idle >= idle_limit;
+            let due = !ended
+                && match &tracked {
+                    Some(f) => {
+                        let changed =
+                            stats.bytes_out != f.reported_out || stats.bytes_in != f.reported_in;
+                        changed && now.saturating_sub(f.last_report_ns) >= interval
+                    }
+                    // Untracked flows keep no report state: they are reported
+                    // when an interval boundary passed since the last sweep and
+                    // they carried traffic in between, so at most once per
+                    // interval. Younger than one interval, its socket event is
+                    // probably still on the way, so it waits.
+                    None => {
+                        now / interval != previous / interval
+                            && stats.last_ns > previous
+                            && now.saturating_sub(stats.first_ns) >= interval
+                    }
+                };
+            if !ended && !due {
+                continue;
+            }
             let rec = NetRecord {
-                ts: clock.rfc3339(now),
+                ts: ts.clone(),
                 proto: Some(id.proto),
                 netns: flow.netns,
                 socket: id.socket,
@@ -395,24 +418,9 @@ impl NetTracker {
                 peer_process: self.peer(procs, id.proto, flow.local, id.remote),
                 ..Default::default()
             };
-            if idle >= idle_limit {
+            if ended {
                 map.remove(&key);
                 out.push(self.close(id, rec, &stats, now, "idle"));
-                continue;
-            }
-            let due = match &tracked {
-                Some(f) => {
-                    let changed =
-                        stats.bytes_out != f.reported_out || stats.bytes_in != f.reported_in;
-                    changed && now.saturating_sub(f.last_report_ns) >= interval
-                }
-                // Untracked flows keep no report state: they are reported
-                // when an interval boundary passed since the last sweep and
-                // they carried traffic in between, so at most once per
-                // interval.
-                None => now / interval != previous / interval && stats.last_ns > previous,
-            };
-            if !due {
                 continue;
             }
             if let Some(f) = self.flows.get_mut(&id) {

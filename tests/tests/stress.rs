@@ -1,0 +1,254 @@
+//! Hostile network load: a port scan, a SYN flood of half-open
+//! connections and 10,000 concurrent connections. The monitor stays up,
+//! bounded, and counts what it drops. Run one at a time (the load would
+//! starve other tests' timeouts).
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use tests::{free_port, is_root, wait_listening, EventExt as _, Monitor, NetnsPair};
+
+const CONFIG: &str =
+    "[output]\nseed_events = false\n[network]\nseed_events = false\nsweep_secs = 1\n";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pid_of(child: &Child) -> u64 {
+    u64::from(child.id())
+}
+
+#[test]
+fn port_scan_is_reported_and_bounded() {
+    if !is_root("port_scan_is_reported_and_bounded") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    // 3,000 refused connects as fast as one thread makes them.
+    let script = r#"
+import socket
+n = 0
+for port in range(20000, 23000):
+    s = socket.socket()
+    try: s.connect(("127.0.0.1", port))
+    except ConnectionRefusedError: n += 1
+    s.close()
+print(n)
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .output()
+        .expect("python");
+    let refused: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = m
+        .events(|v| v.kind() == "connect_result" && v["result"] == "refused")
+        .len() as u64;
+    let lost = m
+        .metric("edgewatch_kernel_events_lost_total{kind=\"connect_result\"}")
+        .unwrap_or(0.0) as u64;
+    assert!(refused >= 2_990, "only {refused} refused (ports in use?)");
+    assert!(
+        seen + lost >= refused,
+        "{seen} reported + {lost} counted lost < {refused} refused"
+    );
+    assert!(
+        m.metric("edgewatch_net_connect_results_total{result=\"refused\"}")
+            .unwrap_or(0.0)
+            >= seen as f64
+    );
+    // Nothing of the scan stays behind in the flow table.
+    let entries = m
+        .metric("edgewatch_net_flow_table_entries")
+        .unwrap_or(f64::MAX);
+    assert!(entries < 100.0, "{entries} flows left after the scan");
+    assert!(m.stop().success());
+}
+
+#[test]
+fn ten_thousand_concurrent_connections() {
+    if !is_root("ten_thousand_concurrent_connections") {
+        return;
+    }
+    // A flow table smaller than the load: evictions must be counted, and
+    // memory stay bounded.
+    let m = Monitor::start_with(&format!("{CONFIG}flow_table_capacity = 4096\n"));
+    let port = free_port();
+    let script = r#"
+import resource, socket, sys, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+port, n = int(sys.argv[1]), int(sys.argv[2])
+if sys.argv[3] == "server":
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port)); srv.listen(4096)
+    print("ready", flush=True)
+    conns = [srv.accept()[0] for _ in range(n)]
+    print("accepted", len(conns), flush=True)
+    sys.stdin.read()
+else:
+    conns = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port)); conns.append(c)
+    print("connected", len(conns), flush=True)
+    sys.stdin.read()
+"#;
+    let n = 10_000;
+    let mut server = Command::new("/usr/bin/python3")
+        .args(["-c", script, &port.to_string(), &n.to_string(), "server"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    wait_listening(&format!("127.0.0.1:{port}"));
+    let mut client = Command::new("/usr/bin/python3")
+        .args(["-c", script, &port.to_string(), &n.to_string(), "client"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(client.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut out, &mut line).expect("client output");
+    assert_eq!(line.trim(), format!("connected {n}"));
+    std::thread::sleep(Duration::from_secs(3));
+    let accepts = m
+        .events(|v| v.kind() == "accept" && v["local"]["port"] == port)
+        .len() as u64;
+    let established = m
+        .events(|v| v.kind() == "connect_result" && v["remote"]["port"] == port)
+        .len() as u64;
+    let lost: f64 = ["accept", "connect_result"]
+        .iter()
+        .map(|k| {
+            m.metric(&format!(
+                "edgewatch_kernel_events_lost_total{{kind=\"{k}\"}}"
+            ))
+            .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        accepts + established + lost as u64 >= 2 * n,
+        "{accepts} accepts, {established} connects, {lost} lost"
+    );
+    let entries = m.metric("edgewatch_net_flow_table_entries").unwrap_or(0.0);
+    assert!(entries <= 4096.0, "{entries} flows in a 4096-flow table");
+    assert!(
+        m.metric("edgewatch_net_flow_table_evictions_total")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", m.pid()))
+        .expect("status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    assert!(rss_kib < 256 * 1024, "monitor RSS {rss_kib} KiB");
+    drop(client.stdin.take());
+    drop(server.stdin.take());
+    let _ = client.wait();
+    let _ = server.wait();
+    assert!(m.stop().success());
+}
+
+#[test]
+fn syn_flood_half_open_connections_stay_bounded() {
+    if !is_root("syn_flood_half_open_connections_stay_bounded") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    let ns = NetnsPair::new();
+    let port = 8081;
+    let listener = Killed(
+        NetnsPair::command(&ns.b, "/usr/bin/python3")
+            .args([
+                "-c",
+                "import socket,sys,time\nl=socket.socket(); l.bind(('0.0.0.0', int(sys.argv[1]))); l.listen(1024)\nc,_=l.accept(); c.recv(10); time.sleep(30)",
+                &port.to_string(),
+            ])
+            .spawn()
+            .expect("listener"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // 5,000 SYNs into namespace b from a source that does not exist
+    // (192.0.2.99): b's SYN-ACKs go nowhere and the connections stay
+    // half-open, as request sockets.
+    let script = r#"
+import socket, struct, sys
+port = int(sys.argv[1])
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+src, dst = socket.inet_aton("192.0.2.99"), socket.inet_aton("192.0.2.2")
+for i in range(5000):
+    tcp = struct.pack("!HHIIBBHHH", 10000 + i, port, i, 0, 5 << 4, 0x02, 65535, 0, 0)
+    tcp = tcp[:16] + struct.pack("!H", csum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i & 0xffff, 0, 64, 6, 0, src, dst)
+    raw.sendto(ip + tcp, ("192.0.2.2", 0))
+print("sent")
+"#;
+    let out = NetnsPair::command(&ns.a, "/usr/bin/python3")
+        .args(["-c", script, &port.to_string()])
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sent",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let half_open = NetnsPair::command(&ns.b, "ss")
+        .args(["-Htn", "state", "syn-recv"])
+        .output()
+        .expect("ss");
+    let half_open = String::from_utf8_lossy(&half_open.stdout).lines().count();
+    assert!(
+        half_open > 100,
+        "only {half_open} half-open connections: the flood did not land"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // The monitor tracks nothing for half-open connections, and still
+    // reports a real connection to the same listener.
+    let kernel_flows = m.metric("edgewatch_net_kernel_flows").unwrap_or(f64::MAX);
+    assert!(
+        kernel_flows < 100.0,
+        "{kernel_flows} kernel flows after the flood"
+    );
+    let entries = m
+        .metric("edgewatch_net_flow_table_entries")
+        .unwrap_or(f64::MAX);
+    assert!(entries < 100.0, "{entries} flows after the flood");
+    let client = NetnsPair::command(&ns.a, "/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket,sys\nc=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10); c.sendall(b'hello')",
+            NetnsPair::B4,
+            &port.to_string(),
+        ])
+        .status()
+        .expect("client");
+    assert!(client.success());
+    let accepted = m.expect_event("accept after the flood", |v| {
+        v.kind() == "accept" && v["local"]["port"] == port
+    });
+    assert_eq!(accepted["process"]["pid"], pid_of(&listener.0));
+    drop(listener);
+    assert!(m.stop().success());
+}
