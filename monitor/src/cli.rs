@@ -36,6 +36,38 @@ pub enum Command {
     /// Print or check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check rule files, or print the built-in rule pack.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Run recorded events through the rules, offline, and print the alerts.
+    ///
+    /// EVENTS is a file of JSON lines as `monitor run` writes them (`-` for
+    /// standard input). Alerts go to stdout as JSON lines; a summary and
+    /// any unreadable line go to stderr. Use it to try a rule on a
+    /// recording before deploying it.
+    Replay {
+        #[arg(value_name = "EVENTS")]
+        events: PathBuf,
+        /// Configuration whose [detect] section chooses the rules (the
+        /// embedded default when absent).
+        #[arg(long, short, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Extra rule files or directories, added to those of the configuration.
+        #[arg(long = "rules", value_name = "PATH")]
+        rules: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate rule files or directories of `*.toml` rules; errors are
+    /// reported as file:line:col.
+    Check {
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the built-in rule pack.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

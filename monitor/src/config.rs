@@ -19,9 +19,30 @@ pub struct Config {
     pub kernel: KernelConfig,
     pub process_table: ProcessTableConfig,
     pub network: NetworkConfig,
+    pub detect: DetectConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    pub enabled: bool,
+    /// Load the embedded rule pack.
+    pub builtin_rules: bool,
+    /// Directories (or files) of extra rules, `*.toml`.
+    pub rule_paths: Vec<PathBuf>,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            builtin_rules: true,
+            rule_paths: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     pub flow_table_capacity: usize,
@@ -45,7 +66,7 @@ impl Default for NetworkConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     pub stdout: bool,
@@ -54,14 +75,14 @@ pub struct OutputConfig {
     pub seed_events: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
     pub enabled: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
     pub ring_buffer_bytes: Spanned<u32>,
@@ -93,7 +114,7 @@ impl EbpfLogLevel {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessTableConfig {
     pub capacity: Spanned<usize>,
@@ -312,6 +333,7 @@ mod tests {
         assert_eq!(e.tcp_idle_secs, c.tcp_idle_secs);
         assert_eq!(e.sweep_secs.get_ref(), c.sweep_secs.get_ref());
         assert_eq!(e.seed_events, c.seed_events);
+        assert_eq!(embedded.detect, code.detect);
     }
 
     #[test]

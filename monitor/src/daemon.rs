@@ -3,6 +3,7 @@
 
 use std::{
     os::unix::fs::MetadataExt as _,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,6 +20,10 @@ use tokio::{
 use crate::{
     config::Config,
     decode::KernelEvent,
+    detect::{
+        rule::RuleError,
+        stage::{load_rules, Detect},
+    },
     enrich::Enricher,
     event::{Event, Kind},
     load,
@@ -54,16 +59,21 @@ pub enum RunError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(transparent)]
+    Rules(#[from] RuleError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
-pub async fn run(config: Config) -> Result<(), RunError> {
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
     // First, so a stop requested during start-up is a clean stop once the
     // probes are up, never the default action's abrupt exit.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let metrics = Metrics::new();
+    let rules = load_rules(&config.detect)?;
+    let mut detect = Detect::new(rules, Some(metrics.clone()));
     let listener = if config.metrics.enabled {
         let addr = config.metrics.listen;
         Some(
@@ -116,13 +126,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut enricher = Enricher::new(table, tracker);
     let kinds = &config.output.kinds;
     let seeded = enricher.seed(procfs::scan(std::path::Path::new("/proc")));
-    if config.output.seed_events && kinds.contains(&Kind::Process) {
-        write_all(&mut output, kinds, &seeded);
-    }
+    let process_kinds: Vec<Kind> = if config.output.seed_events {
+        kinds.clone()
+    } else {
+        Vec::new()
+    };
+    emit(&mut output, &process_kinds, &mut detect, &seeded);
     let connections = seed_sockets(&mut enricher, &mut kernel_flows);
-    if net.seed_events {
-        write_all(&mut output, kinds, &connections);
-    }
+    let connection_kinds: Vec<Kind> = if net.seed_events {
+        kinds.clone()
+    } else {
+        Vec::new()
+    };
+    emit(&mut output, &connection_kinds, &mut detect, &connections);
     output.flush();
     metrics
         .process_table_entries
@@ -147,6 +163,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         probes = loaded.probes.len(),
         processes = enricher.table.stats().entries,
         connections = enricher.net.flows.len(),
+        rules = detect.engine.rules().len(),
         metrics = %metrics_addr,
         "monitor ready"
     );
@@ -163,13 +180,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
                 handle(&mut enricher, &mut kernel_flows, batch, &mut out);
-                write_all(&mut output, kinds, &out);
+                emit(&mut output, kinds, &mut detect, &out);
                 out.clear();
                 tokio::task::block_in_place(|| output.flush());
             }
             _ = sweep.tick() => {
                 tokio::task::block_in_place(|| enricher.sweep(&mut kernel_flows, &mut out));
-                write_all(&mut output, kinds, &out);
+                emit(&mut output, kinds, &mut detect, &out);
                 out.clear();
                 let evictions = enricher.net.flows.evictions();
                 metrics.net_flow_table_evictions.inc_by(evictions - flow_evictions_seen);
@@ -189,6 +206,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                     logger.flush();
                 }
             }
+            _ = sighup.recv() => reload(config_path.as_deref(), &config, &mut detect, &metrics),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -204,7 +222,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             batch = rx.recv() => match batch {
                 Some(batch) => {
                     handle(&mut enricher, &mut kernel_flows, batch, &mut out);
-                    write_all(&mut output, kinds, &out);
+                    emit(&mut output, kinds, &mut detect, &out);
                     out.clear();
                 }
                 None => break,
@@ -214,7 +232,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     while let Ok(batch) = rx.try_recv() {
         handle(&mut enricher, &mut kernel_flows, batch, &mut out);
     }
-    write_all(&mut output, kinds, &out);
+    emit(&mut output, kinds, &mut detect, &out);
+    for alert in detect.flush() {
+        output.write_value(Kind::Alert, &alert);
+    }
     output.flush();
     if let Some(server) = server {
         server.abort();
@@ -235,10 +256,66 @@ fn handle(
     }
 }
 
-/// Writes the events of the kinds the configuration asks for.
-fn write_all(output: &mut Output, kinds: &[Kind], events: &[Event]) {
-    for ev in events.iter().filter(|e| kinds.contains(&e.kind())) {
-        output.write(ev);
+/// Runs the detect stage over events and writes those of the kinds the
+/// configuration asks for, each followed by the alerts it raised.
+fn emit(output: &mut Output, kinds: &[Kind], detect: &mut Detect, events: &[Event]) {
+    let alerts_wanted = kinds.contains(&Kind::Alert);
+    for ev in events {
+        let value = match serde_json::to_value(ev) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "event could not be serialised; dropped");
+                continue;
+            }
+        };
+        let alerts = detect.observe(&value);
+        if kinds.contains(&ev.kind()) {
+            output.write_value(ev.kind(), &value);
+        }
+        if alerts_wanted {
+            for alert in &alerts {
+                output.write_value(Kind::Alert, alert);
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-reads the configuration and the rules. Anything invalid
+/// keeps the running rules and says why in one line.
+fn reload(
+    path: Option<&std::path::Path>,
+    running: &Config,
+    detect: &mut Detect,
+    metrics: &Metrics,
+) {
+    let config = match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::embedded()),
+    };
+    let result = config.map_err(|e| e.to_string()).and_then(|c| {
+        load_rules(&c.detect)
+            .map(|rules| (c, rules))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok((config, rules)) => {
+            let n = rules.len();
+            detect.set_rules(rules);
+            metrics.rule_reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(rules = n, "configuration and rules reloaded");
+            if config.output != running.output
+                || config.metrics != running.metrics
+                || config.kernel != running.kernel
+                || config.process_table != running.process_table
+                || config.network != running.network
+            {
+                tracing::warn!("changes outside [detect] take effect at the next start");
+            }
+        }
+        Err(e) => {
+            metrics.rule_reloads.with_label_values(&["failed"]).inc();
+            tracing::error!("reload failed, the running rules stay: {e}");
+        }
     }
 }
 

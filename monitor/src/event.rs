@@ -31,10 +31,12 @@ pub enum Kind {
     FlowUpdate,
     /// A connection or listener that existed when the monitor started.
     Connection,
+    /// A detection rule matched.
+    Alert,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
@@ -49,6 +51,7 @@ impl Kind {
         Kind::UdpFlow,
         Kind::FlowUpdate,
         Kind::Connection,
+        Kind::Alert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Kind {
             Kind::UdpFlow => "udp_flow",
             Kind::FlowUpdate => "flow_update",
             Kind::Connection => "connection",
+            Kind::Alert => "alert",
         }
     }
 }
@@ -277,6 +281,10 @@ pub struct Endpoint {
 pub struct ProcessRef {
     pub pid: u32,
     pub comm: String,
+    pub uid: Option<u32>,
+    /// Audit login uid; absent outside login sessions.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auid: Option<u32>,
     pub exe: Option<String>,
     pub argv: Vec<String>,
     pub ancestry: Vec<Ancestor>,
@@ -406,6 +414,8 @@ pub struct ProcessRecord {
     pub euid: u32,
     pub gid: u32,
     pub egid: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auid: Option<u32>,
     pub comm: String,
     /// Absent for kernel threads.
     pub exe: Option<String>,

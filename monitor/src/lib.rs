@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod detect;
 pub mod enrich;
 pub mod escape;
 pub mod event;
@@ -17,6 +18,7 @@ pub mod net;
 pub mod output;
 pub mod process;
 pub mod read;
+pub mod replay;
 
 /// Exit code for bad configuration or usage (clap uses it too).
 pub const EXIT_USAGE: i32 = 2;

@@ -2,9 +2,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use monitor::{
-    cli::{Cli, Command, ConfigCommand},
+    cli::{Cli, Command, ConfigCommand, RulesCommand},
     config::{Config, DEFAULT_TOML},
-    daemon, EXIT_FAILURE, EXIT_USAGE,
+    daemon,
+    detect::rule,
+    replay, EXIT_FAILURE, EXIT_USAGE,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -32,13 +34,49 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_USAGE, &e),
         },
-        Command::Run { config } => {
-            let config = match config {
-                Some(path) => match Config::load(&path) {
-                    Ok(c) => c,
+        Command::Rules(RulesCommand::Show) => {
+            print!("{}", rule::BUILTIN);
+            ExitCode::SUCCESS
+        }
+        Command::Rules(RulesCommand::Check { paths }) => {
+            for path in &paths {
+                match rule::load_path(path) {
+                    Ok(rules) => println!("{}: {} rules ok", path.display(), rules.len()),
                     Err(e) => return fail(EXIT_USAGE, &e),
-                },
-                None => Config::embedded(),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Replay {
+            events,
+            config,
+            rules,
+        } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match replay::run(&events, &config, &rules, &mut out) {
+                Ok(s) => {
+                    drop(out);
+                    eprintln!(
+                        "replayed {} events: {} alerts, {} unreadable lines",
+                        s.events,
+                        s.alerts,
+                        s.bad_lines.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e @ replay::ReplayError::Rules(_)) => fail(EXIT_USAGE, &e),
+                Err(e) => fail(EXIT_FAILURE, &e),
+            }
+        }
+        Command::Run { config: path } => {
+            let config = match load_config(path.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -48,11 +86,19 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(EXIT_FAILURE, &e),
             };
-            match runtime.block_on(daemon::run(config)) {
+            match runtime.block_on(daemon::run(config, path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_FAILURE, &e),
             }
         }
+    }
+}
+
+/// The configuration at `path`, or the embedded default.
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| fail(EXIT_USAGE, &e)),
+        None => Ok(Config::embedded()),
     }
 }
 

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub net_flow_table_entries: IntGauge,
     pub net_flow_table_evictions: IntCounter,
     pub net_kernel_flows: IntGauge,
+    pub alerts: IntCounterVec,
+    pub alerts_deduplicated: IntCounterVec,
+    pub alerts_rate_limited: IntCounterVec,
+    pub rules_loaded: IntGauge,
+    pub rule_reloads: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -115,6 +120,26 @@ impl Metrics {
             "Outcomes of outbound TCP connection attempts.",
             &["result"],
         );
+        let alerts = counter_vec(
+            "alerts_total",
+            "Alerts raised, by rule id and severity (repeat lines not counted).",
+            &["rule", "severity"],
+        );
+        let alerts_deduplicated = counter_vec(
+            "alerts_deduplicated_total",
+            "Rule matches folded into an open alert of the same rule and lineage, by rule id.",
+            &["rule"],
+        );
+        let alerts_rate_limited = counter_vec(
+            "alerts_rate_limited_total",
+            "Alerts a rule's rate limit held back, by rule id.",
+            &["rule"],
+        );
+        let rule_reloads = counter_vec(
+            "rule_reloads_total",
+            "Reloads of configuration and rules on SIGHUP, by result (ok, failed).",
+            &["result"],
+        );
         let gauge = |name, help| {
             let g = IntGauge::with_opts(opts(name, help)).expect("valid metric");
             registry
@@ -139,6 +164,7 @@ impl Metrics {
             "net_flow_table_entries",
             "Connections and UDP flows in the flow table.",
         );
+        let rules_loaded = gauge("rules_loaded", "Detection rules in use.");
         let net_kernel_flows = gauge(
             "net_kernel_flows",
             "Flows in the kernel's counter map at the last sweep.",
@@ -198,6 +224,9 @@ impl Metrics {
         for s in SINKS {
             output_errors.with_label_values(&[s]);
         }
+        for r in ["ok", "failed"] {
+            rule_reloads.with_label_values(&[r]);
+        }
         for p in PROBES {
             probe_attached.with_label_values(&[p.name]).set(0);
         }
@@ -219,6 +248,11 @@ impl Metrics {
             net_flow_table_entries,
             net_flow_table_evictions,
             net_kernel_flows,
+            alerts,
+            alerts_deduplicated,
+            alerts_rate_limited,
+            rules_loaded,
+            rule_reloads,
         }
     }
 

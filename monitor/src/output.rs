@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use crate::{event::Event, metrics::Metrics};
+use crate::{event::Kind, metrics::Metrics};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open event file {path}: {source}")]
@@ -57,8 +57,8 @@ impl Output {
         Ok(Self { sinks, metrics })
     }
 
-    /// Writes one event to every sink.
-    pub fn write(&mut self, event: &Event) {
+    /// Writes one event, in its JSON form, to every sink.
+    pub fn write_value(&mut self, kind: Kind, event: &serde_json::Value) {
         let mut line = match serde_json::to_vec(event) {
             Ok(l) => l,
             Err(e) => {
@@ -73,7 +73,7 @@ impl Output {
         }
         self.metrics
             .events
-            .with_label_values(&[event.kind().as_str()])
+            .with_label_values(&[kind.as_str()])
             .inc();
     }
 

@@ -53,7 +53,7 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 4] = ["process", "bad_input", "startup", "network"];
+const KERNEL_TESTS: [&str; 5] = ["process", "bad_input", "startup", "network", "detect"];
 
 fn test(filter: &[String]) -> Result<()> {
     run(cargo().args([

@@ -132,6 +132,8 @@ impl NetTracker {
             } else {
                 comm.to_owned()
             },
+            uid: p.map(|p| p.uid),
+            auid: p.and_then(|p| p.auid),
             exe: p.and_then(|p| p.exe.as_deref().map(str::to_owned)),
             argv: p.map(|p| p.argv.to_vec()).unwrap_or_default(),
             ancestry: p.map(|p| procs.ancestry(p.ppid)).unwrap_or_default(),

@@ -60,6 +60,11 @@ pub fn read_process(dir: &Path, pid: u32) -> Option<Process> {
         .ok()
         .map(|p| Arc::from(escape(p.as_os_str().as_bytes())));
     let stdio = [0, 1, 2].map(|fd| fd_kind(&dir.join("fd").join(fd.to_string())));
+    // 4294967295 means unset; the file is missing without CONFIG_AUDIT.
+    let auid = fs::read_to_string(dir.join("loginuid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&a| a != u32::MAX);
     Some(Process {
         pid,
         ppid,
@@ -68,6 +73,7 @@ pub fn read_process(dir: &Path, pid: u32) -> Option<Process> {
         euid,
         gid,
         egid,
+        auid,
         comm: escape(&comm),
         exe: exe.map(Arc::from),
         exe_deleted,

