@@ -652,6 +652,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The README's table lists every built-in rule, so the docs cannot
+    /// drift from the pack.
+    #[test]
+    fn readme_lists_every_builtin_rule() {
+        let readme = include_str!("../../../README.md");
+        for r in load(true, &[]).expect("builtin") {
+            let row = format!(
+                "| `{}` | {} | {} | {} |",
+                r.id,
+                r.title,
+                r.severity.as_str(),
+                r.attack.join(", ")
+            );
+            assert!(readme.contains(&row), "README lacks the row: {row}");
+        }
+    }
+
     #[test]
     fn glob_translation() {
         let re = Regex::new(&glob_regex("/tmp/*.sh")).expect("regex");

@@ -773,3 +773,17 @@ except = [{ field = "argv", contains = "--safe" }]
     )
     .is_empty());
 }
+
+#[test]
+fn php_fpm_behind_a_unix_socket_counts_as_a_service() {
+    let mut e = builtin();
+    // php-fpm listens on a unix socket: no TCP listener, but its name says
+    // what it is.
+    let fpm = [
+        (150, "/usr/sbin/php-fpm8.2"),
+        (149, "/usr/sbin/php-fpm8.2"),
+        INIT,
+    ];
+    let sh = exec(1, 160, "/usr/bin/dash", &["sh", "-c", "uname -a"], &fpm);
+    assert_eq!(fired(&mut e, &[sh]), ["EW-PROC-001"]);
+}
