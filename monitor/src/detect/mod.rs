@@ -45,8 +45,8 @@ pub struct AlertRecord {
     /// the window.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub repeat: bool,
-    /// The process lineage the alert is about (the root of the process
-    /// tree below init).
+    /// The process lineage the alert is about: the nearest network-facing
+    /// ancestor, else the parent.
     pub lineage: u64,
 }
 
@@ -110,18 +110,6 @@ fn ancestry_of(ev: &Value) -> &[Value] {
         .get("ancestry")
         .and_then(Value::as_array)
         .map_or(&[][..], Vec::as_slice)
-}
-
-/// The root of the event's process tree below init: the ancestor just
-/// under pid 1, or the process itself.
-fn lineage_of(ev: &Value) -> u64 {
-    let own = pid_of(ev).unwrap_or(0);
-    let chain: Vec<u64> = ancestry_of(ev)
-        .iter()
-        .filter_map(|a| a.get("pid").and_then(Value::as_u64))
-        .filter(|p| *p > 1)
-        .collect();
-    chain.last().copied().unwrap_or(own)
 }
 
 fn values_equal(a: &Value, b: &Value) -> bool {
@@ -198,6 +186,23 @@ impl Engine {
         &self.rules
     }
 
+    /// The lineage an event belongs to, for dedup: the nearest ancestor
+    /// that is a network-facing service (so every request a web server
+    /// hands to a shell is one lineage), else the parent, else the process.
+    fn lineage_of(&self, ev: &Value) -> u64 {
+        let chain: Vec<u64> = ancestry_of(ev)
+            .iter()
+            .filter_map(|a| a.get("pid").and_then(Value::as_u64))
+            .collect();
+        chain
+            .iter()
+            .copied()
+            .find(|p| self.is_listener(*p))
+            .or_else(|| chain.first().copied().filter(|p| *p > 1))
+            .or_else(|| pid_of(ev))
+            .unwrap_or(0)
+    }
+
     fn is_listener(&self, pid: u64) -> bool {
         pid > 1 && pid != self.self_pid && self.listeners.contains_key(&pid)
     }
@@ -236,7 +241,7 @@ impl Engine {
     fn field(&mut self, ev: &Value, path: &[String]) -> Option<Value> {
         if path.len() == 1 {
             if path[0] == "lineage" {
-                return Some(lineage_of(ev).into());
+                return Some(self.lineage_of(ev).into());
             }
             if path[0] == "listener" {
                 return Some(pid_of(ev).is_some_and(|p| self.is_listener(p)).into());
@@ -391,7 +396,7 @@ impl Engine {
         evidence: Vec<Value>,
         now: u64,
     ) -> Option<AlertRecord> {
-        let lineage = lineage_of(ev);
+        let lineage = self.lineage_of(ev);
         if let Some(w) = self.windows.get_mut(&(i, lineage)) {
             if now <= w.ends_ns {
                 w.alert.count += 1;

@@ -721,7 +721,7 @@ fn alert_names_process_connections_and_evidence() {
     assert_eq!(v["process"]["ancestry"][1]["pid"], 100);
     assert_eq!(v["connections"][0]["remote"]["port"], 4444);
     assert_eq!(v["evidence"].as_array().map(Vec::len), Some(2));
-    assert_eq!(v["lineage"], 100);
+    assert_eq!(v["lineage"], 100, "the nginx master is the lineage");
     assert_eq!(v["count"], 1);
 }
 
