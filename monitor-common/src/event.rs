@@ -250,7 +250,10 @@ assert_size!(FlowKey, 32);
 pub struct FlowStats {
     pub local_addr: [u8; 16],
     pub local_port: u16,
-    pub _pad: [u8; 6],
+    /// `FP_*` protocol fingerprint of the first payload received and sent.
+    pub fp_in: u8,
+    pub fp_out: u8,
+    pub _pad: [u8; 4],
     pub first_ns: u64,
     pub last_ns: u64,
     pub bytes_out: u64,
@@ -259,6 +262,41 @@ pub struct FlowStats {
     pub pkts_in: u64,
 }
 assert_size!(FlowStats, 72);
+
+/// No known proxy protocol in the first payload.
+pub const FP_NONE: u8 = 0;
+/// SOCKS4 request (`04 01|02 port ip user\0`).
+pub const FP_SOCKS4: u8 = 1;
+/// SOCKS4a request (SOCKS4 with ip `0.0.0.x`, x != 0, and a host name).
+pub const FP_SOCKS4A: u8 = 2;
+/// SOCKS5 greeting (`05 n methods...`).
+pub const FP_SOCKS5: u8 = 3;
+/// HTTP `CONNECT host:port` request.
+pub const FP_HTTP_CONNECT: u8 = 4;
+
+/// Key of the per-process socket activity map: a thread group and a
+/// socket it sent or received on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IoKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub cookie: u64,
+}
+assert_size!(IoKey, 16);
+
+/// What a process did on a socket through `sendmsg`/`recvmsg` (which
+/// `read`, `write`, `send*`, `recv*`, `sendfile` and splice into a socket
+/// all reach).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStats {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+assert_size!(IoStats, 32);
 
 /// Indices into the per-CPU `COUNTERS` array. Indices below [`KIND_COUNT`]
 /// count records of that kind the ring buffer had no room for.
@@ -279,6 +317,9 @@ pub mod counter {
     /// Packets the flow counters could not parse (not TCP/UDP, IPv6 with
     /// extension headers, truncated headers).
     pub const PACKETS_UNPARSED: u32 = 18;
+    /// The socket-activity map was full: a process's use of a socket was
+    /// not recorded.
+    pub const IO_MAP_FULL: u32 = 19;
     /// Number of counters.
     pub const COUNT: u32 = 24;
 }
@@ -334,6 +375,7 @@ mod tests {
             counter::SOCK_OWNER_FULL,
             counter::FLOW_MAP_FULL,
             counter::PACKETS_UNPARSED,
+            counter::IO_MAP_FULL,
         ] {
             assert!((counter::LOST_BASE + KIND_COUNT..counter::COUNT).contains(&c));
         }

@@ -14,6 +14,8 @@ pub const MAP_NET_EVENTS: &str = "NET_EVENTS";
 pub const MAP_SOCK_OWNERS: &str = "SOCK_OWNERS";
 /// Name of the map of per-flow counters.
 pub const MAP_FLOWS: &str = "FLOWS";
+/// Name of the map of per-process socket activity.
+pub const MAP_SOCK_IO: &str = "SOCK_IO";
 /// Name of the map of `bind`/`accept` calls in flight.
 pub const MAP_SOCK_CALLS: &str = "SOCK_CALLS";
 /// Name of the read-only global holding kernel structure offsets.
@@ -28,6 +30,9 @@ pub const NET_RING_BYTES: u32 = 8 << 20;
 pub const SOCK_OWNERS_MAX: u32 = 65536;
 /// Flows (socket and peer) counted at once.
 pub const FLOWS_MAX: u32 = 65536;
+/// (process, socket) pairs whose activity is tracked at once. An LRU: a
+/// busy machine forgets the pairs idle longest.
+pub const SOCK_IO_MAX: u32 = 65536;
 /// `bind`/`accept` calls in flight.
 pub const SOCK_CALLS_MAX: u32 = 4096;
 

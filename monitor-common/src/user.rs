@@ -12,3 +12,7 @@ unsafe impl aya::Pod for crate::event::SockOwner {}
 unsafe impl aya::Pod for crate::event::FlowKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::event::FlowStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::event::IoKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::event::IoStats {}

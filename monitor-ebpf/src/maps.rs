@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    event::{counter, FlowKey, FlowStats, SockOwner},
+    event::{counter, FlowKey, FlowStats, IoKey, IoStats, SockOwner},
     limits::{
         EXEC_ATTEMPTS_MAX, FLOWS_MAX, NET_RING_BYTES, PROC_RING_BYTES, SCRATCH_BYTES,
-        SOCK_CALLS_MAX, SOCK_OWNERS_MAX,
+        SOCK_CALLS_MAX, SOCK_IO_MAX, SOCK_OWNERS_MAX,
     },
 };
 
@@ -82,3 +82,9 @@ pub static SOCK_CALLS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(SOCK_
 #[map(name = "PACKET_SCRATCH")]
 pub static PACKET_SCRATCH: PerCpuArray<crate::probes::net::PacketScratch> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Which process used which socket, and how much, from the
+/// `sock_send_length`/`sock_recv_length` tracepoints. An LRU: it is a hint
+/// for relay detection, and the pairs idle longest matter least.
+#[map(name = "SOCK_IO")]
+pub static SOCK_IO: LruHashMap<IoKey, IoStats> = LruHashMap::with_max_entries(SOCK_IO_MAX, 0);

@@ -20,6 +20,37 @@ pub struct Config {
     pub process_table: ProcessTableConfig,
     pub network: NetworkConfig,
     pub detect: DetectConfig,
+    pub relay: RelayConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    pub enabled: bool,
+    /// Bytes each way after which a balanced pair of connections is a relay.
+    pub volume_bytes: u64,
+    /// How often connection counters are sampled for relays, in ms.
+    pub sample_ms: Spanned<u64>,
+    /// Correlated samples each way that make a low-volume pair a relay.
+    pub interactive_samples: u32,
+    /// A connection belongs to a process's candidate legs if it used it
+    /// this recently, in seconds.
+    pub active_secs: u64,
+    /// Proxies run on purpose: `{ exe = "/usr/sbin/nginx", ports = [80, 443] }`.
+    pub allowed_proxies: Vec<crate::net::relay::AllowedProxy>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            volume_bytes: 16 * 1024,
+            sample_ms: Spanned::new(0..0, 1000),
+            interactive_samples: 3,
+            active_secs: 30,
+            allowed_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -243,6 +274,14 @@ impl Config {
             };
             return Err(invalid(src, name.span().start, &message));
         }
+        let sample = &self.relay.sample_ms;
+        if *sample.get_ref() < 100 {
+            return Err(invalid(
+                src,
+                sample.span().start,
+                "relay.sample_ms must be at least 100",
+            ));
+        }
         let sweep = &self.network.sweep_secs;
         if *sweep.get_ref() == 0 {
             return Err(invalid(
@@ -334,6 +373,13 @@ mod tests {
         assert_eq!(e.sweep_secs.get_ref(), c.sweep_secs.get_ref());
         assert_eq!(e.seed_events, c.seed_events);
         assert_eq!(embedded.detect, code.detect);
+        let (e, c) = (&embedded.relay, &code.relay);
+        assert_eq!(e.enabled, c.enabled);
+        assert_eq!(e.volume_bytes, c.volume_bytes);
+        assert_eq!(e.sample_ms.get_ref(), c.sample_ms.get_ref());
+        assert_eq!(e.interactive_samples, c.interactive_samples);
+        assert_eq!(e.active_secs, c.active_secs);
+        assert_eq!(e.allowed_proxies, c.allowed_proxies);
     }
 
     #[test]

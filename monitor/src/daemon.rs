@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::limits::{
-    MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_SOCK_OWNERS,
+    MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_SOCK_IO, MAP_SOCK_OWNERS,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use crate::{
+    clock::BootClock,
     config::Config,
     decode::KernelEvent,
     detect::{
@@ -28,7 +29,11 @@ use crate::{
     event::{Event, Kind},
     load,
     metrics::{self, Metrics},
-    net::{maps::KernelFlows, sockdiag, NetSettings, NetTracker},
+    net::{
+        maps::KernelFlows,
+        relay::{RelayDetector, RelaySettings},
+        sockdiag, NetSettings, NetTracker,
+    },
     output::{self, Output},
     process::{procfs, ProcessTable},
     read::{self, KernelCounters},
@@ -104,7 +109,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let mut kernel_flows = KernelFlows {
         flows: take_map(ebpf, MAP_FLOWS, HashMap::<MapData, _, _>::try_from)?,
         owners: take_map(ebpf, MAP_SOCK_OWNERS, HashMap::<MapData, _, _>::try_from)?,
+        io: take_map(ebpf, MAP_SOCK_IO, HashMap::<MapData, _, _>::try_from)?,
     };
+    let relay_settings = RelaySettings {
+        volume_bytes: config.relay.volume_bytes,
+        active_ns: config.relay.active_secs * 1_000_000_000,
+        interactive_samples: config.relay.interactive_samples,
+        allowed: config.relay.allowed_proxies.clone(),
+    };
+    let mut relays = RelayDetector::default();
     let mut ebpf_logger = aya_log::EbpfLogger::init(ebpf).ok();
 
     // Seed after attaching: a process or socket created in between is
@@ -172,6 +185,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let mut kernel_counters = KernelCounters::new(counters);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sweep = tokio::time::interval(Duration::from_secs(*net.sweep_secs.get_ref()));
+    let mut relay_tick =
+        tokio::time::interval(Duration::from_millis(*config.relay.sample_ms.get_ref()));
     let mut evictions_seen = 0;
     let mut flow_evictions_seen = 0;
     let mut out = Vec::new();
@@ -191,6 +206,27 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
                 let evictions = enricher.net.flows.evictions();
                 metrics.net_flow_table_evictions.inc_by(evictions - flow_evictions_seen);
                 flow_evictions_seen = evictions;
+                tokio::task::block_in_place(|| output.flush());
+            }
+            _ = relay_tick.tick(), if config.relay.enabled => {
+                let found = tokio::task::block_in_place(|| {
+                    let io = kernel_flows.io_entries();
+                    relays.sample(
+                        BootClock::boot_now_ns(),
+                        &io,
+                        &enricher.net,
+                        &kernel_flows,
+                        &enricher.table,
+                        &enricher.clock,
+                        &relay_settings,
+                    )
+                });
+                for r in found {
+                    metrics.relays.with_label_values(&[r.pattern.as_str()]).inc();
+                    out.push(Event::Relay(Box::new(r)));
+                }
+                emit(&mut output, kinds, &mut detect, &out);
+                out.clear();
                 tokio::task::block_in_place(|| output.flush());
             }
             _ = tick.tick() => {
@@ -308,6 +344,7 @@ fn reload(
                 || config.kernel != running.kernel
                 || config.process_table != running.process_table
                 || config.network != running.network
+                || config.relay != running.relay
             {
                 tracing::warn!("changes outside [detect] take effect at the next start");
             }

@@ -31,12 +31,14 @@ pub enum Kind {
     FlowUpdate,
     /// A connection or listener that existed when the monitor started.
     Connection,
+    /// A process relaying traffic between two connections.
+    Relay,
     /// A detection rule matched.
     Alert,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
@@ -51,6 +53,7 @@ impl Kind {
         Kind::UdpFlow,
         Kind::FlowUpdate,
         Kind::Connection,
+        Kind::Relay,
         Kind::Alert,
     ];
 
@@ -70,6 +73,7 @@ impl Kind {
             Kind::UdpFlow => "udp_flow",
             Kind::FlowUpdate => "flow_update",
             Kind::Connection => "connection",
+            Kind::Relay => "relay",
             Kind::Alert => "alert",
         }
     }
@@ -194,6 +198,7 @@ pub enum Event {
     UdpFlow(Box<NetRecord>),
     FlowUpdate(Box<NetRecord>),
     Connection(Box<NetRecord>),
+    Relay(Box<crate::net::relay::RelayRecord>),
 }
 
 impl Event {
@@ -213,6 +218,7 @@ impl Event {
             Event::UdpFlow(_) => Kind::UdpFlow,
             Event::FlowUpdate(_) => Kind::FlowUpdate,
             Event::Connection(_) => Kind::Connection,
+            Event::Relay(_) => Kind::Relay,
         }
     }
 

@@ -22,13 +22,14 @@ use crate::{
 pub const NAMESPACE: &str = "edgewatch";
 
 /// Kernel-side counters besides ring-buffer losses: `reason` label values.
-pub const KERNEL_ERROR_REASONS: [&str; 6] = [
+pub const KERNEL_ERROR_REASONS: [&str; 7] = [
     "read",
     "scratch",
     "exec_attempt_map_full",
     "sock_owner_map_full",
     "flow_map_full",
     "packet_unparsed",
+    "io_map_full",
 ];
 
 /// Sinks events are written to: `sink` label values.
@@ -58,6 +59,7 @@ pub struct Metrics {
     pub alerts_rate_limited: IntCounterVec,
     pub rules_loaded: IntGauge,
     pub rule_reloads: IntCounterVec,
+    pub relays: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -134,6 +136,11 @@ impl Metrics {
             "alerts_rate_limited_total",
             "Alerts a rule's rate limit held back, by rule id.",
             &["rule"],
+        );
+        let relays = counter_vec(
+            "net_relays_total",
+            "Relays detected (pairs of connections one process forwards between), by pattern (bulk, interactive).",
+            &["pattern"],
         );
         let rule_reloads = counter_vec(
             "rule_reloads_total",
@@ -224,6 +231,9 @@ impl Metrics {
         for s in SINKS {
             output_errors.with_label_values(&[s]);
         }
+        for p in ["bulk", "interactive"] {
+            relays.with_label_values(&[p]);
+        }
         for r in ["ok", "failed"] {
             rule_reloads.with_label_values(&[r]);
         }
@@ -253,6 +263,7 @@ impl Metrics {
             alerts_rate_limited,
             rules_loaded,
             rule_reloads,
+            relays,
         }
     }
 

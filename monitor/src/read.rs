@@ -117,6 +117,7 @@ impl KernelCounters {
             counter::SOCK_OWNER_FULL,
             counter::FLOW_MAP_FULL,
             counter::PACKETS_UNPARSED,
+            counter::IO_MAP_FULL,
         ];
         for (index, reason) in errors.into_iter().zip(KERNEL_ERROR_REASONS) {
             let delta = self.delta(index);

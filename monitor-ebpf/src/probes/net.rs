@@ -21,8 +21,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use monitor_common::event::{
-    counter, EventHeader, FlowKey, FlowStats, NetEvent, SockOwner, KIND_NET_ACCEPT, KIND_NET_BIND,
-    KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
+    counter, EventHeader, FlowKey, FlowStats, IoKey, IoStats, NetEvent, SockOwner, FP_HTTP_CONNECT,
+    FP_NONE, FP_SOCKS4, FP_SOCKS4A, FP_SOCKS5, KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE,
+    KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
     KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
 };
 
@@ -31,7 +32,7 @@ use crate::{
         current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, ReadError, AF_INET,
         AF_INET6,
     },
-    maps::{count, FLOWS, NET_EVENTS, PACKET_SCRATCH, SOCK_CALLS, SOCK_OWNERS},
+    maps::{count, FLOWS, NET_EVENTS, PACKET_SCRATCH, SOCK_CALLS, SOCK_IO, SOCK_OWNERS},
 };
 
 // TCP states, include/net/tcp_states.h.
@@ -546,6 +547,33 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             }
         }
     };
+    // The first payload each way: is it a proxy protocol?
+    // SAFETY: reading a live map value.
+    let first = unsafe {
+        if egress {
+            (*stats).bytes_out == 0
+        } else {
+            (*stats).bytes_in == 0
+        }
+    };
+    if first && payload >= 3 {
+        let mut b = [0u8; 8];
+        // A SOCKS5 greeting can be as short as three bytes (`05 01 00`).
+        let n: u32 = if payload >= 8 { 8 } else { 3 };
+        // SAFETY: at most 8 bytes into an 8-byte stack buffer.
+        if unsafe { bpf_skb_load_bytes(skb.cast(), headers & 0x3ff, b.as_mut_ptr().cast(), n) } == 0
+        {
+            let fp = fingerprint(&b, payload as u32);
+            // SAFETY: a live map value.
+            unsafe {
+                if egress {
+                    (*stats).fp_out = fp;
+                } else {
+                    (*stats).fp_in = fp;
+                }
+            }
+        }
+    }
     // SAFETY: a map value; other CPUs update it concurrently, hence the
     // atomic adds (BPF_XADD).
     unsafe {
@@ -587,4 +615,95 @@ unsafe fn add(dst: *mut u64, v: u64) {
             dst, v,
         )
     };
+}
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)` and
+/// `sock_recv_length(...)` (Linux 6.4+): every `sendmsg`/`recvmsg` on a
+/// socket, in the calling process. Aggregated per (process, socket).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn net_sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    let _ = record_io(&ctx, true);
+    0
+}
+
+/// See [`net_sock_send_length`].
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn net_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    let _ = record_io(&ctx, false);
+    0
+}
+
+#[inline(always)]
+fn record_io(ctx: &BtfTracePointContext, sent: bool) -> Result<(), ReadError> {
+    let sk: *mut core::ffi::c_void = ctx.arg(0);
+    let ret: i64 = ctx.arg::<u64>(1) as i32 as i64;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let family: u16 = read(sk as u64, off!(sock_common_skc_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    let proto: u16 = read(sk as u64, off!(sock_sk_protocol))?;
+    if proto != PROTO_TCP as u16 && proto != PROTO_UDP as u16 {
+        return Ok(());
+    }
+    // SAFETY: a BTF `struct sock *` from the tracepoint.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let key = IoKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        _pad: 0,
+        cookie,
+    };
+    let ts = now();
+    let stats = match SOCK_IO.get_ptr_mut(&key) {
+        Some(s) => s,
+        None => {
+            let fresh = IoStats {
+                first_ns: ts,
+                last_ns: ts,
+                bytes_sent: 0,
+                bytes_received: 0,
+            };
+            if SOCK_IO.insert(&key, &fresh, BPF_NOEXIST).is_err()
+                && SOCK_IO.get_ptr_mut(&key).is_none()
+            {
+                count(counter::IO_MAP_FULL);
+                return Ok(());
+            }
+            match SOCK_IO.get_ptr_mut(&key) {
+                Some(s) => s,
+                None => return Ok(()),
+            }
+        }
+    };
+    // SAFETY: a map value; concurrent updates use atomic adds.
+    unsafe {
+        (*stats).last_ns = ts;
+        if sent {
+            add(&raw mut (*stats).bytes_sent, ret as u64);
+        } else {
+            add(&raw mut (*stats).bytes_received, ret as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Recognises a proxy protocol in the first payload bytes of a flow.
+#[inline(always)]
+fn fingerprint(b: &[u8; 8], len: u32) -> u8 {
+    if len >= 3 && b[0] == 5 && b[1] >= 1 && b[1] <= 16 && len == 2 + b[1] as u32 {
+        return FP_SOCKS5;
+    }
+    if len >= 9 && b[0] == 4 && (b[1] == 1 || b[1] == 2) {
+        return if b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] != 0 {
+            FP_SOCKS4A
+        } else {
+            FP_SOCKS4
+        };
+    }
+    if len >= 8 && b == b"CONNECT " {
+        return FP_HTTP_CONNECT;
+    }
+    FP_NONE
 }

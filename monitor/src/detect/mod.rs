@@ -424,7 +424,8 @@ impl Engine {
             "argv": p.get("argv").cloned().unwrap_or(Value::Array(vec![])),
             "ancestry": p.get("ancestry").cloned().unwrap_or(Value::Array(vec![])),
         });
-        let connections = evidence
+        // Socket events among the evidence, and the legs of relays whole.
+        let mut connections: Vec<Value> = evidence
             .iter()
             .filter(|e| e.get("proto").is_some())
             .map(|e| {
@@ -437,6 +438,13 @@ impl Engine {
                 })
             })
             .collect();
+        connections.extend(
+            evidence
+                .iter()
+                .filter_map(|e| e.get("legs").and_then(Value::as_array))
+                .flatten()
+                .cloned(),
+        );
         let alert = AlertRecord {
             ts: ev
                 .get("ts")

@@ -251,7 +251,7 @@ pub enum RuleError {
 }
 
 /// Event kinds a rule may name.
-const KINDS: [&str; 15] = [
+const KINDS: [&str; 16] = [
     "exec",
     "exec_failed",
     "fork",
@@ -266,6 +266,7 @@ const KINDS: [&str; 15] = [
     "udp_flow",
     "flow_update",
     "connection",
+    "relay",
     "alert",
 ];
 

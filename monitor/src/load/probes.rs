@@ -125,6 +125,18 @@ pub const PROBES: &[ProbeSpec] = &[
         loses: "bind events",
     },
     ProbeSpec {
+        name: "net_sock_send_length",
+        hook: Hook::BtfTracepoint("sock_send_length"),
+        required: false,
+        loses: "which process sends on which socket (Linux 6.4+); relays are paired by socket owner only",
+    },
+    ProbeSpec {
+        name: "net_sock_recv_length",
+        hook: Hook::BtfTracepoint("sock_recv_length"),
+        required: false,
+        loses: "which process receives on which socket (Linux 6.4+); relays are paired by socket owner only",
+    },
+    ProbeSpec {
         name: "net_skb_ingress",
         hook: Hook::CgroupSkb(SkbDirection::Ingress),
         required: false,

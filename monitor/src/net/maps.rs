@@ -1,13 +1,15 @@
 //! The kernel's flow counters and socket owners, read through aya.
 
 use aya::maps::{HashMap, MapData};
-use monitor_common::event::{FlowKey, FlowStats, SockOwner};
+use monitor_common::event::{FlowKey, FlowStats, IoKey, IoStats, SockOwner};
 
 use super::FlowMap;
 
 pub struct KernelFlows {
     pub flows: HashMap<MapData, FlowKey, FlowStats>,
     pub owners: HashMap<MapData, u64, SockOwner>,
+    /// Per-process socket activity (`SOCK_IO`, an LRU hash).
+    pub io: HashMap<MapData, IoKey, IoStats>,
 }
 
 impl FlowMap for KernelFlows {
@@ -30,6 +32,11 @@ impl FlowMap for KernelFlows {
 }
 
 impl KernelFlows {
+    /// Every (process, socket) activity record.
+    pub fn io_entries(&self) -> Vec<(IoKey, IoStats)> {
+        self.io.iter().filter_map(Result::ok).collect()
+    }
+
     /// Records the owner of a socket that existed before the monitor.
     pub fn set_owner(&mut self, socket: u64, owner: SockOwner) -> Result<(), aya::maps::MapError> {
         self.owners.insert(socket, owner, 0)

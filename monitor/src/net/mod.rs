@@ -3,13 +3,14 @@
 //! counters, and seeded at start from sock_diag.
 
 pub mod maps;
+pub mod relay;
 pub mod sockdiag;
-mod table;
+pub mod table;
 mod tracker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use table::{FlowId, FlowTable};
+pub use table::{Flow, FlowId, FlowTable};
 pub use tracker::{connect_result, FlowMap, NetSettings, NetTracker, CONNECT_RESULTS};
 
 use crate::event::Endpoint;

@@ -13,6 +13,26 @@ pub struct FlowId {
     pub remote: Endpoint,
 }
 
+impl FlowId {
+    /// The one of two flows with the lower socket, for unordered pairs.
+    pub fn min_by_socket(&self, other: &FlowId) -> FlowId {
+        if (self.socket, self.remote.port) <= (other.socket, other.remote.port) {
+            *self
+        } else {
+            *other
+        }
+    }
+
+    /// The one of two flows with the higher socket.
+    pub fn max_by_socket(&self, other: &FlowId) -> FlowId {
+        if (self.socket, self.remote.port) <= (other.socket, other.remote.port) {
+            *other
+        } else {
+            *self
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flow {
     pub id: FlowId,
@@ -101,6 +121,10 @@ impl FlowTable {
             }
         }
         Some(flow)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.values()
     }
 
     /// Every flow of one socket.

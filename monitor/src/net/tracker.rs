@@ -54,7 +54,15 @@ pub struct NetTracker {
     metrics: Metrics,
     /// Boot ns of the previous sweep.
     last_sweep_ns: u64,
+    /// Flows that ended lately, with their final counters, by socket: a
+    /// relay that starts and ends between two samples is still scored.
+    pub recently_closed: HashMap<u64, Vec<(Flow, FlowStats)>>,
+    closed_order: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// Ended flows kept for relay scoring, and for how long.
+const RECENTLY_CLOSED_MAX: usize = 8192;
+const RECENTLY_CLOSED_NS: u64 = 30_000_000_000;
 
 fn proto_of(raw: u8) -> Proto {
     if raw == PROTO_UDP {
@@ -64,7 +72,7 @@ fn proto_of(raw: u8) -> Proto {
     }
 }
 
-fn flow_key(id: &FlowId) -> FlowKey {
+pub(crate) fn flow_key(id: &FlowId) -> FlowKey {
     FlowKey {
         cookie: id.socket,
         peer_addr: ip_to_kernel(id.remote.addr),
@@ -116,11 +124,13 @@ impl NetTracker {
             settings,
             metrics,
             last_sweep_ns: 0,
+            recently_closed: HashMap::new(),
+            closed_order: std::collections::VecDeque::new(),
         }
     }
 
     /// The process behind a socket, from the process table.
-    fn process(procs: &ProcessTable, pid: u32, comm: &str) -> Option<ProcessRef> {
+    pub fn process_ref(procs: &ProcessTable, pid: u32, comm: &str) -> Option<ProcessRef> {
         if pid == 0 {
             return None;
         }
@@ -174,7 +184,7 @@ impl NetTracker {
             netns: ev.netns,
             socket: ev.cookie,
             local: Some(local),
-            process: Self::process(procs, ev.header.pid, &comm),
+            process: Self::process_ref(procs, ev.header.pid, &comm),
             ..Default::default()
         };
         let id = FlowId {
@@ -312,6 +322,9 @@ impl NetTracker {
         reason: &str,
     ) -> Event {
         let flow = self.flows.remove(&id);
+        if let Some(f) = &flow {
+            self.remember_closed(f.clone(), *stats, now);
+        }
         let direction = flow.as_ref().and_then(|f| f.direction);
         rec.direction = direction;
         self.count_bytes(id.proto, flow.as_ref(), stats);
@@ -330,6 +343,23 @@ impl NetTracker {
         rec.duration_ms = start.map(|s| now.saturating_sub(s) / 1_000_000);
         rec.reason = Some(reason.to_owned());
         Event::net(Kind::Close, rec)
+    }
+
+    fn remember_closed(&mut self, flow: Flow, stats: FlowStats, now: u64) {
+        while let Some(&(socket, at)) = self.closed_order.front() {
+            if now.saturating_sub(at) < RECENTLY_CLOSED_NS
+                && self.closed_order.len() < RECENTLY_CLOSED_MAX
+            {
+                break;
+            }
+            self.closed_order.pop_front();
+            self.recently_closed.remove(&socket);
+        }
+        self.closed_order.push_back((flow.id.socket, now));
+        self.recently_closed
+            .entry(flow.id.socket)
+            .or_default()
+            .push((flow, stats));
     }
 
     fn count_bytes(&self, proto: Proto, flow: Option<&Flow>, stats: &FlowStats) {
@@ -416,7 +446,7 @@ impl NetTracker {
                 local: Some(flow.local),
                 remote: Some(id.remote),
                 direction: flow.direction,
-                process: Self::process(procs, flow.owner, ""),
+                process: Self::process_ref(procs, flow.owner, ""),
                 peer_process: self.peer(procs, id.proto, flow.local, id.remote),
                 ..Default::default()
             };
@@ -472,7 +502,7 @@ impl NetTracker {
                 continue;
             }
             let pid = inode_owners.get(&s.inode).copied().unwrap_or(0);
-            let process = Self::process(procs, pid, "");
+            let process = Self::process_ref(procs, pid, "");
             if let Some(p) = &process {
                 let mut comm = [0u8; 16];
                 let n = p.comm.len().min(15);

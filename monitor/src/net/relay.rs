@@ -1,0 +1,366 @@
+//! Relay detection by behaviour: a process whose bytes read from one
+//! connection reappear written on another, both ways.
+//!
+//! Names and ports lie; the shape of the traffic does not. Each sample
+//! groups the connections each process used recently (from the kernel's
+//! per-process socket activity, and the socket owners), then scores every
+//! pair of one process's connections on the kernel's per-flow counters:
+//! what came in on leg A went out on leg B and what came in on B went out
+//! on A, within a slack for proxy handshakes. Bulk relays qualify once
+//! each direction carried the volume threshold; low-volume interactive
+//! relays when the two directions kept moving together over several
+//! samples.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use monitor_common::event::{
+    FlowStats, IoKey, IoStats, FP_HTTP_CONNECT, FP_SOCKS4, FP_SOCKS4A, FP_SOCKS5,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    table::{Flow, FlowTable},
+    tracker::flow_key,
+    FlowId, FlowMap, NetTracker,
+};
+use crate::{
+    clock::BootClock,
+    event::{Direction, Endpoint, ProcessRef, Proto},
+    process::ProcessTable,
+};
+
+/// A proxy the operator runs on purpose: its relays raise nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedProxy {
+    /// Executable path, as events show it.
+    pub exe: String,
+    /// Local ports it serves on; empty: any.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Bytes each way after which a balanced pair is a bulk relay.
+    pub volume_bytes: u64,
+    /// A connection counts for a process if it used it this recently.
+    pub active_ns: u64,
+    /// Correlated samples each way that make a low-volume pair a relay.
+    pub interactive_samples: u32,
+    pub allowed: Vec<AllowedProxy>,
+}
+
+/// One leg of a relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leg {
+    pub socket: u64,
+    pub proto: Proto,
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub direction: Option<Direction>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// When the leg's first packet was seen.
+    pub start: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fingerprint: Option<String>,
+}
+
+/// A `relay` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayRecord {
+    pub ts: String,
+    pub process: Option<ProcessRef>,
+    /// `bulk` (volume threshold each way) or `interactive` (correlated
+    /// low-volume exchanges).
+    pub pattern: String,
+    /// `inbound+outbound`, `outbound+outbound` (a reverse tunnel) or
+    /// `inbound+inbound`.
+    pub mode: String,
+    pub legs: [Leg; 2],
+    /// Proxy protocol seen in the first bytes of a leg, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fingerprint: Option<String>,
+}
+
+fn fingerprint_name(fp: u8) -> Option<&'static str> {
+    match fp {
+        FP_SOCKS4 => Some("socks4"),
+        FP_SOCKS4A => Some("socks4a"),
+        FP_SOCKS5 => Some("socks5"),
+        FP_HTTP_CONNECT => Some("http_connect"),
+        _ => None,
+    }
+}
+
+/// Counter samples of one connection, newest last.
+#[derive(Default)]
+struct Series {
+    samples: VecDeque<(u64, u64)>,
+    last_seen: u64,
+}
+
+/// Samples kept per connection: enough for the interactive test.
+const SERIES_LEN: usize = 120;
+/// Connections of one process paired at most (the most recently active).
+const LEGS_PER_PROCESS: usize = 32;
+/// Pairs remembered as reported, so one relay raises one event.
+const REPORTED_MAX: usize = 16_384;
+
+#[derive(Default)]
+pub struct RelayDetector {
+    series: HashMap<FlowId, Series>,
+    reported: HashSet<(u32, FlowId, FlowId)>,
+}
+
+/// Whether `x` and `y` agree within `slack` bytes or 10%.
+fn close(x: u64, y: u64, slack: u64) -> bool {
+    x.abs_diff(y) <= slack.max(x.max(y) / 10)
+}
+
+struct Candidate {
+    id: FlowId,
+    stats: FlowStats,
+}
+
+impl RelayDetector {
+    /// One sample: `io` is the kernel's per-process socket activity.
+    pub fn sample(
+        &mut self,
+        now: u64,
+        io: &[(IoKey, IoStats)],
+        net: &NetTracker,
+        map: &dyn FlowMap,
+        procs: &ProcessTable,
+        clock: &BootClock,
+        settings: &RelaySettings,
+    ) -> Vec<RelayRecord> {
+        let flows = &net.flows;
+        // Connections each process used recently, most recent first; flows
+        // that already ended count with their final counters.
+        let mut by_process: HashMap<u32, Vec<(u64, FlowId)>> = HashMap::new();
+        let mut ended: HashMap<FlowId, (Flow, FlowStats)> = HashMap::new();
+        for (k, v) in io {
+            if now.saturating_sub(v.last_ns) > settings.active_ns {
+                continue;
+            }
+            let open = flows.of_socket(k.cookie);
+            if open.is_empty() {
+                for (f, s) in net.recently_closed.get(&k.cookie).into_iter().flatten() {
+                    ended.insert(f.id, (f.clone(), *s));
+                    by_process
+                        .entry(k.tgid)
+                        .or_default()
+                        .push((v.last_ns, f.id));
+                }
+            }
+            for id in open {
+                by_process.entry(k.tgid).or_default().push((v.last_ns, id));
+            }
+        }
+        // Without the activity tracepoints, owners stand in for users.
+        if io.is_empty() {
+            for f in flows.iter() {
+                if f.owner != 0 {
+                    by_process
+                        .entry(f.owner)
+                        .or_default()
+                        .push((f.seen_ns, f.id));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (pid, mut legs) in by_process {
+            if legs.len() < 2 {
+                continue;
+            }
+            legs.sort_by(|a, b| b.0.cmp(&a.0));
+            legs.dedup_by(|a, b| a.1 == b.1);
+            legs.truncate(LEGS_PER_PROCESS);
+            let exe = procs
+                .get(pid)
+                .and_then(|p| p.exe.as_deref().map(str::to_owned));
+            let candidates: Vec<Candidate> = legs
+                .iter()
+                .filter_map(|(_, id)| {
+                    let stats = match ended.get(id) {
+                        Some((_, s)) => *s,
+                        None => map.get(&flow_key(id))?,
+                    };
+                    let s = self.series.entry(*id).or_default();
+                    s.samples.push_back((stats.bytes_in, stats.bytes_out));
+                    if s.samples.len() > SERIES_LEN {
+                        s.samples.pop_front();
+                    }
+                    s.last_seen = now;
+                    Some(Candidate { id: *id, stats })
+                })
+                .collect();
+            if allowed(&exe, &candidates, flows, &ended, settings) {
+                continue;
+            }
+            for i in 0..candidates.len() {
+                for j in i + 1..candidates.len() {
+                    let (a, b) = (&candidates[i], &candidates[j]);
+                    let key = (pid, a.id.min_by_socket(&b.id), a.id.max_by_socket(&b.id));
+                    if self.reported.contains(&key) {
+                        continue;
+                    }
+                    let Some(pattern) = self.score(a, b, settings) else {
+                        continue;
+                    };
+                    if self.reported.len() >= REPORTED_MAX {
+                        self.reported.clear();
+                    }
+                    self.reported.insert(key);
+                    out.push(self.record(pid, a, b, pattern, flows, &ended, procs, clock, now));
+                }
+            }
+        }
+        // Forget connections not sampled for a while.
+        self.series
+            .retain(|_, s| now.saturating_sub(s.last_seen) <= settings.active_ns * 2);
+        out
+    }
+
+    /// Scores one pair; returns the pattern when it is a relay.
+    fn score(
+        &self,
+        a: &Candidate,
+        b: &Candidate,
+        settings: &RelaySettings,
+    ) -> Option<&'static str> {
+        let (a_in, a_out) = (a.stats.bytes_in, a.stats.bytes_out);
+        let (b_in, b_out) = (b.stats.bytes_in, b.stats.bytes_out);
+        // Data going back out on the connection it came from is a server
+        // answering, not a relay; when that fits as well, it is not one.
+        let relay_fit = a_in.abs_diff(b_out) + b_in.abs_diff(a_out);
+        let echo_fit = a_in.abs_diff(a_out) + b_in.abs_diff(b_out);
+        if relay_fit >= echo_fit {
+            return None;
+        }
+        let v = settings.volume_bytes;
+        // Proxy handshakes (SOCKS, CONNECT) add a little on the client leg.
+        if a_in.min(b_out) >= v
+            && b_in.min(a_out) >= v
+            && close(a_in, b_out, 2048)
+            && close(b_in, a_out, 2048)
+        {
+            return Some("bulk");
+        }
+        if a_in == 0
+            || b_out == 0
+            || b_in == 0
+            || a_out == 0
+            || !close(a_in, b_out, 512)
+            || !close(b_in, a_out, 512)
+        {
+            return None;
+        }
+        // Low volume: both directions must have moved together.
+        let (sa, sb) = (self.series.get(&a.id)?, self.series.get(&b.id)?);
+        let n = sa.samples.len().min(sb.samples.len());
+        let (ta, tb) = (&sa.samples, &sb.samples);
+        let mut forward = 0;
+        let mut backward = 0;
+        for k in 1..n {
+            let (ia, ib) = (ta.len() - n + k, tb.len() - n + k);
+            let d = |s: &VecDeque<(u64, u64)>, i: usize| {
+                (
+                    s[i].0 - s[i - 1].0.min(s[i].0),
+                    s[i].1 - s[i - 1].1.min(s[i].1),
+                )
+            };
+            let (da_in, da_out) = d(ta, ia);
+            let (db_in, db_out) = d(tb, ib);
+            if da_in > 0 && db_out > 0 {
+                forward += 1;
+            }
+            if db_in > 0 && da_out > 0 {
+                backward += 1;
+            }
+        }
+        (forward >= settings.interactive_samples && backward >= settings.interactive_samples)
+            .then_some("interactive")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        pid: u32,
+        a: &Candidate,
+        b: &Candidate,
+        pattern: &str,
+        flows: &FlowTable,
+        ended: &HashMap<FlowId, (Flow, FlowStats)>,
+        procs: &ProcessTable,
+        clock: &BootClock,
+        now: u64,
+    ) -> RelayRecord {
+        let leg = |c: &Candidate| {
+            let f = flows
+                .get(&c.id)
+                .or_else(|| ended.get(&c.id).map(|(f, _)| f));
+            let fp = fingerprint_name(c.stats.fp_in).or(fingerprint_name(c.stats.fp_out));
+            Leg {
+                socket: c.id.socket,
+                proto: c.id.proto,
+                local: f.map_or_else(
+                    || super::endpoint(c.stats.local_addr, c.stats.local_port),
+                    |f| f.local,
+                ),
+                remote: c.id.remote,
+                direction: f.and_then(|f| f.direction),
+                bytes_received: c.stats.bytes_in,
+                bytes_sent: c.stats.bytes_out,
+                start: clock.rfc3339(c.stats.first_ns),
+                fingerprint: fp.map(str::to_owned),
+            }
+        };
+        // The leg that started first (the client side) goes first.
+        let (first, second) = if a.stats.first_ns <= b.stats.first_ns {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let legs = [leg(first), leg(second)];
+        let dir = |l: &Leg| l.direction.map_or("unknown", Direction::as_str);
+        let mut modes = [dir(&legs[0]), dir(&legs[1])];
+        modes.sort();
+        let mode = format!("{}+{}", modes[0], modes[1]);
+        let fingerprint = legs.iter().find_map(|l| l.fingerprint.clone());
+        RelayRecord {
+            ts: clock.rfc3339(now),
+            process: NetTracker::process_ref(procs, pid, ""),
+            pattern: pattern.to_owned(),
+            mode,
+            legs,
+            fingerprint,
+        }
+    }
+}
+
+/// Whether the process is a declared proxy serving on a declared port.
+fn allowed(
+    exe: &Option<String>,
+    legs: &[Candidate],
+    flows: &FlowTable,
+    ended: &HashMap<FlowId, (Flow, FlowStats)>,
+    settings: &RelaySettings,
+) -> bool {
+    let Some(exe) = exe else { return false };
+    settings.allowed.iter().any(|a| {
+        a.exe == *exe
+            && (a.ports.is_empty()
+                || legs.iter().any(|c| {
+                    flows
+                        .get(&c.id)
+                        .or_else(|| ended.get(&c.id).map(|(f, _)| f))
+                        .is_some_and(|f| {
+                            f.direction == Some(Direction::Inbound)
+                                && a.ports.contains(&f.local.port)
+                        })
+                }))
+    })
+}
