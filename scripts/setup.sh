@@ -44,9 +44,11 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
 fi
 
 # 3. Debian packages the tests use: setpriv (util-linux), ip and ss
-#    (iproute2), and real clients and servers (curl, socat).
+#    (iproute2), and the real clients, servers and relays the kernel tests
+#    drive (curl, socat, ncat, microsocks, dante, tinyproxy, OpenSSH, nginx).
+#    The tests start their own instances; nothing here is left running.
 need_pkgs=()
-for pkg in util-linux procps iproute2 curl socat; do
+for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy openssh-server openssh-client nginx; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -198,7 +198,9 @@ pub struct NetEvent {
     /// and 0 when it was received.
     pub old_state: u8,
     pub new_state: u8,
-    pub _pad0: u8,
+    /// For `KIND_NET_CLOSE`: the flow's `FP_*` fingerprints, received in
+    /// the low four bits and sent in the high four.
+    pub fingerprints: u8,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub local_port: u16,

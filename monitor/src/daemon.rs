@@ -31,7 +31,7 @@ use crate::{
     metrics::{self, Metrics},
     net::{
         maps::KernelFlows,
-        relay::{RelayDetector, RelaySettings},
+        relay::{Context as RelayContext, RelayDetector, RelaySettings},
         sockdiag, NetSettings, NetTracker,
     },
     output::{self, Output},
@@ -211,15 +211,13 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
             _ = relay_tick.tick(), if config.relay.enabled => {
                 let found = tokio::task::block_in_place(|| {
                     let io = kernel_flows.io_entries();
-                    relays.sample(
-                        BootClock::boot_now_ns(),
-                        &io,
-                        &enricher.net,
-                        &kernel_flows,
-                        &enricher.table,
-                        &enricher.clock,
-                        &relay_settings,
-                    )
+                    let ctx = RelayContext {
+                        net: &enricher.net,
+                        map: &kernel_flows,
+                        procs: &enricher.table,
+                        clock: &enricher.clock,
+                    };
+                    relays.sample(BootClock::boot_now_ns(), &io, &ctx, &relay_settings)
                 });
                 for r in found {
                     metrics.relays.with_label_values(&[r.pattern.as_str()]).inc();

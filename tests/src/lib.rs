@@ -465,3 +465,20 @@ pub fn assert_within_1pct(what: &str, got: u64, want: u64) {
         "{what}: {got} is not within 1% of {want}"
     );
 }
+
+/// Waits until a TCP socket listens on `port` (checked with `ss`, so a
+/// listener that serves a single connection is not used up).
+pub fn wait_listen_state(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("ss");
+        if !out.stdout.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

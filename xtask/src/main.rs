@@ -53,7 +53,14 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 5] = ["process", "bad_input", "startup", "network", "detect"];
+const KERNEL_TESTS: [&str; 6] = [
+    "process",
+    "bad_input",
+    "startup",
+    "network",
+    "detect",
+    "relay",
+];
 
 fn test(filter: &[String]) -> Result<()> {
     run(cargo().args([

@@ -250,6 +250,7 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
                     ev.local_port = stats.local_port;
                 }
                 ev.first_ns = stats.first_ns;
+                ev.fingerprints = (stats.fp_in & 0x0f) | (stats.fp_out << 4);
                 ev.bytes_out = stats.bytes_out;
                 ev.bytes_in = stats.bytes_in;
                 ev.pkts_out = stats.pkts_out;

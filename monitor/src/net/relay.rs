@@ -94,10 +94,10 @@ fn fingerprint_name(fp: u8) -> Option<&'static str> {
     }
 }
 
-/// Counter samples of one connection, newest last.
+/// Counter samples of one connection, newest last: (boot ns, in, out).
 #[derive(Default)]
 struct Series {
-    samples: VecDeque<(u64, u64)>,
+    samples: VecDeque<(u64, u64, u64)>,
     last_seen: u64,
 }
 
@@ -105,13 +105,24 @@ struct Series {
 const SERIES_LEN: usize = 120;
 /// Connections of one process paired at most (the most recently active).
 const LEGS_PER_PROCESS: usize = 32;
+/// Ancestor levels a relay may span (see `sample`).
+const RELAY_ANCESTOR_LEVELS: usize = 3;
 /// Pairs remembered as reported, so one relay raises one event.
 const REPORTED_MAX: usize = 16_384;
+
+/// What a sample reads besides the activity map.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub net: &'a NetTracker,
+    pub map: &'a dyn FlowMap,
+    pub procs: &'a ProcessTable,
+    pub clock: &'a BootClock,
+}
 
 #[derive(Default)]
 pub struct RelayDetector {
     series: HashMap<FlowId, Series>,
-    reported: HashSet<(u32, FlowId, FlowId)>,
+    reported: HashSet<(FlowId, FlowId)>,
 }
 
 /// Whether `x` and `y` agree within `slack` bytes or 10%.
@@ -130,12 +141,15 @@ impl RelayDetector {
         &mut self,
         now: u64,
         io: &[(IoKey, IoStats)],
-        net: &NetTracker,
-        map: &dyn FlowMap,
-        procs: &ProcessTable,
-        clock: &BootClock,
+        ctx: &Context<'_>,
         settings: &RelaySettings,
     ) -> Vec<RelayRecord> {
+        let Context {
+            net,
+            map,
+            procs,
+            clock,
+        } = *ctx;
         let flows = &net.flows;
         // Connections each process used recently, most recent first; flows
         // that already ended count with their final counters.
@@ -170,41 +184,98 @@ impl RelayDetector {
                 }
             }
         }
-        let mut out = Vec::new();
-        for (pid, mut legs) in by_process {
-            if legs.len() < 2 {
-                continue;
-            }
-            legs.sort_by(|a, b| b.0.cmp(&a.0));
+        // One counter sample per connection per tick.
+        let mut stats_of: HashMap<FlowId, FlowStats> = HashMap::new();
+        for legs in by_process.values_mut() {
+            legs.sort_by_key(|l| std::cmp::Reverse(l.0));
             legs.dedup_by(|a, b| a.1 == b.1);
             legs.truncate(LEGS_PER_PROCESS);
-            let exe = procs
-                .get(pid)
-                .and_then(|p| p.exe.as_deref().map(str::to_owned));
-            let candidates: Vec<Candidate> = legs
+            for (_, id) in legs.iter() {
+                if stats_of.contains_key(id) {
+                    continue;
+                }
+                let stats = match ended.get(id) {
+                    Some((_, s)) => *s,
+                    None => match map.get(&flow_key(id)) {
+                        Some(s) => s,
+                        None => continue,
+                    },
+                };
+                let s = self.series.entry(*id).or_default();
+                s.samples.push_back((now, stats.bytes_in, stats.bytes_out));
+                if s.samples.len() > SERIES_LEN {
+                    s.samples.pop_front();
+                }
+                s.last_seen = now;
+                stats_of.insert(*id, stats);
+            }
+        }
+        let mut out = Vec::new();
+        for (&pid, legs) in &by_process {
+            // A process and its active ancestors a few levels up: a relay
+            // can span a parent and the child it hands one leg to through
+            // a pipe (`ncat -l --sh-exec "ncat host port"`).
+            let mut members = vec![(pid, legs)];
+            let mut up = procs.get(pid).map(|p| p.ppid);
+            for _ in 0..RELAY_ANCESTOR_LEVELS {
+                let Some(a) = up.filter(|a| *a > 1) else {
+                    break;
+                };
+                if let Some(l) = by_process.get(&a) {
+                    members.push((a, l));
+                }
+                up = procs.get(a).map(|p| p.ppid);
+            }
+            let candidates: Vec<(u32, Candidate)> = members
                 .iter()
-                .filter_map(|(_, id)| {
-                    let stats = match ended.get(id) {
-                        Some((_, s)) => *s,
-                        None => map.get(&flow_key(id))?,
-                    };
-                    let s = self.series.entry(*id).or_default();
-                    s.samples.push_back((stats.bytes_in, stats.bytes_out));
-                    if s.samples.len() > SERIES_LEN {
-                        s.samples.pop_front();
-                    }
-                    s.last_seen = now;
-                    Some(Candidate { id: *id, stats })
+                .flat_map(|(user, legs)| legs.iter().map(move |(_, id)| (*user, *id)))
+                .filter_map(|(user, id)| {
+                    stats_of
+                        .get(&id)
+                        .map(|s| (user, Candidate { id, stats: *s }))
                 })
                 .collect();
-            if allowed(&exe, &candidates, flows, &ended, settings) {
+            if candidates.len() < 2 {
                 continue;
             }
             for i in 0..candidates.len() {
                 for j in i + 1..candidates.len() {
-                    let (a, b) = (&candidates[i], &candidates[j]);
-                    let key = (pid, a.id.min_by_socket(&b.id), a.id.max_by_socket(&b.id));
+                    let ((ua, a), (ub, b)) = (&candidates[i], &candidates[j]);
+                    // Pairs inside an ancestor alone are that ancestor's
+                    // own business, scored in its turn.
+                    if *ua != pid && *ub != pid {
+                        continue;
+                    }
+                    if a.id == b.id {
+                        continue;
+                    }
+                    // The relay belongs to the process on the leg that
+                    // started first (the accepting or dialling side).
+                    let owner = if a.stats.first_ns <= b.stats.first_ns {
+                        *ua
+                    } else {
+                        *ub
+                    };
+                    // One relay is one event, whichever of the processes
+                    // sharing its sockets is scored first.
+                    let key = (a.id.min_by_socket(&b.id), a.id.max_by_socket(&b.id));
                     if self.reported.contains(&key) {
+                        continue;
+                    }
+                    let exe = procs
+                        .get(owner)
+                        .and_then(|p| p.exe.as_deref().map(str::to_owned));
+                    let pair = [
+                        Candidate {
+                            id: a.id,
+                            stats: a.stats,
+                        },
+                        Candidate {
+                            id: b.id,
+                            stats: b.stats,
+                        },
+                    ];
+                    if allowed(&exe, &pair, flows, &ended, settings) {
                         continue;
                     }
                     let Some(pattern) = self.score(a, b, settings) else {
@@ -214,7 +285,7 @@ impl RelayDetector {
                         self.reported.clear();
                     }
                     self.reported.insert(key);
-                    out.push(self.record(pid, a, b, pattern, flows, &ended, procs, clock, now));
+                    out.push(self.record(owner, a, b, pattern, flows, &ended, procs, clock, now));
                 }
             }
         }
@@ -224,6 +295,25 @@ impl RelayDetector {
         out
     }
 
+    /// Counters of `c` from when `since` (boot ns) began: a leg that was
+    /// open before the other (an SSH connection, a SOCKS client leg) is
+    /// measured from its last sample before the other leg started, so its
+    /// own handshake does not count against the balance.
+    fn from(&self, c: &Candidate, since: u64) -> (u64, u64) {
+        let base = self.series.get(&c.id).and_then(|s| {
+            s.samples
+                .iter()
+                .rev()
+                .find(|(t, _, _)| *t <= since)
+                .map(|(_, i, o)| (*i, *o))
+        });
+        let (bi, bo) = base.unwrap_or((0, 0));
+        (
+            c.stats.bytes_in.saturating_sub(bi),
+            c.stats.bytes_out.saturating_sub(bo),
+        )
+    }
+
     /// Scores one pair; returns the pattern when it is a relay.
     fn score(
         &self,
@@ -231,8 +321,9 @@ impl RelayDetector {
         b: &Candidate,
         settings: &RelaySettings,
     ) -> Option<&'static str> {
-        let (a_in, a_out) = (a.stats.bytes_in, a.stats.bytes_out);
-        let (b_in, b_out) = (b.stats.bytes_in, b.stats.bytes_out);
+        let since = a.stats.first_ns.max(b.stats.first_ns);
+        let (a_in, a_out) = self.from(a, since);
+        let (b_in, b_out) = self.from(b, since);
         // Data going back out on the connection it came from is a server
         // answering, not a relay; when that fits as well, it is not one.
         let relay_fit = a_in.abs_diff(b_out) + b_in.abs_diff(a_out);
@@ -241,11 +332,11 @@ impl RelayDetector {
             return None;
         }
         let v = settings.volume_bytes;
-        // Proxy handshakes (SOCKS, CONNECT) add a little on the client leg.
+        // Proxy handshakes and tunnel framing (SSH) add a little to one leg.
         if a_in.min(b_out) >= v
             && b_in.min(a_out) >= v
-            && close(a_in, b_out, 2048)
-            && close(b_in, a_out, 2048)
+            && close(a_in, b_out, 4096)
+            && close(b_in, a_out, 4096)
         {
             return Some("bulk");
         }
@@ -266,10 +357,10 @@ impl RelayDetector {
         let mut backward = 0;
         for k in 1..n {
             let (ia, ib) = (ta.len() - n + k, tb.len() - n + k);
-            let d = |s: &VecDeque<(u64, u64)>, i: usize| {
+            let d = |s: &VecDeque<(u64, u64, u64)>, i: usize| {
                 (
-                    s[i].0 - s[i - 1].0.min(s[i].0),
-                    s[i].1 - s[i - 1].1.min(s[i].1),
+                    s[i].1.saturating_sub(s[i - 1].1),
+                    s[i].2.saturating_sub(s[i - 1].2),
                 )
             };
             let (da_in, da_out) = d(ta, ia);

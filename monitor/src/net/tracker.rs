@@ -254,6 +254,8 @@ impl NetTracker {
                 rec.remote = Some(remote);
                 rec.peer_process = self.peer(procs, proto, local, remote);
                 let stats = FlowStats {
+                    fp_in: ev.fingerprints & 0x0f,
+                    fp_out: ev.fingerprints >> 4,
                     first_ns: ev.first_ns,
                     bytes_out: ev.bytes_out,
                     bytes_in: ev.bytes_in,

@@ -1,0 +1,800 @@
+//! Relay detection with the real tools: port forwards, SOCKS and HTTP
+//! CONNECT proxies, SSH forwarding, a renamed relay in /tmp, a two-hop
+//! chain; and the look-alikes that must stay quiet.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{
+    free_port, is_root, unique, wait_listen_state, wait_listening, EventExt as _, Monitor,
+    NetnsPair,
+};
+
+const CONFIG: &str = "[output]\nseed_events = false\nkinds = [\"relay\", \"alert\", \"exec\"]\n[network]\nseed_events = false\n";
+
+/// Bytes the client sends through the relay, and the target sends back:
+/// asymmetric, and over the 16 KiB volume each way.
+const UP: usize = 40_000;
+const DOWN: usize = 100_000;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The target: reads UP bytes, answers DOWN bytes, for each connection.
+const TARGET: &str = r#"
+import socket, sys, threading
+up, down = int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[4] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[4], int(sys.argv[1]))); s.listen(16)
+def serve(c):
+    n = 0
+    while n < up:
+        d = c.recv(65536)
+        if not d: break
+        n += len(d)
+    c.sendall(b"d" * down); c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The client: connects (directly, or through SOCKS4/5 or HTTP CONNECT),
+/// sends UP bytes and reads DOWN bytes.
+const CLIENT: &str = r#"
+import socket, struct, sys
+mode, phost, pport, thost, tport, up, down = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+c = socket.create_connection((phost, pport), timeout=20)
+def exact(n):
+    b = b""
+    while len(b) < n:
+        d = c.recv(n - len(b))
+        if not d: raise SystemExit("closed during handshake")
+        b += d
+    return b
+if mode == "socks5":
+    c.sendall(b"\x05\x01\x00"); assert exact(2) == b"\x05\x00"
+    c.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(thost) + struct.pack("!H", tport))
+    r = exact(4); exact(6 if r[3] == 1 else 18)
+elif mode == "socks4":
+    c.sendall(b"\x04\x01" + struct.pack("!H", tport) + socket.inet_aton(thost) + b"u\x00")
+    assert exact(8)[1] == 0x5a
+elif mode == "connect":
+    c.sendall(("CONNECT %s:%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (thost, tport, thost, tport)).encode())
+    h = b""
+    while not h.endswith(b"\r\n\r\n"): h += exact(1)
+    assert b" 200" in h.split(b"\r\n")[0], h
+c.sendall(b"u" * up)
+n = 0
+while n < down:
+    d = c.recv(65536)
+    if not d: break
+    n += len(d)
+print(n)
+"#;
+
+fn target(ns: Option<&str>, bind: &str, port: u16) -> Killed {
+    let mut c = match ns {
+        Some(ns) => NetnsPair::command(ns, "/usr/bin/python3"),
+        None => Command::new("/usr/bin/python3"),
+    };
+    Killed(
+        c.args([
+            "-c",
+            TARGET,
+            &port.to_string(),
+            &UP.to_string(),
+            &DOWN.to_string(),
+            bind,
+        ])
+        .spawn()
+        .expect("target"),
+    )
+}
+
+fn client(ns: Option<&str>, mode: &str, proxy: (&str, u16), target: (&str, u16)) {
+    let mut c = match ns {
+        Some(ns) => NetnsPair::command(ns, "/usr/bin/python3"),
+        None => Command::new("/usr/bin/python3"),
+    };
+    let out = c
+        .args([
+            "-c",
+            CLIENT,
+            mode,
+            proxy.0,
+            &proxy.1.to_string(),
+            target.0,
+            &target.1.to_string(),
+            &UP.to_string(),
+            &DOWN.to_string(),
+        ])
+        .output()
+        .expect("client");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        DOWN.to_string()
+    );
+}
+
+fn spawn(program: &str, args: &[&str]) -> Killed {
+    Killed(
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(program),
+    )
+}
+
+/// Checks a relay event: two legs, the client leg carrying UP in and DOWN
+/// out, the target leg the reverse.
+fn check_relay(relay: &Value, target_port: u16) {
+    let legs = relay["legs"].as_array().expect("legs");
+    assert_eq!(legs.len(), 2);
+    let (to_target, from_client) = if legs[0]["remote"]["port"] == target_port {
+        (&legs[0], &legs[1])
+    } else {
+        (&legs[1], &legs[0])
+    };
+    assert_eq!(to_target["remote"]["port"], target_port, "{relay}");
+    let within = |v: &Value, want: usize, slack: usize| {
+        let got = v.as_u64().unwrap_or(0) as usize;
+        got.abs_diff(want) <= slack
+    };
+    assert!(within(&to_target["bytes_sent"], UP, 0), "{relay}");
+    assert!(within(&to_target["bytes_received"], DOWN, 0), "{relay}");
+    assert!(within(&from_client["bytes_received"], UP, 600), "{relay}");
+    assert!(within(&from_client["bytes_sent"], DOWN, 600), "{relay}");
+    assert!(relay["process"]["exe"].is_string(), "{relay}");
+}
+
+/// Waits for a relay event whose target leg goes to `target_port`.
+fn expect_relay(m: &Monitor, target_port: u16) -> Value {
+    m.expect_event("relay", |v| {
+        v.kind() == "relay"
+            && v["legs"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|leg| leg["remote"]["port"] == target_port))
+    })
+}
+
+fn relay_alert(m: &Monitor, pid: u64) -> Value {
+    m.expect_event("EW-RELAY-001", |v| {
+        v.kind() == "alert" && v["rule"] == "EW-RELAY-001" && v["process"]["pid"] == pid
+    })
+}
+
+#[test]
+fn socat_port_forward_without_and_with_fork() {
+    if !is_root("socat_port_forward_without_and_with_fork") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    let tport = free_port();
+    let _t = target(None, "127.0.0.1", tport);
+    wait_listening(&format!("127.0.0.1:{tport}"));
+    let port = free_port();
+    let socat = spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{port},reuseaddr"),
+            &format!("TCP:127.0.0.1:{tport}"),
+        ],
+    );
+    wait_listen_state(port);
+    let started = std::time::Instant::now();
+    client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
+    let relay = expect_relay(&m, tport);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    check_relay(&relay, tport);
+    assert_eq!(relay["process"]["pid"], u64::from(socat.0.id()));
+    assert_eq!(relay["mode"], "inbound+outbound");
+    assert_eq!(relay["pattern"], "bulk");
+    relay_alert(&m, u64::from(socat.0.id()));
+
+    // With fork, each connection is relayed by a child of the listener.
+    let port = free_port();
+    let forked = spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{port},reuseaddr,fork"),
+            &format!("TCP:127.0.0.1:{tport}"),
+        ],
+    );
+    wait_listening(&format!("127.0.0.1:{port}"));
+    client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
+    client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
+    let parent = u64::from(forked.0.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let relays = loop {
+        let r = m.events(|v| v.kind() == "relay" && v["process"]["ancestry"][0]["pid"] == parent);
+        if r.len() >= 2 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(relays.len(), 2, "one relay per forked child");
+    for r in &relays {
+        check_relay(r, tport);
+        assert_ne!(r["process"]["pid"], parent);
+    }
+}
+
+#[test]
+fn renamed_python_relay_in_tmp() {
+    if !is_root("renamed_python_relay_in_tmp") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    let tport = free_port();
+    let _t = target(None, "127.0.0.1", tport);
+    wait_listening(&format!("127.0.0.1:{tport}"));
+    // A 20-line relay, run by a copy of python named like a system daemon.
+    let dir = std::env::temp_dir().join(format!(".cache-{}", unique()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let daemon = dir.join("systemd-netlogd");
+    std::fs::copy("/usr/bin/python3.11", &daemon).expect("copy python");
+    let relay_py = r#"
+import socket, sys, threading
+lport, thost, tport = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def pump(a, b):
+    while True:
+        d = a.recv(65536)
+        if not d: break
+        b.sendall(d)
+    b.shutdown(socket.SHUT_WR)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", lport)); s.listen(4)
+while True:
+    c, _ = s.accept()
+    u = socket.create_connection((thost, tport))
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+"#;
+    let port = free_port();
+    let relay = spawn(
+        daemon.to_str().expect("utf8"),
+        &[
+            "-c",
+            relay_py,
+            &port.to_string(),
+            "127.0.0.1",
+            &tport.to_string(),
+        ],
+    );
+    wait_listening(&format!("127.0.0.1:{port}"));
+    client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
+    let ev = expect_relay(&m, tport);
+    check_relay(&ev, tport);
+    assert_eq!(ev["process"]["exe"], daemon.to_str().expect("utf8"));
+    relay_alert(&m, u64::from(relay.0.id()));
+    drop(relay);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn socks_and_connect_proxy(
+    program: &str,
+    args: &[String],
+    mode: &str,
+    fingerprint: &str,
+    port: u16,
+) {
+    let m = Monitor::start_with(CONFIG);
+    let tport = free_port();
+    let _t = target(None, "127.0.0.1", tport);
+    wait_listening(&format!("127.0.0.1:{tport}"));
+    let proxy = Killed(
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(program),
+    );
+    wait_listening(&format!("127.0.0.1:{port}"));
+    client(None, mode, ("127.0.0.1", port), ("127.0.0.1", tport));
+    let ev = expect_relay(&m, tport);
+    check_relay(&ev, tport);
+    assert_eq!(ev["fingerprint"], fingerprint, "{ev}");
+    let _ = proxy;
+}
+
+#[test]
+fn microsocks_socks5() {
+    if !is_root("microsocks_socks5") {
+        return;
+    }
+    let port = free_port();
+    socks_and_connect_proxy(
+        "microsocks",
+        &[
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
+        "socks5",
+        "socks5",
+        port,
+    );
+}
+
+#[test]
+fn tinyproxy_http_connect() {
+    if !is_root("tinyproxy_http_connect") {
+        return;
+    }
+    let port = free_port();
+    let conf = std::env::temp_dir().join(format!("edgewatch-tinyproxy-{}.conf", unique()));
+    std::fs::write(
+        &conf,
+        format!("Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nMaxClients 10\nLogLevel Critical\n"),
+    )
+    .expect("conf");
+    socks_and_connect_proxy(
+        "tinyproxy",
+        &["-d".into(), "-c".into(), conf.display().to_string()],
+        "connect",
+        "http_connect",
+        port,
+    );
+    let _ = std::fs::remove_file(conf);
+}
+
+#[test]
+fn dante_socks4() {
+    if !is_root("dante_socks4") {
+        return;
+    }
+    let port = free_port();
+    let conf = std::env::temp_dir().join(format!("edgewatch-danted-{}.conf", unique()));
+    std::fs::write(
+        &conf,
+        format!(
+            "logoutput: stderr\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\nsocksmethod: none\nclientmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n\
+             client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\nsocks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 }}\n"
+        ),
+    )
+    .expect("conf");
+    socks_and_connect_proxy(
+        "danted",
+        &[
+            "-f".into(),
+            conf.display().to_string(),
+            "-N".into(),
+            "1".into(),
+        ],
+        "socks4",
+        "socks4",
+        port,
+    );
+    let _ = std::fs::remove_file(conf);
+}
+
+#[test]
+fn ncat_forward_through_a_child() {
+    if !is_root("ncat_forward_through_a_child") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    let tport = free_port();
+    let _t = target(None, "127.0.0.1", tport);
+    wait_listening(&format!("127.0.0.1:{tport}"));
+    let port = free_port();
+    let ncat = spawn(
+        "ncat",
+        &[
+            "-l",
+            "127.0.0.1",
+            &port.to_string(),
+            "--sh-exec",
+            &format!("exec ncat 127.0.0.1 {tport}"),
+        ],
+    );
+    wait_listen_state(port);
+    client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
+    let ev = expect_relay(&m, tport);
+    check_relay(&ev, tport);
+    assert_eq!(
+        ev["process"]["pid"],
+        u64::from(ncat.0.id()),
+        "the listener that accepted the client"
+    );
+}
+
+#[test]
+fn two_hop_chain_across_namespaces() {
+    if !is_root("two_hop_chain_across_namespaces") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    let ns = NetnsPair::new();
+    // Target in b; hop 2 in b forwards :7002 to it; hop 1 in a forwards
+    // :7001 to hop 2; the client in a goes through both.
+    let _t = target(Some(&ns.b), "0.0.0.0", 7000);
+    let _hop2 = Killed(
+        NetnsPair::command(&ns.b, "socat")
+            .args(["TCP-LISTEN:7002,reuseaddr", "TCP:127.0.0.1:7000"])
+            .spawn()
+            .expect("hop 2"),
+    );
+    let _hop1 = Killed(
+        NetnsPair::command(&ns.a, "socat")
+            .args([
+                "TCP-LISTEN:7001,reuseaddr",
+                &format!("TCP:{}:7002", NetnsPair::B4),
+            ])
+            .spawn()
+            .expect("hop 1"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    client(
+        Some(&ns.a),
+        "plain",
+        ("127.0.0.1", 7001),
+        ("127.0.0.1", 7000),
+    );
+    let second = expect_relay(&m, 7000);
+    let first = expect_relay(&m, 7002);
+    check_relay(&second, 7000);
+    check_relay(&first, 7002);
+    assert_ne!(first["process"]["pid"], second["process"]["pid"]);
+}
+
+/// An sshd of the test's own on a free port, with a fresh key pair.
+struct Sshd {
+    _child: Killed,
+    port: u16,
+    key: PathBuf,
+    dir: PathBuf,
+}
+
+impl Sshd {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "edgewatch-sshd-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let keygen = |path: &Path| {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .expect("ssh-keygen")
+                .success();
+            assert!(ok, "ssh-keygen");
+        };
+        keygen(&dir.join("host"));
+        keygen(&dir.join("user"));
+        std::fs::copy(dir.join("user.pub"), dir.join("authorized_keys")).expect("authorized_keys");
+        let port = free_port();
+        std::fs::create_dir_all("/run/sshd").expect("privsep dir");
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\nGatewayPorts no\nPidFile {d}/sshd.pid\n",
+                d = dir.display()
+            ),
+        )
+        .expect("sshd_config");
+        let child = Killed(
+            Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(dir.join("sshd_config"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sshd"),
+        );
+        wait_listening(&format!("127.0.0.1:{port}"));
+        Self {
+            _child: child,
+            port,
+            key: dir.join("user"),
+            dir,
+        }
+    }
+
+    fn ssh(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(["-i"])
+            .arg(&self.key)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn ssh_forwarding_through_the_local_sshd() {
+    if !is_root("ssh_forwarding_through_the_local_sshd") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    let sshd = Sshd::start();
+    let tport = free_port();
+    let _t = target(None, "127.0.0.1", tport);
+    wait_listening(&format!("127.0.0.1:{tport}"));
+    let sshd_relay = |m: &Monitor| {
+        m.expect_event("relay by sshd", |v| {
+            v.kind() == "relay"
+                && v["process"]["exe"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("sshd"))
+                && v["legs"].as_array().is_some_and(|l| {
+                    l.iter()
+                        .any(|leg| leg["remote"]["port"] == tport || leg["local"]["port"] == tport)
+                })
+        })
+    };
+    // -L: the gateway's sshd dials the target for the client.
+    let lport = free_port();
+    // Waits check the listening state: a probe connection would travel
+    // the tunnel and mix into its byte counts.
+    let _l = Killed(
+        sshd.ssh(&[
+            "-N",
+            "-L",
+            &format!("{lport}:127.0.0.1:{tport}"),
+            "root@127.0.0.1",
+        ])
+        .spawn()
+        .expect("ssh -L"),
+    );
+    wait_listen_state(lport);
+    std::thread::sleep(Duration::from_millis(1500));
+    client(None, "plain", ("127.0.0.1", lport), ("127.0.0.1", tport));
+    let ev = sshd_relay(&m);
+    assert_eq!(ev["pattern"], "bulk");
+    // -D: dynamic SOCKS through the sshd.
+    let dport = free_port();
+    let _d = Killed(
+        sshd.ssh(&["-N", "-D", &format!("127.0.0.1:{dport}"), "root@127.0.0.1"])
+            .spawn()
+            .expect("ssh -D"),
+    );
+    wait_listen_state(dport);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = m.events(|v| v.kind() == "relay").len();
+    client(None, "socks5", ("127.0.0.1", dport), ("127.0.0.1", tport));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while m.events(|v| v.kind() == "relay").len() < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "no relays for ssh -D");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // -R: the sshd listens and relays back over the SSH connection.
+    let rport = free_port();
+    let _r = Killed(
+        sshd.ssh(&[
+            "-N",
+            "-R",
+            &format!("127.0.0.1:{rport}:127.0.0.1:{tport}"),
+            "root@127.0.0.1",
+        ])
+        .spawn()
+        .expect("ssh -R"),
+    );
+    wait_listen_state(rport);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = m
+        .events(|v| {
+            v.kind() == "relay"
+                && v["process"]["exe"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("sshd"))
+        })
+        .len();
+    client(None, "plain", ("127.0.0.1", rport), ("127.0.0.1", tport));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while m
+        .events(|v| {
+            v.kind() == "relay"
+                && v["process"]["exe"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("sshd"))
+        })
+        .len()
+        <= before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sshd relay for ssh -R"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn look_alikes_stay_quiet() {
+    if !is_root("look_alikes_stay_quiet") {
+        return;
+    }
+    let m = Monitor::start_with(
+        &format!(
+        "{CONFIG}[relay]\nallowed_proxies = [{{ exe = \"/usr/sbin/nginx\", ports = [PORT] }}]\n"
+    )
+        .replace("PORT", &{
+            let p = free_port();
+            std::env::set_var("EDGEWATCH_TEST_NGINX_PORT", p.to_string());
+            p.to_string()
+        }),
+    );
+    let nginx_port: u16 = std::env::var("EDGEWATCH_TEST_NGINX_PORT")
+        .expect("port")
+        .parse()
+        .expect("port");
+    // An HTTP server answering several clients, and a client downloading.
+    let root = std::env::temp_dir().join(format!("edgewatch-quiet-{}", unique()));
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::write(root.join("blob"), vec![b'b'; 300_000]).expect("blob");
+    let hport = free_port();
+    let _http = Killed(
+        Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &hport.to_string(),
+                "--directory",
+            ])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("http.server"),
+    );
+    wait_listening(&format!("127.0.0.1:{hport}"));
+    // nginx as a declared reverse proxy in front of the HTTP server.
+    let conf = root.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {r}/nginx.pid;\nerror_log stderr crit;\nevents {{ worker_connections 64; }}\nhttp {{\n access_log off;\n client_body_temp_path {r};\n proxy_temp_path {r};\n server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://127.0.0.1:{hport}; }} }}\n}}\n",
+            r = root.display()
+        ),
+    )
+    .expect("nginx.conf");
+    let _nginx = Killed(
+        Command::new("/usr/sbin/nginx")
+            .args(["-c"])
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+    wait_listening(&format!("127.0.0.1:{nginx_port}"));
+    for url in [
+        format!("http://127.0.0.1:{hport}/blob"),
+        format!("http://127.0.0.1:{nginx_port}/blob"),
+    ] {
+        for _ in 0..3 {
+            let ok = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", &url])
+                .status()
+                .expect("curl")
+                .success();
+            assert!(ok, "{url}");
+        }
+    }
+    // An admin SSH session running a command, without forwarding.
+    let sshd = Sshd::start();
+    let out = sshd
+        .ssh(&["root@127.0.0.1", "head -c 200000 /dev/zero"])
+        .output()
+        .expect("ssh");
+    assert_eq!(out.stdout.len(), 200_000);
+    std::thread::sleep(Duration::from_secs(3));
+    // Other tests share the machine: only relays through these servers count.
+    let ports = [hport, nginx_port, sshd.port];
+    let ours = |legs: &Value| {
+        legs.as_array().is_some_and(|l| {
+            l.iter().any(|leg| {
+                ports
+                    .iter()
+                    .any(|p| leg["local"]["port"] == *p || leg["remote"]["port"] == *p)
+            })
+        })
+    };
+    let relays = m.events(|v| {
+        (v.kind() == "relay" && ours(&v["legs"]))
+            || (v.kind() == "alert"
+                && v["rule"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("EW-RELAY"))
+                && ours(&v["connections"]))
+    });
+    assert!(
+        relays.is_empty(),
+        "look-alikes reported as relays: {relays:#?}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn low_volume_interactive_relay_within_a_minute() {
+    if !is_root("low_volume_interactive_relay_within_a_minute") {
+        return;
+    }
+    let m = Monitor::start_with(CONFIG);
+    // A shell-like target: each short line in gets a longer answer.
+    let tport = free_port();
+    let _t = Killed(
+        Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(1)\nc,_=s.accept()\nwhile True:\n    d=c.recv(100)\n    if not d: break\n    c.sendall(b'answer ' * 8)\n",
+                &tport.to_string(),
+            ])
+            .spawn()
+            .expect("target"),
+    );
+    wait_listen_state(tport);
+    let port = free_port();
+    let _relay = spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{port},reuseaddr"),
+            &format!("TCP:127.0.0.1:{tport}"),
+        ],
+    );
+    wait_listen_state(port);
+    // Keystroke-sized exchanges, half a second apart, well under the
+    // bulk volume.
+    let started = std::time::Instant::now();
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket,sys,time\nc=socket.create_connection(('127.0.0.1', int(sys.argv[1])))\nfor i in range(16):\n    c.sendall(b'ls -l\\n'); c.recv(100); time.sleep(0.5)\n",
+            &port.to_string(),
+        ])
+        .output()
+        .expect("client");
+    assert!(out.status.success());
+    let relay = expect_relay(&m, tport);
+    assert_eq!(relay["pattern"], "interactive", "{relay}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let total: u64 = relay["legs"]
+        .as_array()
+        .expect("legs")
+        .iter()
+        .map(|l| l["bytes_received"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(total < 16 * 1024, "low volume: {total} bytes");
+}
