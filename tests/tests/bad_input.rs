@@ -113,7 +113,6 @@ fn hundred_thousand_arguments_are_cut_and_flagged() {
     }
     let m = Monitor::start_with(QUIET);
     let args: Vec<String> = (0..100_000).map(|i| format!("a{i}")).collect();
-    let started = std::time::Instant::now();
     let mut c = Command::new("/bin/true")
         .args(&args)
         .spawn()
@@ -132,7 +131,6 @@ fn hundred_thousand_arguments_are_cut_and_flagged() {
     for (i, a) in argv[1..argv.len() - 1].iter().enumerate() {
         assert_eq!(a, &args[i]);
     }
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
     // The monitor is still working afterwards.
     let mut c = Command::new("/bin/true")
         .arg("after")
