@@ -191,9 +191,10 @@ impl Default for ProcessTableConfig {
     }
 }
 
-/// A configuration that could not be read or is invalid.
+/// A configuration or rule file that could not be read or is invalid; the
+/// message names `file:line:col`.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum FileError {
     #[error("{path}: cannot read: {source}")]
     Read {
         path: String,
@@ -209,11 +210,27 @@ pub enum ConfigError {
     },
 }
 
-/// Where a configuration came from, for error messages.
+/// A configuration error.
+pub type ConfigError = FileError;
+
+/// Where a configuration or rule text came from, for error messages.
 #[derive(Debug, Clone)]
 pub struct Source<'a> {
     pub name: &'a str,
     pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// An error at byte `offset` of this source.
+    pub fn error(&self, offset: usize, message: &str) -> FileError {
+        let (line, col) = line_col(self.text, offset);
+        FileError::Invalid {
+            path: self.name.to_owned(),
+            line,
+            col,
+            message: message.trim().replace('\n', " "),
+        }
+    }
 }
 
 impl Config {
@@ -306,13 +323,7 @@ impl Config {
 }
 
 fn invalid(src: &Source<'_>, offset: usize, message: &str) -> ConfigError {
-    let (line, col) = line_col(src.text, offset);
-    ConfigError::Invalid {
-        path: src.name.to_owned(),
-        line,
-        col,
-        message: message.trim().replace('\n', " "),
-    }
+    src.error(offset, message)
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

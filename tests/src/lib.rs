@@ -482,3 +482,30 @@ pub fn wait_listen_state(port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A child process killed and reaped when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Killed {
+    pub fn pid(&self) -> u64 {
+        u64::from(self.0.id())
+    }
+}
+
+/// A fresh directory under the temp dir, canonical (symlinks resolved).
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "edgewatch-{name}-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir.canonicalize().expect("canonical scratch dir")
+}

@@ -10,21 +10,11 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{is_root, unique, EventExt as _, Monitor};
+use tests::{is_root, scratch_dir, EventExt as _, Monitor};
 
 const QUIET: &str = "[output]\nseed_events = false\n";
 /// monitor_common::limits::ARGV_MAX
 const ARGV_MAX: usize = 16 * 1024;
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "edgewatch-{name}-{}-{}",
-        std::process::id(),
-        unique()
-    ));
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir.canonicalize().expect("canonical")
-}
 
 /// Inverse of the monitor's escaping, to check it is reversible.
 fn unescape(text: &str) -> Vec<u8> {

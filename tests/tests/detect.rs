@@ -4,25 +4,17 @@
 
 use std::{
     io::Write as _,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use tests::{
-    free_port, is_root, monitor_bin, unique, wait_listening, EventExt as _, Monitor, TempPath,
+    free_port, is_root, monitor_bin, unique, wait_listening, EventExt as _, Killed, Monitor,
+    TempPath,
 };
 
 const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A web application with a command-injection flaw: `?host=` goes into a
 /// shell command line, as on many appliance admin pages.

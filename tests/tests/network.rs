@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    assert_within_1pct, free_port, is_root, unique, wait_listening, EventExt as _, Monitor,
+    assert_within_1pct, free_port, is_root, unique, wait_listening, EventExt as _, Killed, Monitor,
     NetnsPair,
 };
 
@@ -47,15 +47,6 @@ fn http_server(ns: Option<&str>, bind: &str, port: u16, root: &PathBuf) -> Child
     .stderr(Stdio::null())
     .spawn()
     .expect("start http.server")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn pid_of(child: &Child) -> u64 {

@@ -2,25 +2,14 @@
 
 use std::{
     os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::{json, Value};
-use tests::{expected_ancestry_of_child, is_root, unique, EventExt as _, Monitor};
+use tests::{expected_ancestry_of_child, is_root, scratch_dir, unique, EventExt as _, Monitor};
 
 const QUIET: &str = "[output]\nseed_events = false\n";
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "edgewatch-{name}-{}-{}",
-        std::process::id(),
-        unique()
-    ));
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir.canonicalize().expect("canonical scratch dir")
-}
 
 fn me() -> u64 {
     u64::from(std::process::id())

@@ -4,13 +4,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use tests::{
-    free_port, is_root, unique, wait_listen_state, wait_listening, EventExt as _, Monitor,
+    free_port, is_root, unique, wait_listen_state, wait_listening, EventExt as _, Killed, Monitor,
     NetnsPair,
 };
 
@@ -20,15 +20,6 @@ const CONFIG: &str = "[output]\nseed_events = false\nkinds = [\"relay\", \"alert
 /// asymmetric, and over the 16 KiB volume each way.
 const UP: usize = 40_000;
 const DOWN: usize = 100_000;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The target: reads UP bytes, answers DOWN bytes, for each connection.
 const TARGET: &str = r#"

@@ -8,19 +8,10 @@ use std::{
     time::Duration,
 };
 
-use tests::{free_port, is_root, wait_listening, EventExt as _, Monitor, NetnsPair};
+use tests::{free_port, is_root, wait_listening, EventExt as _, Killed, Monitor, NetnsPair};
 
 const CONFIG: &str =
     "[output]\nseed_events = false\n[network]\nseed_events = false\nsweep_secs = 1\n";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn pid_of(child: &Child) -> u64 {
     u64::from(child.id())

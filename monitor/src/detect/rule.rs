@@ -233,22 +233,7 @@ pub struct Step {
 }
 
 /// A rule file or directory that is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum RuleError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{col}: {message}")]
-    Invalid {
-        path: String,
-        line: usize,
-        col: usize,
-        message: String,
-    },
-}
+pub type RuleError = crate::config::FileError;
 
 /// Event kinds a rule may name.
 const KINDS: [&str; 16] = [
@@ -278,13 +263,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, at: usize, message: impl Into<String>) -> RuleError {
-        let (line, col) = line_col(self.src.text, at);
-        RuleError::Invalid {
-            path: self.src.name.to_owned(),
-            line,
-            col,
-            message: message.into(),
-        }
+        self.src.error(at, &message.into())
     }
 }
 
@@ -426,15 +405,8 @@ fn check_kinds(kinds: &[String], ctx: &Ctx<'_>) -> Result<(), RuleError> {
 
 /// Parses and validates the rules in one source.
 pub fn parse(src: &Source<'_>) -> Result<Vec<Rule>, RuleError> {
-    let file: FileSpec = toml::from_str(src.text).map_err(|e| {
-        let (line, col) = line_col(src.text, e.span().map_or(0, |s| s.start));
-        RuleError::Invalid {
-            path: src.name.to_owned(),
-            line,
-            col,
-            message: e.message().trim().replace('\n', " "),
-        }
-    })?;
+    let file: FileSpec = toml::from_str(src.text)
+        .map_err(|e| src.error(e.span().map_or(0, |s| s.start), e.message()))?;
     let mut rules = Vec::new();
     for spanned in file.rule {
         let rule_at = spanned.span().start;
