@@ -256,6 +256,21 @@ impl RelayDetector {
                     } else {
                         *ub
                     };
+                    // The two ends of one local connection (a parent
+                    // talking to its child over loopback) carry the same
+                    // bytes by definition: never a relay.
+                    let local_of = |c: &Candidate| {
+                        flows
+                            .get(&c.id)
+                            .or_else(|| ended.get(&c.id).map(|(f, _)| f))
+                            .map_or_else(
+                                || super::endpoint(c.stats.local_addr, c.stats.local_port),
+                                |f| f.local,
+                            )
+                    };
+                    if local_of(a) == b.id.remote && local_of(b) == a.id.remote {
+                        continue;
+                    }
                     // One relay is one event, whichever of the processes
                     // sharing its sockets is scored first.
                     let key = (a.id.min_by_socket(&b.id), a.id.max_by_socket(&b.id));
