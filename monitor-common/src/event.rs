@@ -324,6 +324,16 @@ pub mod counter {
     pub const IO_MAP_FULL: u32 = 19;
     /// Number of counters.
     pub const COUNT: u32 = 24;
+    /// Every error counter, in the order userspace names them.
+    pub const ERRORS: [u32; 7] = [
+        READ_ERRORS,
+        SCRATCH_ERRORS,
+        ATTEMPT_ERRORS,
+        SOCK_OWNER_FULL,
+        FLOW_MAP_FULL,
+        PACKETS_UNPARSED,
+        IO_MAP_FULL,
+    ];
 }
 
 #[cfg(test)]
@@ -370,15 +380,7 @@ mod tests {
 
     #[test]
     fn counters_do_not_overlap_loss_slots() {
-        for c in [
-            counter::READ_ERRORS,
-            counter::SCRATCH_ERRORS,
-            counter::ATTEMPT_ERRORS,
-            counter::SOCK_OWNER_FULL,
-            counter::FLOW_MAP_FULL,
-            counter::PACKETS_UNPARSED,
-            counter::IO_MAP_FULL,
-        ] {
+        for c in counter::ERRORS {
             assert!((counter::LOST_BASE + KIND_COUNT..counter::COUNT).contains(&c));
         }
     }

@@ -21,7 +21,8 @@ use crate::{
 /// Namespace prefix of every metric.
 pub const NAMESPACE: &str = "edgewatch";
 
-/// Kernel-side counters besides ring-buffer losses: `reason` label values.
+/// Kernel-side counters besides ring-buffer losses: `reason` label values,
+/// one per `monitor_common::event::counter::ERRORS` entry, in that order.
 pub const KERNEL_ERROR_REASONS: [&str; 7] = [
     "read",
     "scratch",

@@ -110,16 +110,7 @@ impl KernelCounters {
                 );
             }
         }
-        let errors = [
-            counter::READ_ERRORS,
-            counter::SCRATCH_ERRORS,
-            counter::ATTEMPT_ERRORS,
-            counter::SOCK_OWNER_FULL,
-            counter::FLOW_MAP_FULL,
-            counter::PACKETS_UNPARSED,
-            counter::IO_MAP_FULL,
-        ];
-        for (index, reason) in errors.into_iter().zip(KERNEL_ERROR_REASONS) {
+        for (index, reason) in counter::ERRORS.into_iter().zip(KERNEL_ERROR_REASONS) {
             let delta = self.delta(index);
             if delta > 0 {
                 metrics
