@@ -101,3 +101,41 @@ fn without_privileges_it_says_so() {
         .expect("run setpriv");
     assert_one_clear_line(&out, 1, "insufficient privileges");
 }
+
+/// Runs the monitor in a private mount namespace prepared by `setup`
+/// (shell commands run first, as root, in that namespace only).
+fn run_in_mount_ns(setup: &str) -> Output {
+    let script = format!("{setup}\nexec \"$0\" run");
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(monitor_bin())
+        .output()
+        .expect("run unshare")
+}
+
+#[test]
+fn tracefs_that_cannot_be_mounted_is_one_line() {
+    if !is_root("tracefs_that_cannot_be_mounted_is_one_line") {
+        return;
+    }
+    // No tracefs anywhere, and no /sys/kernel/tracing to mount it on.
+    let out = run_in_mount_ns(
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null; \
+         mount -t tmpfs none /sys/kernel",
+    );
+    assert_one_clear_line(
+        &out,
+        1,
+        "tracefs is not mounted and mounting it at /sys/kernel/tracing failed",
+    );
+}
+
+#[test]
+fn kernel_without_btf_is_one_line() {
+    if !is_root("kernel_without_btf_is_one_line") {
+        return;
+    }
+    // A kernel whose BTF is missing: an empty file where vmlinux BTF lives.
+    let out = run_in_mount_ns("mount -t tmpfs none /sys/kernel/btf && : > /sys/kernel/btf/vmlinux");
+    assert_one_clear_line(&out, 1, "cannot read kernel BTF at /sys/kernel/btf/vmlinux");
+}
