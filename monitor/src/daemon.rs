@@ -267,8 +267,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         handle(&mut enricher, &mut kernel_flows, batch, &mut out);
     }
     emit(&mut output, kinds, &mut detect, &out);
-    for alert in detect.flush() {
-        output.write_value(Kind::Alert, &alert);
+    // Close the open dedup windows, so their final counts are not lost.
+    let repeats = detect.flush();
+    if kinds.contains(&Kind::Alert) {
+        for alert in &repeats {
+            output.write_value(Kind::Alert, alert);
+        }
     }
     output.flush();
     if let Some(server) = server {

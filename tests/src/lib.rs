@@ -262,8 +262,19 @@ impl Monitor {
         self.child.id()
     }
 
+    /// Stops the monitor with SIGTERM; returns its exit status and every
+    /// event it wrote, those written while stopping included.
+    pub fn stop_with_events(mut self) -> (ExitStatus, Vec<Value>) {
+        let status = self.terminate();
+        (status, self.events(|_| true))
+    }
+
     /// Stops the monitor with SIGTERM and returns its exit status.
     pub fn stop(mut self) -> ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);

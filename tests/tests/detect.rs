@@ -289,3 +289,35 @@ fn replay_runs_recorded_events_through_the_rules() {
     assert!(stderr.contains(":2: not a JSON event"), "{stderr}");
     assert!(stderr.contains("replayed 2 events"), "{stderr}");
 }
+
+#[test]
+fn alerts_left_out_of_output_kinds_stay_out_at_shutdown() {
+    if !is_root("alerts_left_out_of_output_kinds_stay_out_at_shutdown") {
+        return;
+    }
+    let m = Monitor::start_with(
+        "[output]\nseed_events = false\nkinds = [\"exec\"]\n[network]\nseed_events = false\n",
+    );
+    // Two matches of one rule on one lineage: an open dedup window that
+    // shutdown closes with a repeat line.
+    let dir = tests::scratch_dir("kinds");
+    std::fs::copy("/bin/true", dir.join("t")).expect("copy");
+    let dropped = std::env::temp_dir().join(format!("edgewatch-t-{}", unique()));
+    std::fs::copy("/bin/true", &dropped).expect("copy to tmp");
+    for _ in 0..2 {
+        let mut c = Command::new(&dropped).spawn().expect("run from /tmp");
+        c.wait().expect("wait");
+    }
+    m.expect_event("exec from tmp", |v| {
+        v.kind() == "exec" && v["exe"] == dropped.to_str().expect("utf8")
+    });
+    let (status, events) = m.stop_with_events();
+    assert!(status.success());
+    let other: Vec<&Value> = events.iter().filter(|v| v.kind() != "exec").collect();
+    assert!(
+        other.is_empty(),
+        "only exec lines were asked for: {other:?}"
+    );
+    let _ = std::fs::remove_file(dropped);
+    let _ = std::fs::remove_dir_all(dir);
+}
