@@ -31,8 +31,10 @@ pub const KIND_NET_CLOSE: u32 = 10;
 pub const KIND_NET_UDP_FLOW: u32 = 11;
 /// `EventHeader::kind` of an inet UDP socket being released ([`NetEvent`]).
 pub const KIND_NET_RELEASE: u32 = 12;
+/// `EventHeader::kind` of a network configuration change ([`ConfigEvent`]).
+pub const KIND_CONFIG: u32 = 13;
 /// One past the largest kind; sizes the per-kind loss counters.
-pub const KIND_COUNT: u32 = 13;
+pub const KIND_COUNT: u32 = 14;
 
 /// Fixed header of every record.
 #[repr(C)]
@@ -300,6 +302,150 @@ pub struct IoStats {
 }
 assert_size!(IoStats, 32);
 
+/// A change to the machine's network configuration that can turn it into
+/// a relay or a sniffer, with the process that made it (`KIND_CONFIG`).
+/// `change` is one of the `CFG_*` constants, which also say what `arg0`,
+/// `arg1`, `name` and `value` hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigEvent {
+    pub header: EventHeader,
+    pub task: TaskInfo,
+    pub change: u32,
+    /// Network namespace inode of the process.
+    pub netns: u32,
+    pub arg0: u64,
+    pub arg1: u64,
+    /// NUL-padded; cut at 64 bytes.
+    pub name: [u8; 64],
+    /// NUL-padded; cut at 64 bytes.
+    pub value: [u8; 64],
+}
+assert_size!(ConfigEvent, 232);
+
+impl Default for ConfigEvent {
+    fn default() -> Self {
+        Self {
+            header: EventHeader::default(),
+            task: TaskInfo::default(),
+            change: 0,
+            netns: 0,
+            arg0: 0,
+            arg1: 0,
+            name: [0; 64],
+            value: [0; 64],
+        }
+    }
+}
+
+/// A sysctl written (`cgroup/sysctl`): `name` is the path under
+/// /proc/sys (`net/ipv4/ip_forward`), `value` the new value as written.
+/// Only the relay-enabling ones are reported (see the eBPF filter).
+pub const CFG_SYSCTL: u32 = 1;
+/// A legacy x_tables ruleset replaced (`setsockopt *_SO_SET_REPLACE`):
+/// `arg0` the socket level, `arg1` the option, `name` the table.
+pub const CFG_XTABLES: u32 = 2;
+/// Promiscuous mode requested: `arg0` is 1 for `ioctl(SIOCSIFFLAGS)`
+/// (`name` the interface) and 2 for `PACKET_ADD_MEMBERSHIP` (`arg1` the
+/// interface index).
+pub const CFG_PROMISC: u32 = 3;
+/// A packet socket opened (`socket(AF_PACKET, ...)`): `arg0` the type,
+/// `arg1` the protocol (network order, as passed).
+pub const CFG_PACKET_SOCKET: u32 = 4;
+/// A filter attached to a socket (`SO_ATTACH_FILTER`, `SO_ATTACH_BPF`):
+/// `arg0` the option, `arg1` the socket's address family.
+pub const CFG_SOCKET_FILTER: u32 = 5;
+/// A BPF program loaded (`bpf(BPF_PROG_LOAD)`): `arg0` the program type,
+/// `name` its name.
+pub const CFG_BPF_PROG: u32 = 6;
+/// A tun or tap interface attached (`ioctl(TUNSETIFF)`): `arg0` the
+/// `IFF_*` flags, `name` the requested interface name.
+pub const CFG_TUN: u32 = 7;
+/// A request to create or change a link sent over rtnetlink (`ip link
+/// add`, `ip link set`): `arg0` the message type, `arg1` its flags,
+/// `value` then `name` the message's first 128 bytes. Not a
+/// change by itself: it names the process behind the kernel's link
+/// notification that follows.
+pub const CFG_LINK_REQUEST: u32 = 8;
+
+/// A direction-free 5-tuple of a forwarded packet. Addresses are 16 bytes
+/// in network order, IPv4 v4-mapped; ports host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwdTuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+assert_size!(FwdTuple, 40);
+
+/// Key of a forwarded flow: the tuple of its first packet before any NAT
+/// (conntrack's original direction). Both directions of the flow count in
+/// one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FwdKey {
+    pub orig: FwdTuple,
+    /// Network namespace inode of the interfaces (from `IfaceInfo`).
+    pub netns: u32,
+    pub _pad: u32,
+}
+assert_size!(FwdKey, 48);
+
+/// One direction of a forwarded flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdDir {
+    /// IP bytes (headers included, as a flow exporter counts them).
+    pub bytes: u64,
+    /// Transport payload bytes.
+    pub payload: u64,
+    pub packets: u64,
+    /// Interface the packets came in by and left by.
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+}
+assert_size!(FwdDir, 32);
+
+/// Counters of one forwarded flow, kept at line rate by the TC programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FwdStats {
+    /// conntrack's reply tuple (what the answer looks like after NAT);
+    /// all zero when the packet had no conntrack entry.
+    pub reply: FwdTuple,
+    /// Index 0: the original direction; 1: replies.
+    pub dir: [FwdDir; 2],
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// `FWD_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+assert_size!(FwdStats, 128);
+
+/// The flow has a conntrack entry, so `reply` is set.
+pub const FWD_CONNTRACK: u32 = 1 << 0;
+/// A TCP FIN went each way, or a RST either way: the flow has ended.
+pub const FWD_FIN_ORIG: u32 = 1 << 1;
+pub const FWD_FIN_REPLY: u32 = 1 << 2;
+pub const FWD_RST: u32 = 1 << 3;
+
+/// What the TC programs need to know about an interface, by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    /// Bytes of link-layer header before the IP header (14 on Ethernet,
+    /// 0 on tun and IP tunnels).
+    pub l2_len: u32,
+    /// Inode of the interface's network namespace, copied into `FwdKey`.
+    pub netns: u32,
+}
+assert_size!(IfaceInfo, 8);
+
 /// Indices into the per-CPU `COUNTERS` array. Indices below [`KIND_COUNT`]
 /// count records of that kind the ring buffer had no room for.
 pub mod counter {
@@ -307,25 +453,27 @@ pub mod counter {
     /// `LOST_BASE + k`, for every `k < KIND_COUNT`.
     pub const LOST_BASE: u32 = 0;
     /// A kernel memory read failed while building a record.
-    pub const READ_ERRORS: u32 = 13;
+    pub const READ_ERRORS: u32 = 16;
     /// The scratch slot could not be looked up.
-    pub const SCRATCH_ERRORS: u32 = 14;
+    pub const SCRATCH_ERRORS: u32 = 17;
     /// The exec-attempt map was full (failed exec may go unreported).
-    pub const ATTEMPT_ERRORS: u32 = 15;
+    pub const ATTEMPT_ERRORS: u32 = 18;
     /// The socket-owner map was full: a socket's events name no process.
-    pub const SOCK_OWNER_FULL: u32 = 16;
+    pub const SOCK_OWNER_FULL: u32 = 19;
     /// The flow-counter map was full: a flow's bytes were not counted.
-    pub const FLOW_MAP_FULL: u32 = 17;
+    pub const FLOW_MAP_FULL: u32 = 20;
     /// Packets the flow counters could not parse (not TCP/UDP, IPv6 with
     /// extension headers, truncated headers).
-    pub const PACKETS_UNPARSED: u32 = 18;
+    pub const PACKETS_UNPARSED: u32 = 21;
     /// The socket-activity map was full: a process's use of a socket was
     /// not recorded.
-    pub const IO_MAP_FULL: u32 = 19;
+    pub const IO_MAP_FULL: u32 = 22;
+    /// The forwarded-flow map was full: a routed flow was not counted.
+    pub const FWD_MAP_FULL: u32 = 23;
     /// Number of counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 32;
     /// Every error counter, in the order userspace names them.
-    pub const ERRORS: [u32; 7] = [
+    pub const ERRORS: [u32; 8] = [
         READ_ERRORS,
         SCRATCH_ERRORS,
         ATTEMPT_ERRORS,
@@ -333,6 +481,7 @@ pub mod counter {
         FLOW_MAP_FULL,
         PACKETS_UNPARSED,
         IO_MAP_FULL,
+        FWD_MAP_FULL,
     ];
 }
 

@@ -18,6 +18,12 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_SOCK_IO: &str = "SOCK_IO";
 /// Name of the map of `bind`/`accept` calls in flight.
 pub const MAP_SOCK_CALLS: &str = "SOCK_CALLS";
+/// Name of the map of forwarded-flow counters.
+pub const MAP_FWD_FLOWS: &str = "FWD_FLOWS";
+/// Name of the map of interfaces the TC programs watch.
+pub const MAP_IFACES: &str = "IFACES";
+/// Name of the read-only global holding the monitor's own tgid.
+pub const GLOBAL_MONITOR_TGID: &str = "MONITOR_TGID";
 /// Name of the read-only global holding kernel structure offsets.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 
@@ -33,6 +39,10 @@ pub const FLOWS_MAX: u32 = 65536;
 /// (process, socket) pairs whose activity is tracked at once. An LRU: a
 /// busy machine forgets the pairs idle longest.
 pub const SOCK_IO_MAX: u32 = 65536;
+/// Forwarded flows counted at once.
+pub const FWD_FLOWS_MAX: u32 = 65536;
+/// Interfaces the TC programs watch at once.
+pub const IFACES_MAX: u32 = 256;
 /// `bind`/`accept` calls in flight.
 pub const SOCK_CALLS_MAX: u32 = 4096;
 

@@ -74,8 +74,17 @@ pub struct KernelOffsets {
     pub sock_sk_type: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// `sk_buff::_nfct`: the conntrack entry and its `ctinfo` in the low
+    /// three bits. [`OFFSET_MISSING`] without conntrack, and then forwarded
+    /// flows are counted without their NAT translation.
+    pub sk_buff_nfct: u32,
+    /// `nf_conn::tuplehash[0].tuple`, the original-direction tuple; the
+    /// reply tuple follows `nf_conntrack_tuple_hash` bytes later.
+    pub nf_conn_tuple_orig: u32,
+    /// `sizeof(struct nf_conntrack_tuple_hash)`.
+    pub nf_conntrack_tuple_hash_size: u32,
 }
-assert_size!(KernelOffsets, 57 * 4);
+assert_size!(KernelOffsets, 60 * 4);
 
 impl KernelOffsets {
     /// All offsets zero: the value the eBPF object is built with, replaced
@@ -94,7 +103,7 @@ mod tests {
     fn zeroed_is_all_zero_and_has_no_padding() {
         let z = KernelOffsets::zeroed();
         // SAFETY: plain u32 fields, size asserted above.
-        let words: [u32; 57] = unsafe { core::mem::transmute(z) };
+        let words: [u32; 60] = unsafe { core::mem::transmute(z) };
         assert!(words.iter().all(|&w| w == 0));
     }
 }

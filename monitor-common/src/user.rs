@@ -16,3 +16,9 @@ unsafe impl aya::Pod for crate::event::FlowStats {}
 unsafe impl aya::Pod for crate::event::IoKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::event::IoStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::event::FwdKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::event::FwdStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::event::IfaceInfo {}

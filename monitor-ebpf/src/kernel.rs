@@ -283,6 +283,12 @@ pub fn emit(buf: *mut u8, len: usize, kind: u32) {
 /// `S_IFMT` and `S_IFSOCK` of `inode->i_mode`.
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
+/// EtherType values of IPv4 and IPv6 (`skb->protocol`, host order).
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+/// `BPF_NOEXIST`: insert only when the key is absent.
+pub const BPF_NOEXIST: u64 = 1;
+
 /// `AF_INET` and `AF_INET6`.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

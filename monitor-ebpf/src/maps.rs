@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    event::{counter, FlowKey, FlowStats, IoKey, IoStats, SockOwner},
+    event::{counter, FlowKey, FlowStats, FwdKey, FwdStats, IfaceInfo, IoKey, IoStats, SockOwner},
     limits::{
-        EXEC_ATTEMPTS_MAX, FLOWS_MAX, NET_RING_BYTES, PROC_RING_BYTES, SCRATCH_BYTES,
-        SOCK_CALLS_MAX, SOCK_IO_MAX, SOCK_OWNERS_MAX,
+        EXEC_ATTEMPTS_MAX, FLOWS_MAX, FWD_FLOWS_MAX, IFACES_MAX, NET_RING_BYTES, PROC_RING_BYTES,
+        SCRATCH_BYTES, SOCK_CALLS_MAX, SOCK_IO_MAX, SOCK_OWNERS_MAX,
     },
 };
 
@@ -88,3 +88,17 @@ pub static PACKET_SCRATCH: PerCpuArray<crate::probes::net::PacketScratch> =
 /// for relay detection, and the pairs idle longest matter least.
 #[map(name = "SOCK_IO")]
 pub static SOCK_IO: LruHashMap<IoKey, IoStats> = LruHashMap::with_max_entries(SOCK_IO_MAX, 0);
+
+/// Counters of forwarded flows, by original tuple. Entries leave when
+/// userspace reports the flow ended (see `probes::forward`).
+#[map(name = "FWD_FLOWS")]
+pub static FWD_FLOWS: HashMap<FwdKey, FwdStats> = HashMap::with_max_entries(FWD_FLOWS_MAX, 0);
+
+/// Interfaces the TC programs count on, by ifindex, written by userspace.
+#[map(name = "IFACES")]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::with_max_entries(IFACES_MAX, 0);
+
+/// Forwarded-flow counters' working memory.
+#[map(name = "FWD_SCRATCH")]
+pub static FWD_SCRATCH: PerCpuArray<crate::probes::forward::FwdScratch> =
+    PerCpuArray::with_max_entries(1, 0);

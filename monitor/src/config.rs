@@ -21,6 +21,40 @@ pub struct Config {
     pub network: NetworkConfig,
     pub detect: DetectConfig,
     pub relay: RelayConfig,
+    pub dataplane: DataplaneConfig,
+}
+
+/// `[dataplane]`: forwarded traffic and the configuration changes that
+/// enable relaying (see `crate::dataplane`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    pub enabled: bool,
+    /// Network namespace of the gateway's interfaces; unset: the monitor's.
+    pub netns: Option<PathBuf>,
+    /// Interface roles; interfaces not listed take the default role.
+    pub interfaces: Vec<crate::dataplane::iface::IfaceRole>,
+    /// Services published from wan on purpose (DNAT port forwards).
+    pub published: Vec<crate::dataplane::Published>,
+    pub flow_table_capacity: Spanned<u32>,
+    pub scan_ms: Spanned<u64>,
+    pub report_secs: u64,
+    pub idle_secs: u64,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            netns: None,
+            interfaces: Vec::new(),
+            published: Vec::new(),
+            flow_table_capacity: Spanned::new(0..0, monitor_common::limits::FWD_FLOWS_MAX),
+            scan_ms: Spanned::new(0..0, 1000),
+            report_secs: 30,
+            idle_secs: 120,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -307,6 +341,22 @@ impl Config {
                 "network.sweep_secs must be at least 1",
             ));
         }
+        let scan = &self.dataplane.scan_ms;
+        if *scan.get_ref() < 100 {
+            return Err(invalid(
+                src,
+                scan.span().start,
+                "dataplane.scan_ms must be at least 100",
+            ));
+        }
+        let fwd = &self.dataplane.flow_table_capacity;
+        if *fwd.get_ref() == 0 {
+            return Err(invalid(
+                src,
+                fwd.span().start,
+                "dataplane.flow_table_capacity must be at least 1",
+            ));
+        }
         let cap = &self.process_table.capacity;
         if *cap.get_ref() < 64 {
             return Err(invalid(
@@ -391,6 +441,34 @@ mod tests {
         assert_eq!(e.interactive_samples, c.interactive_samples);
         assert_eq!(e.active_secs, c.active_secs);
         assert_eq!(e.allowed_proxies, c.allowed_proxies);
+        let (e, c) = (&embedded.dataplane, &code.dataplane);
+        assert_eq!(e.enabled, c.enabled);
+        assert_eq!(e.netns, c.netns);
+        assert_eq!(e.interfaces, c.interfaces);
+        assert_eq!(e.published, c.published);
+        assert_eq!(
+            e.flow_table_capacity.get_ref(),
+            c.flow_table_capacity.get_ref()
+        );
+        assert_eq!(e.scan_ms.get_ref(), c.scan_ms.get_ref());
+        assert_eq!(e.report_secs, c.report_secs);
+        assert_eq!(e.idle_secs, c.idle_secs);
+    }
+
+    #[test]
+    fn dataplane_roles_and_services_parse_and_reject_unknowns() {
+        let c = parse(
+            "[dataplane]\ninterfaces = [{ name = \"eth0\", role = \"wan\" }]\n\
+             published = [{ proto = \"tcp\", port = 443 }]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.dataplane.interfaces[0].name, "eth0");
+        let err = parse("[dataplane]\ninterfaces = [{ name = \"eth0\", role = \"dmz\" }]\n")
+            .expect_err("unknown role");
+        assert!(err.to_string().contains("test.toml:2:"), "{err}");
+        let err = parse("[dataplane]\npublished = [{ proto = \"sctp\", port = 1 }]\n")
+            .expect_err("unknown proto");
+        assert!(err.to_string().contains("test.toml:2:"), "{err}");
     }
 
     #[test]

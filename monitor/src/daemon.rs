@@ -20,6 +20,7 @@ use tokio::{
 use crate::{
     clock::BootClock,
     config::Config,
+    dataplane::{stage::DataplaneStage, Settings},
     decode::KernelEvent,
     detect::{
         rule::RuleError,
@@ -118,6 +119,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         allowed: config.relay.allowed_proxies.clone(),
     };
     let mut relays = RelayDetector::default();
+    let mut dataplane = start_dataplane(&config, ebpf, &loaded.probes, &metrics);
     let mut ebpf_logger = aya_log::EbpfLogger::init(ebpf).ok();
 
     // Seed after attaching: a process or socket created in between is
@@ -187,6 +189,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let mut sweep = tokio::time::interval(Duration::from_secs(*net.sweep_secs.get_ref()));
     let mut relay_tick =
         tokio::time::interval(Duration::from_millis(*config.relay.sample_ms.get_ref()));
+    let mut dataplane_tick =
+        tokio::time::interval(Duration::from_millis(*config.dataplane.scan_ms.get_ref()));
     let mut evictions_seen = 0;
     let mut flow_evictions_seen = 0;
     let mut out = Vec::new();
@@ -195,6 +199,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
                 handle(&mut enricher, &mut kernel_flows, batch, &mut out);
+                count_changes(&metrics, &out);
+                emit(&mut output, kinds, &mut detect, &out);
+                out.clear();
+                tokio::task::block_in_place(|| output.flush());
+            }
+            _ = dataplane_tick.tick(), if dataplane.is_some() => {
+                if let Some(dp) = dataplane.as_mut() {
+                    tokio::task::block_in_place(|| dp.tick(&mut loaded.ebpf, &mut enricher, &mut out));
+                }
+                count_changes(&metrics, &out);
                 emit(&mut output, kinds, &mut detect, &out);
                 out.clear();
                 tokio::task::block_in_place(|| output.flush());
@@ -279,6 +293,50 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         server.abort();
     }
     Ok(())
+}
+
+/// Counts the configuration changes among `events`, whatever the output
+/// kinds.
+fn count_changes(metrics: &Metrics, events: &[Event]) {
+    for ev in events {
+        if let Event::ConfigChange(c) = ev {
+            metrics
+                .config_changes
+                .with_label_values(&[c.change.as_str()])
+                .inc();
+        }
+    }
+}
+
+/// The data plane stage, when enabled and its TC program loaded. Failing
+/// to start it costs forwarded-flow visibility, not the monitor: logged.
+fn start_dataplane(
+    config: &Config,
+    ebpf: &mut aya::Ebpf,
+    probes: &[load::ProbeStatus],
+    metrics: &Metrics,
+) -> Option<DataplaneStage> {
+    let dp = &config.dataplane;
+    if !dp.enabled {
+        return None;
+    }
+    let settings = Settings {
+        netns: dp.netns.clone(),
+        roles: dp.interfaces.clone(),
+        published: dp.published.clone(),
+        report_ns: dp.report_secs * 1_000_000_000,
+        idle_ns: dp.idle_secs * 1_000_000_000,
+    };
+    let tc_loaded = probes
+        .iter()
+        .any(|p| p.spec.name == crate::dataplane::TC_PROGRAM && p.attached());
+    match DataplaneStage::start(ebpf, settings, tc_loaded, metrics.clone()) {
+        Ok(stage) => Some(stage),
+        Err(e) => {
+            tracing::error!(error = %e, "data plane not watched: forwarded flows, transit alerts and netlink-announced changes are lost");
+            None
+        }
+    }
 }
 
 /// Enriches a batch into `out`.

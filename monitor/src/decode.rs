@@ -6,15 +6,15 @@
 //! trusted: a length that points past the record is an error, not a panic.
 
 use monitor_common::event::{
-    EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent, NetEvent, KIND_EXEC,
-    KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK, KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE,
-    KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
+    ConfigEvent, EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent, NetEvent,
+    KIND_CONFIG, KIND_EXEC, KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK, KIND_NET_ACCEPT, KIND_NET_BIND,
+    KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
     KIND_NET_UDP_FLOW,
 };
 
 /// Every kernel record kind with its name: the `kind` label values of the
 /// kernel loss metric.
-pub const KERNEL_KINDS: [(u32, &str); 12] = [
+pub const KERNEL_KINDS: [(u32, &str); 13] = [
     (KIND_EXEC, "exec"),
     (KIND_EXEC_FAILED, "exec_failed"),
     (KIND_FORK, "fork"),
@@ -27,6 +27,7 @@ pub const KERNEL_KINDS: [(u32, &str); 12] = [
     (KIND_NET_CLOSE, "close"),
     (KIND_NET_UDP_FLOW, "udp_flow"),
     (KIND_NET_RELEASE, "release"),
+    (KIND_CONFIG, "config_change"),
 ];
 
 /// Why a record could not be decoded. The variants are the values of the
@@ -80,6 +81,7 @@ pub enum KernelEvent {
     Fork(ForkEvent),
     Exit(ExitEvent),
     Net(NetEvent),
+    Config(ConfigEvent),
 }
 
 /// Copies a `#[repr(C)]` plain-data record out of possibly unaligned bytes.
@@ -164,6 +166,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 return Err(DecodeError::SizeMismatch);
             }
             Ok(KernelEvent::Net(read_fixed(bytes)?))
+        }
+        KIND_CONFIG => {
+            if bytes.len() != size_of::<ConfigEvent>() {
+                return Err(DecodeError::SizeMismatch);
+            }
+            Ok(KernelEvent::Config(read_fixed(bytes)?))
         }
         _ => Err(DecodeError::UnknownKind),
     }

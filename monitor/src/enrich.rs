@@ -10,6 +10,7 @@ use monitor_common::event::{
 
 use crate::{
     clock::BootClock,
+    dataplane::change::Changes,
     decode::{c_str, path_from_components, split_args, KernelEvent},
     escape::escape,
     event::{
@@ -27,6 +28,7 @@ pub struct Enricher {
     pub table: ProcessTable,
     pub clock: BootClock,
     pub net: NetTracker,
+    pub changes: Changes,
 }
 
 fn task(pid: u32, tid: u32, t: &TaskInfo) -> Task {
@@ -70,6 +72,7 @@ impl Enricher {
             table,
             clock: BootClock::new(),
             net,
+            changes: Changes::default(),
         }
     }
 
@@ -116,6 +119,12 @@ impl Enricher {
         let event = match ev {
             KernelEvent::Net(n) => {
                 out.extend(self.net.apply(&n, &self.table, &self.clock, flows));
+                return;
+            }
+            KernelEvent::Config(c) => {
+                if let Some(r) = self.changes.from_kernel(&c, now, &self.table, &self.clock) {
+                    out.push(Event::ConfigChange(Box::new(r)));
+                }
                 return;
             }
             KernelEvent::Exec {

@@ -33,12 +33,19 @@ pub enum Kind {
     Connection,
     /// A process relaying traffic between two connections.
     Relay,
+    /// Counts of a flow this machine forwards, periodically and at its end.
+    Forward,
+    /// A forwarded flow that makes the gateway a relay (hairpin, DNAT to a
+    /// port not published).
+    Transit,
+    /// A change that enables relaying or sniffing, with its process.
+    ConfigChange,
     /// A detection rule matched.
     Alert,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
@@ -54,6 +61,9 @@ impl Kind {
         Kind::FlowUpdate,
         Kind::Connection,
         Kind::Relay,
+        Kind::Forward,
+        Kind::Transit,
+        Kind::ConfigChange,
         Kind::Alert,
     ];
 
@@ -74,6 +84,9 @@ impl Kind {
             Kind::FlowUpdate => "flow_update",
             Kind::Connection => "connection",
             Kind::Relay => "relay",
+            Kind::Forward => "forward",
+            Kind::Transit => "transit",
+            Kind::ConfigChange => "config_change",
             Kind::Alert => "alert",
         }
     }
@@ -199,6 +212,9 @@ pub enum Event {
     FlowUpdate(Box<NetRecord>),
     Connection(Box<NetRecord>),
     Relay(Box<crate::net::relay::RelayRecord>),
+    Forward(Box<crate::dataplane::ForwardRecord>),
+    Transit(Box<crate::dataplane::ForwardRecord>),
+    ConfigChange(Box<crate::dataplane::change::ConfigChangeRecord>),
 }
 
 impl Event {
@@ -219,6 +235,9 @@ impl Event {
             Event::FlowUpdate(_) => Kind::FlowUpdate,
             Event::Connection(_) => Kind::Connection,
             Event::Relay(_) => Kind::Relay,
+            Event::Forward(_) => Kind::Forward,
+            Event::Transit(_) => Kind::Transit,
+            Event::ConfigChange(_) => Kind::ConfigChange,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dataplane;
 pub mod decode;
 pub mod detect;
 pub mod enrich;

@@ -23,7 +23,7 @@ pub const NAMESPACE: &str = "edgewatch";
 
 /// Kernel-side counters besides ring-buffer losses: `reason` label values,
 /// one per `monitor_common::event::counter::ERRORS` entry, in that order.
-pub const KERNEL_ERROR_REASONS: [&str; 7] = [
+pub const KERNEL_ERROR_REASONS: [&str; 8] = [
     "read",
     "scratch",
     "exec_attempt_map_full",
@@ -31,6 +31,7 @@ pub const KERNEL_ERROR_REASONS: [&str; 7] = [
     "flow_map_full",
     "packet_unparsed",
     "io_map_full",
+    "forward_map_full",
 ];
 
 /// Sinks events are written to: `sink` label values.
@@ -61,6 +62,12 @@ pub struct Metrics {
     pub rules_loaded: IntGauge,
     pub rule_reloads: IntCounterVec,
     pub relays: IntCounterVec,
+    pub forwarded_bytes: IntCounterVec,
+    pub forwarded_packets: IntCounterVec,
+    pub forward_flows: IntGauge,
+    pub transit_flows: IntCounterVec,
+    pub config_changes: IntCounterVec,
+    pub netlink_overruns: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -143,6 +150,26 @@ impl Metrics {
             "Relays detected (pairs of connections one process forwards between), by pattern (bulk, interactive).",
             &["pattern"],
         );
+        let forwarded_bytes = counter_vec(
+            "forwarded_bytes_total",
+            "IP bytes this machine forwarded (routed, not sent or received itself), by the roles of the interfaces in and out.",
+            &["in_role", "out_role"],
+        );
+        let forwarded_packets = counter_vec(
+            "forwarded_packets_total",
+            "Packets this machine forwarded, by the roles of the interfaces in and out.",
+            &["in_role", "out_role"],
+        );
+        let transit_flows = counter_vec(
+            "transit_flows_total",
+            "Forwarded flows that make the gateway a relay, by reason (hairpin, dnat_unpublished).",
+            &["reason"],
+        );
+        let config_changes = counter_vec(
+            "config_changes_total",
+            "Configuration changes that enable relaying or sniffing, by type.",
+            &["type"],
+        );
         let rule_reloads = counter_vec(
             "rule_reloads_total",
             "Reloads of configuration and rules on SIGHUP, by result (ok, failed).",
@@ -180,6 +207,14 @@ impl Metrics {
         let net_flow_table_evictions = counter(
             "net_flow_table_evictions_total",
             "Flows evicted from the full flow table.",
+        );
+        let forward_flows = gauge(
+            "forward_flows",
+            "Forwarded flows in the kernel's counter map at the last scan.",
+        );
+        let netlink_overruns = counter(
+            "netlink_overruns_total",
+            "Times the kernel dropped configuration-change notifications because the monitor's socket buffer was full.",
         );
         let probe_attached = IntGaugeVec::new(
             opts(
@@ -238,6 +273,19 @@ impl Metrics {
         for r in ["ok", "failed"] {
             rule_reloads.with_label_values(&[r]);
         }
+        let roles = crate::dataplane::iface::Role::ALL.map(|r| r.as_str());
+        for i in roles.iter().chain(&["unknown"]) {
+            for o in roles.iter().chain(&["unknown"]) {
+                forwarded_bytes.with_label_values(&[i, o]);
+                forwarded_packets.with_label_values(&[i, o]);
+            }
+        }
+        for r in crate::dataplane::TransitReason::ALL {
+            transit_flows.with_label_values(&[r.as_str()]);
+        }
+        for c in crate::dataplane::change::Change::ALL {
+            config_changes.with_label_values(&[c.as_str()]);
+        }
         for p in PROBES {
             probe_attached.with_label_values(&[p.name]).set(0);
         }
@@ -265,6 +313,12 @@ impl Metrics {
             rules_loaded,
             rule_reloads,
             relays,
+            forwarded_bytes,
+            forwarded_packets,
+            forward_flows,
+            transit_flows,
+            config_changes,
+            netlink_overruns,
         }
     }
 

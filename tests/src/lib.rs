@@ -396,13 +396,6 @@ impl NetnsPair {
             a: format!("ewa{tag}"),
             b: format!("ewb{tag}"),
         };
-        let ip = |args: &str| {
-            let status = Command::new("ip")
-                .args(args.split_whitespace())
-                .status()
-                .expect("run ip");
-            assert!(status.success(), "ip {args} failed");
-        };
         ip(&format!("netns add {}", pair.a));
         ip(&format!("netns add {}", pair.b));
         ip(&format!(
@@ -519,4 +512,131 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir.canonicalize().expect("canonical scratch dir")
+}
+
+/// A gateway in network namespaces the test makes and removes: `gw` routes
+/// between `outside` (an internet host on `wan0`), `target` (another
+/// internet host, on `wan1`) and `inside` (a LAN host on `lan0`), with IPv4
+/// forwarding on. Internet addresses are documentation ranges; the LAN is
+/// private. Nothing is routed out of the namespaces.
+pub struct Gateway {
+    pub outside: String,
+    pub target: String,
+    pub gw: String,
+    pub inside: String,
+}
+
+impl Gateway {
+    pub const OUTSIDE: &'static str = "203.0.113.10";
+    pub const GW_WAN: &'static str = "203.0.113.1";
+    pub const TARGET: &'static str = "198.51.100.20";
+    pub const GW_WAN1: &'static str = "198.51.100.1";
+    pub const INSIDE: &'static str = "10.77.0.2";
+    pub const GW_LAN: &'static str = "10.77.0.1";
+
+    pub fn new() -> Self {
+        let tag = format!("{}{}", std::process::id() % 100_000, unique());
+        let g = Self {
+            outside: format!("ewo{tag}"),
+            target: format!("ewt{tag}"),
+            gw: format!("ewg{tag}"),
+            inside: format!("ewi{tag}"),
+        };
+        for ns in [&g.outside, &g.target, &g.gw, &g.inside] {
+            ip(&format!("netns add {ns}"));
+            ip(&format!("-n {ns} link set lo up"));
+        }
+        for (dev, peer_ns, gw_addr, peer_addr) in [
+            ("wan0", &g.outside, "203.0.113.1/24", "203.0.113.10/24"),
+            ("wan1", &g.target, "198.51.100.1/24", "198.51.100.20/24"),
+            ("lan0", &g.inside, "10.77.0.1/24", "10.77.0.2/24"),
+        ] {
+            ip(&format!(
+                "link add {dev} netns {} type veth peer name eth0 netns {peer_ns}",
+                g.gw
+            ));
+            ip(&format!("-n {} addr add {gw_addr} dev {dev}", g.gw));
+            ip(&format!("-n {} link set {dev} up", g.gw));
+            ip(&format!("-n {peer_ns} addr add {peer_addr} dev eth0"));
+            ip(&format!("-n {peer_ns} link set eth0 up"));
+            let via = gw_addr.split('/').next().expect("address");
+            ip(&format!("-n {peer_ns} route add default via {via}"));
+        }
+        ip(&format!(
+            "-n {} route add default via {}",
+            g.gw,
+            Self::OUTSIDE
+        ));
+        let status = NetnsPair::command(&g.gw, "sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"])
+            .status()
+            .expect("sysctl");
+        assert!(status.success(), "enable forwarding in {}", g.gw);
+        g
+    }
+
+    /// The monitor's `[dataplane]` section for this gateway, with `extra`
+    /// lines appended.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[dataplane]\nnetns = \"/run/netns/{}\"\nscan_ms = 200\n\
+             interfaces = [{{ name = \"wan0\", role = \"wan\" }}, {{ name = \"wan1\", role = \"wan\" }}, {{ name = \"lan0\", role = \"lan\" }}]\n{extra}\n",
+            self.gw
+        )
+    }
+
+    /// Runs `args` (a command line) in namespace `ns`; panics when it fails.
+    pub fn run(ns: &str, args: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args.split_whitespace())
+            .output()
+            .expect("spawn");
+        assert!(
+            out.status.success(),
+            "{args} in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until a TCP socket listens on `port` in namespace `ns`.
+    pub fn wait_listen(ns: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = NetnsPair::command(ns, "ss")
+                .args(["-Hltn", &format!("sport = :{port}")])
+                .output()
+                .expect("ss");
+            if !out.stdout.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {ns} port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        for ns in [&self.outside, &self.target, &self.gw, &self.inside] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &str) {
+    let status = Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {args} failed");
 }

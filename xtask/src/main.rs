@@ -53,13 +53,14 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 6] = [
+const KERNEL_TESTS: [&str; 7] = [
     "process",
     "bad_input",
     "startup",
     "network",
     "detect",
     "relay",
+    "dataplane",
 ];
 
 fn test(filter: &[String]) -> Result<()> {

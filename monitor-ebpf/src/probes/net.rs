@@ -30,9 +30,10 @@ use monitor_common::event::{
 use crate::{
     kernel::{
         current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, ReadError, AF_INET,
-        AF_INET6,
+        AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
     },
     maps::{count, FLOWS, NET_EVENTS, PACKET_SCRATCH, SOCK_CALLS, SOCK_IO, SOCK_OWNERS},
+    probes::atomic_add,
 };
 
 // TCP states, include/net/tcp_states.h.
@@ -43,9 +44,6 @@ const TCP_LISTEN: i32 = 10;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86DD;
-const BPF_NOEXIST: u64 = 1;
 // IPv6 extension headers with the generic (next header, length) layout.
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -416,7 +414,7 @@ fn parse(
     egress: bool,
 ) -> Option<u32> {
     // SAFETY: reading a context field the verifier rewrites.
-    let protocol = match u16::from_be(unsafe { (*skb).protocol } as u16) as u32 {
+    let protocol = match u16::from_be(unsafe { (*skb).protocol } as u16) {
         // Some local output paths leave skb->protocol unset; the IP
         // version nibble tells.
         0 => match ctx.load::<u8>(0).ok()? >> 4 {
@@ -580,11 +578,11 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     unsafe {
         (*stats).last_ns = ts;
         if egress {
-            add(&raw mut (*stats).bytes_out, payload);
-            add(&raw mut (*stats).pkts_out, segs);
+            atomic_add(&raw mut (*stats).bytes_out, payload);
+            atomic_add(&raw mut (*stats).pkts_out, segs);
         } else {
-            add(&raw mut (*stats).bytes_in, payload);
-            add(&raw mut (*stats).pkts_in, segs);
+            atomic_add(&raw mut (*stats).bytes_in, payload);
+            atomic_add(&raw mut (*stats).pkts_in, segs);
         }
     }
 }
@@ -603,19 +601,6 @@ fn new_udp_flow(w: &PacketScratch, egress: bool) {
         ev.first_ns = w.fresh.first_ns;
         Ok(())
     });
-}
-
-/// Atomic add whose result is unused, which the BPF backend emits as one
-/// `lock xadd`. `core::sync::atomic` offers no `fetch_add` on this target
-/// (it has no compare-and-swap), so the intrinsic is used directly.
-#[inline(always)]
-unsafe fn add(dst: *mut u64, v: u64) {
-    // SAFETY: `dst` points into a live map value.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            dst, v,
-        )
-    };
 }
 
 /// `sock_send_length(struct sock *sk, int ret, int flags)` and
@@ -682,9 +667,9 @@ fn record_io(ctx: &BtfTracePointContext, sent: bool) -> Result<(), ReadError> {
     unsafe {
         (*stats).last_ns = ts;
         if sent {
-            add(&raw mut (*stats).bytes_sent, ret as u64);
+            atomic_add(&raw mut (*stats).bytes_sent, ret as u64);
         } else {
-            add(&raw mut (*stats).bytes_received, ret as u64);
+            atomic_add(&raw mut (*stats).bytes_received, ret as u64);
         }
     }
     Ok(())

@@ -200,6 +200,8 @@ impl Engine {
             .find(|p| self.is_listener(*p))
             .or_else(|| chain.first().copied().filter(|p| *p > 1))
             .or_else(|| pid_of(ev))
+            // Forwarded flows have no process: each flow is its own lineage.
+            .or_else(|| ev.get("flow_id").and_then(Value::as_u64))
             .unwrap_or(0)
     }
 
@@ -424,11 +426,23 @@ impl Engine {
             "argv": p.get("argv").cloned().unwrap_or(Value::Array(vec![])),
             "ancestry": p.get("ancestry").cloned().unwrap_or(Value::Array(vec![])),
         });
-        // Socket events among the evidence, and the legs of relays whole.
+        // Socket events among the evidence, forwarded flows with both
+        // tuples, and the legs of relays whole.
         let mut connections: Vec<Value> = evidence
             .iter()
             .filter(|e| e.get("proto").is_some())
             .map(|e| {
+                if e.get("original").is_some() {
+                    return serde_json::json!({
+                        "proto": e.get("proto"),
+                        "original": e.get("original"),
+                        "translated": e.get("translated"),
+                        "in": e.get("in"),
+                        "out": e.get("out"),
+                        "forward": e.get("forward"),
+                        "reply": e.get("reply"),
+                    });
+                }
                 serde_json::json!({
                     "proto": e.get("proto"),
                     "local": e.get("local"),

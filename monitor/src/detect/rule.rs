@@ -235,25 +235,12 @@ pub struct Step {
 /// A rule file or directory that is invalid.
 pub type RuleError = crate::config::FileError;
 
-/// Event kinds a rule may name.
-const KINDS: [&str; 16] = [
-    "exec",
-    "exec_failed",
-    "fork",
-    "exit",
-    "process",
-    "connect",
-    "connect_result",
-    "accept",
-    "listen",
-    "bind",
-    "close",
-    "udp_flow",
-    "flow_update",
-    "connection",
-    "relay",
-    "alert",
-];
+/// Event kinds a rule may name: every kind the monitor writes.
+fn kind_names() -> impl Iterator<Item = &'static str> {
+    crate::event::Kind::ALL
+        .into_iter()
+        .map(crate::event::Kind::as_str)
+}
 
 struct Ctx<'a> {
     src: &'a Source<'a>,
@@ -393,10 +380,13 @@ fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
 
 fn check_kinds(kinds: &[String], ctx: &Ctx<'_>) -> Result<(), RuleError> {
     for k in kinds {
-        if !KINDS.contains(&k.as_str()) {
+        if !kind_names().any(|n| n == k.as_str()) {
             return Err(ctx.err(
                 ctx.rule_at,
-                format!("unknown event kind {k:?}; kinds are: {}", KINDS.join(", ")),
+                format!(
+                    "unknown event kind {k:?}; kinds are: {}",
+                    kind_names().collect::<Vec<_>>().join(", ")
+                ),
             ));
         }
     }

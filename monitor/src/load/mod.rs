@@ -9,12 +9,15 @@ use std::fs::File;
 
 use aya::{
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint,
-        TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSysctl,
+        RawTracePoint, SchedClassifier, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
-use monitor_common::limits::{GLOBAL_OFFSETS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_SCRATCH};
+use monitor_common::limits::{
+    GLOBAL_MONITOR_TGID, GLOBAL_OFFSETS, MAP_FWD_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS,
+    MAP_SCRATCH,
+};
 
 use self::probes::{Hook, ProbeSpec, SkbDirection, PROBES};
 use crate::config::Config;
@@ -68,6 +71,11 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_OFFSETS, &kernel_offsets, true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .override_global(GLOBAL_MONITOR_TGID, &std::process::id(), true)
+        .map_max_entries(
+            MAP_FWD_FLOWS,
+            *config.dataplane.flow_table_capacity.get_ref(),
+        )
         .map_max_entries(MAP_PROC_EVENTS, *config.kernel.ring_buffer_bytes.get_ref())
         .map_max_entries(MAP_NET_EVENTS, *config.kernel.ring_buffer_bytes.get_ref())
         .map_max_entries(MAP_SCRATCH, cpus as u32)
@@ -81,7 +89,9 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
                 .kernel
                 .disabled_probes
                 .iter()
-                .any(|d| d.get_ref() == spec.name);
+                .any(|d| d.get_ref() == spec.name)
+                || (!config.dataplane.enabled
+                    && (spec.name.starts_with("forward_") || spec.name.starts_with("config_")));
             ProbeStatus {
                 spec: *spec,
                 error: if disabled {
@@ -190,6 +200,17 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, targets: &mut Targets) -> Result<()
             };
             p.attach(cgroup, at, CgroupAttachMode::Single)
                 .map_err(|e| chain(&e))?;
+        }
+        Hook::CgroupSysctl => {
+            let cgroup = targets.cgroup.as_ref().map_err(Clone::clone)?;
+            let p: &mut CgroupSysctl = program.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|e| chain(&e))?;
+        }
+        Hook::TcEgress => {
+            let p: &mut SchedClassifier = program.try_into().map_err(|e| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
         }
     }
     Ok(())

@@ -30,7 +30,18 @@ pub fn from_file(path: &Path) -> Result<KernelOffsets, OffsetError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    resolve(&btf)
+    let mut offsets = resolve(&btf)?;
+    // Where conntrack is a module its types are in the module's split BTF.
+    let module = path.with_file_name("nf_conntrack");
+    if offsets.nf_conn_tuple_orig == OFFSET_MISSING && module.exists() {
+        if let Ok(split) = Btf::from_split_file(&module, &btf) {
+            let r = Resolver { btf: &split };
+            offsets.nf_conn_tuple_orig = r.conntrack_tuple()?;
+            offsets.nf_conntrack_tuple_hash_size =
+                r.size("nf_conntrack_tuple_hash").unwrap_or(OFFSET_MISSING);
+        }
+    }
+    Ok(offsets)
 }
 
 /// Resolves every member the eBPF programs read.
@@ -97,14 +108,45 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         sock_sk_type: r.member("sock", &["sk_type"])?,
         file_private_data: r.member("file", &["private_data"])?,
         socket_sk: r.member("socket", &["sk"])?,
+        sk_buff_nfct: r.optional("sk_buff", "_nfct")?,
+        nf_conn_tuple_orig: r.conntrack_tuple()?,
+        nf_conntrack_tuple_hash_size: r.size("nf_conntrack_tuple_hash").unwrap_or(OFFSET_MISSING),
     })
 }
+
+/// Size of `struct nf_conntrack_tuple`, whose inner layout the TC programs
+/// assume (two 20-byte halves: address, port, then `l3num` or `protonum`).
+/// Stable since Linux 2.6; checked here so a kernel that changes it loses
+/// only the NAT join.
+const CONNTRACK_TUPLE_SIZE: u32 = 40;
 
 struct Resolver<'a> {
     btf: &'a Btf,
 }
 
 impl Resolver<'_> {
+    /// Offset of the original-direction tuple in `nf_conn`, or
+    /// [`OFFSET_MISSING`] when this kernel's BTF has no conntrack (built as
+    /// a module) or a tuple layout the programs do not know.
+    fn conntrack_tuple(&self) -> Result<u32, OffsetError> {
+        if self.size("nf_conntrack_tuple") != Some(CONNTRACK_TUPLE_SIZE) {
+            return Ok(OFFSET_MISSING);
+        }
+        let Ok(hash) = self.member("nf_conn", &["tuplehash"]) else {
+            return Ok(OFFSET_MISSING);
+        };
+        let tuple = self.optional("nf_conntrack_tuple_hash", "tuple")?;
+        if tuple == OFFSET_MISSING {
+            return Ok(OFFSET_MISSING);
+        }
+        Ok(hash + tuple)
+    }
+
+    /// Size in bytes of struct `name`, if this BTF has it.
+    fn size(&self, name: &str) -> Option<u32> {
+        self.find_struct(name).ok().map(|s| s.size() as u32)
+    }
+
     /// Offset of the first of `names` that `strukt` has.
     fn member(&self, strukt: &str, names: &[&str]) -> Result<u32, OffsetError> {
         let s = self.find_struct(strukt)?;

@@ -16,6 +16,11 @@ pub enum Hook {
     CgroupSock(&'static str),
     /// A `cgroup_skb` program on the cgroup v2 root.
     CgroupSkb(SkbDirection),
+    /// A `cgroup/sysctl` program on the cgroup v2 root.
+    CgroupSysctl,
+    /// A TC egress classifier: loaded here, attached to each interface by
+    /// the data plane stage as interfaces appear.
+    TcEgress,
 }
 
 /// Direction of a `cgroup_skb` program.
@@ -148,6 +153,54 @@ pub const PROBES: &[ProbeSpec] = &[
         required: false,
         loses: "sent byte and packet counts, and UDP flows first seen outbound",
     },
+    ProbeSpec {
+        name: "forward_tc_egress",
+        hook: Hook::TcEgress,
+        required: false,
+        loses: "forwarded-flow counts and transit (hairpin, DNAT) detection",
+    },
+    ProbeSpec {
+        name: "config_sysctl",
+        hook: Hook::CgroupSysctl,
+        required: false,
+        loses: "IP forwarding and other relay-enabling sysctl changes",
+    },
+    ProbeSpec {
+        name: "config_sys_enter_setsockopt",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_setsockopt"),
+        required: false,
+        loses: "legacy iptables/ebtables ruleset changes, promiscuous packet sockets and socket filters",
+    },
+    ProbeSpec {
+        name: "config_sys_enter_ioctl",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_ioctl"),
+        required: false,
+        loses: "tun/tap creation and promiscuous mode set by ioctl",
+    },
+    ProbeSpec {
+        name: "config_sys_enter_socket",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_socket"),
+        required: false,
+        loses: "packet (AF_PACKET) sockets opened",
+    },
+    ProbeSpec {
+        name: "config_sys_enter_bpf",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_bpf"),
+        required: false,
+        loses: "BPF programs loaded by other processes",
+    },
+    ProbeSpec {
+        name: "config_sys_enter_sendmsg",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_sendmsg"),
+        required: false,
+        loses: "the process behind tunnel links and promiscuous mode set over netlink (ip link)",
+    },
+    ProbeSpec {
+        name: "config_sys_enter_sendto",
+        hook: Hook::Tracepoint("syscalls", "sys_enter_sendto"),
+        required: false,
+        loses: "the process behind tunnel links and promiscuous mode set over netlink by sendto(2)",
+    },
 ];
 
 impl Hook {
@@ -159,6 +212,8 @@ impl Hook {
             Hook::CgroupSock(at) => format!("cgroup/{at}"),
             Hook::CgroupSkb(SkbDirection::Ingress) => "cgroup_skb/ingress".to_owned(),
             Hook::CgroupSkb(SkbDirection::Egress) => "cgroup_skb/egress".to_owned(),
+            Hook::CgroupSysctl => "cgroup/sysctl".to_owned(),
+            Hook::TcEgress => "tc/egress".to_owned(),
         }
     }
 }

@@ -250,10 +250,9 @@ pub fn bounded_argv(argv: &[String]) -> Arc<[String]> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn proc(pid: u32, ppid: u32, exe: &str) -> Process {
+impl Process {
+    /// A process with only an identity and an executable, for tests.
+    pub fn for_test(pid: u32, ppid: u32, exe: &str) -> Self {
         Process {
             pid,
             ppid,
@@ -271,6 +270,15 @@ mod tests {
             stdio: [FdKind::None; 3],
             seeded: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: u32, ppid: u32, exe: &str) -> Process {
+        Process::for_test(pid, ppid, exe)
     }
 
     #[test]
