@@ -128,6 +128,15 @@ fn dnat_to_an_unpublished_port_is_counted_with_both_tuples_and_alerts() {
         .metric("edgewatch_transit_flows_total{reason=\"dnat_unpublished\"}")
         .unwrap_or_default();
     assert!(transits >= 1.0);
+
+    // The rule that set it up, made with iptables on its nftables backend.
+    let change = m.expect_event("iptables-nft change", |v| {
+        v["kind"] == "config_change"
+            && v["change"] == "netfilter"
+            && v["process"]["argv"][0] == "iptables"
+    });
+    assert_eq!(change["backend"], "nftables", "{change}");
+    assert_eq!(change["tables"][0], "ip nat");
 }
 
 #[test]
