@@ -33,8 +33,11 @@ pub const KIND_NET_UDP_FLOW: u32 = 11;
 pub const KIND_NET_RELEASE: u32 = 12;
 /// `EventHeader::kind` of a network configuration change ([`ConfigEvent`]).
 pub const KIND_CONFIG: u32 = 13;
+/// `EventHeader::kind` of a synthetic record of the benchmark producer
+/// ([`BenchEvent`]); only `cargo xtask bench` turns that producer on.
+pub const KIND_BENCH: u32 = 14;
 /// One past the largest kind; sizes the per-kind loss counters.
-pub const KIND_COUNT: u32 = 14;
+pub const KIND_COUNT: u32 = 15;
 
 /// Fixed header of every record.
 #[repr(C)]
@@ -367,6 +370,22 @@ pub const CFG_TUN: u32 = 7;
 /// change by itself: it names the process behind the kernel's link
 /// notification that follows.
 pub const CFG_LINK_REQUEST: u32 = 8;
+
+/// A synthetic record: the benchmark producer's way to measure how fast
+/// the daemon drains the ring, with exact loss accounting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchEvent {
+    pub header: EventHeader,
+    /// Index of the record in its burst.
+    pub seq: u64,
+}
+assert_size!(BenchEvent, 32);
+
+/// `sched_get_priority_max(BENCH_MAGIC | n)` asks the benchmark producer,
+/// when attached, for a burst of `n` (at most [`BENCH_BURST_MAX`]) records.
+pub const BENCH_MAGIC: u64 = 0x4557_0000;
+pub const BENCH_BURST_MAX: u64 = 256;
 
 /// A direction-free 5-tuple of a forwarded packet. Addresses are 16 bytes
 /// in network order, IPv4 v4-mapped; ports host order.

@@ -198,7 +198,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                handle(&mut enricher, &mut kernel_flows, batch, &mut out);
+                handle(&mut enricher, &mut kernel_flows, &metrics, batch, &mut out);
                 count_changes(&metrics, &out);
                 emit(&mut output, kinds, &mut detect, &out);
                 out.clear();
@@ -269,7 +269,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
             _ = &mut reader => break,
             batch = rx.recv() => match batch {
                 Some(batch) => {
-                    handle(&mut enricher, &mut kernel_flows, batch, &mut out);
+                    handle(&mut enricher, &mut kernel_flows, &metrics, batch, &mut out);
                     emit(&mut output, kinds, &mut detect, &out);
                     out.clear();
                 }
@@ -278,7 +278,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         }
     }
     while let Ok(batch) = rx.try_recv() {
-        handle(&mut enricher, &mut kernel_flows, batch, &mut out);
+        handle(&mut enricher, &mut kernel_flows, &metrics, batch, &mut out);
     }
     emit(&mut output, kinds, &mut detect, &out);
     // Close the open dedup windows, so their final counts are not lost.
@@ -343,11 +343,16 @@ fn start_dataplane(
 fn handle(
     enricher: &mut Enricher,
     flows: &mut KernelFlows,
+    metrics: &Metrics,
     batch: Vec<KernelEvent>,
     out: &mut Vec<Event>,
 ) {
     let now = Instant::now();
     for ev in batch {
+        if let KernelEvent::Bench(_) = ev {
+            metrics.bench_drained.inc();
+            continue;
+        }
         enricher.apply(ev, now, flows, out);
     }
 }

@@ -6,15 +6,15 @@
 //! trusted: a length that points past the record is an error, not a panic.
 
 use monitor_common::event::{
-    ConfigEvent, EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent, NetEvent,
-    KIND_CONFIG, KIND_EXEC, KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK, KIND_NET_ACCEPT, KIND_NET_BIND,
-    KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
-    KIND_NET_UDP_FLOW,
+    BenchEvent, ConfigEvent, EventHeader, ExecEvent, ExecFailedEvent, ExitEvent, ForkEvent,
+    NetEvent, KIND_BENCH, KIND_CONFIG, KIND_EXEC, KIND_EXEC_FAILED, KIND_EXIT, KIND_FORK,
+    KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT,
+    KIND_NET_LISTEN, KIND_NET_RELEASE, KIND_NET_UDP_FLOW,
 };
 
 /// Every kernel record kind with its name: the `kind` label values of the
 /// kernel loss metric.
-pub const KERNEL_KINDS: [(u32, &str); 13] = [
+pub const KERNEL_KINDS: [(u32, &str); 14] = [
     (KIND_EXEC, "exec"),
     (KIND_EXEC_FAILED, "exec_failed"),
     (KIND_FORK, "fork"),
@@ -28,6 +28,7 @@ pub const KERNEL_KINDS: [(u32, &str); 13] = [
     (KIND_NET_UDP_FLOW, "udp_flow"),
     (KIND_NET_RELEASE, "release"),
     (KIND_CONFIG, "config_change"),
+    (KIND_BENCH, "bench"),
 ];
 
 /// Why a record could not be decoded. The variants are the values of the
@@ -82,6 +83,8 @@ pub enum KernelEvent {
     Exit(ExitEvent),
     Net(NetEvent),
     Config(ConfigEvent),
+    /// A record of the benchmark's synthetic producer: counted, not written.
+    Bench(BenchEvent),
 }
 
 /// Copies a `#[repr(C)]` plain-data record out of possibly unaligned bytes.
@@ -172,6 +175,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 return Err(DecodeError::SizeMismatch);
             }
             Ok(KernelEvent::Config(read_fixed(bytes)?))
+        }
+        KIND_BENCH => {
+            if bytes.len() != size_of::<BenchEvent>() {
+                return Err(DecodeError::SizeMismatch);
+            }
+            Ok(KernelEvent::Bench(read_fixed(bytes)?))
         }
         _ => Err(DecodeError::UnknownKind),
     }

@@ -121,6 +121,7 @@ impl Enricher {
                 out.extend(self.net.apply(&n, &self.table, &self.clock, flows));
                 return;
             }
+            KernelEvent::Bench(_) => return,
             KernelEvent::Config(c) => {
                 if let Some(r) = self.changes.from_kernel(&c, now, &self.table, &self.clock) {
                     out.push(Event::ConfigChange(Box::new(r)));

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub transit_flows: IntCounterVec,
     pub config_changes: IntCounterVec,
     pub netlink_overruns: IntCounter,
+    pub bench_drained: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -216,6 +217,10 @@ impl Metrics {
             "netlink_overruns_total",
             "Times the kernel dropped configuration-change notifications because the monitor's socket buffer was full.",
         );
+        let bench_drained = counter(
+            "bench_events_drained_total",
+            "Synthetic records of the benchmark producer drained (always 0 unless cargo xtask bench turned the producer on).",
+        );
         let probe_attached = IntGaugeVec::new(
             opts(
                 "probe_attached",
@@ -319,6 +324,7 @@ impl Metrics {
             transit_flows,
             config_changes,
             netlink_overruns,
+            bench_drained,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //! - `test`: unit tests, then the root-level kernel tests against a release
 //!   build of the monitor;
-//! - `lint`: formatting and clippy, for the host crates and the eBPF crate.
+//! - `lint`: formatting and clippy, for the host crates and the eBPF crate;
+//! - `bench`: the monitor's cost against the same workloads without it.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,6 +10,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,6 +31,9 @@ enum Task {
     },
     /// Check formatting and run clippy on every crate.
     Lint,
+    /// Measure what the monitor costs against the same workloads without
+    /// it (root; prints a table, writes target/bench/bench.json).
+    Bench(bench::Options),
 }
 
 fn workspace_root() -> PathBuf {
@@ -133,5 +139,9 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Test { filter } => test(&filter),
         Task::Lint => lint(),
+        Task::Bench(opts) => {
+            run(cargo().args(["build", "--release", "-p", "monitor"]))?;
+            bench::run(&workspace_root(), &opts)
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Programs, one module per hook family. Programs are named
 //! `<family>_<hook>`: userspace attaches them by that name.
 
+pub mod bench;
 pub mod config;
 pub mod forward;
 pub mod net;

@@ -124,7 +124,32 @@ pub fn load(config: &Config) -> Result<Loaded, LoadError> {
             ),
         }
     }
+    if std::env::var_os(BENCH_PRODUCER_ENV).is_some_and(|v| v == "1") {
+        attach_bench_producer(&mut ebpf);
+    }
     Ok(Loaded { ebpf, probes })
+}
+
+/// Set to `1` by `cargo xtask bench` to attach the synthetic event source
+/// (see the eBPF `probes::bench`). Not for production.
+pub const BENCH_PRODUCER_ENV: &str = "EDGEWATCH_BENCH_PRODUCER";
+
+fn attach_bench_producer(ebpf: &mut Ebpf) {
+    let result = (|| -> Result<(), String> {
+        let p: &mut TracePoint = ebpf
+            .program_mut("bench_sys_enter_sched_get_priority_max")
+            .ok_or("program missing from the eBPF object")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        p.load().map_err(|e| e.to_string())?;
+        p.attach("syscalls", "sys_enter_sched_get_priority_max")
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => tracing::warn!("benchmark event producer attached ({BENCH_PRODUCER_ENV}=1): for cargo xtask bench only"),
+        Err(e) => tracing::error!(error = %e, "benchmark event producer not attached"),
+    }
 }
 
 /// What the cgroup and BTF-typed probes attach to, looked up once.
