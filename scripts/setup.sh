@@ -46,10 +46,13 @@ fi
 # 3. Debian packages the tests use: setpriv (util-linux), ip and ss
 #    (iproute2), and the real clients, servers and relays the kernel tests
 #    drive (curl, socat, ncat, microsocks, dante, tinyproxy, OpenSSH, nginx,
-#    iptables, nftables, iperf3) and bpftool (the benchmark reads eBPF run times).
-#    The tests start their own instances; nothing here is left running.
+#    iptables, nftables, iperf3), Prometheus with promtool and Alertmanager
+#    for the operations tests, systemd-analyze (systemd) to verify the
+#    shipped unit, and bpftool (the benchmark reads eBPF run times). The
+#    tests start their own instances; nothing here is left running.
 need_pkgs=()
-for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy openssh-server openssh-client nginx iptables nftables iperf3 bpftool; do
+for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy openssh-server openssh-client nginx iptables nftables iperf3 \
+    prometheus prometheus-alertmanager systemd bpftool; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

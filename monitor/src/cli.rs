@@ -6,9 +6,14 @@ use clap::{Parser, Subcommand};
 
 /// edgewatch: eBPF intrusion monitor for Linux edge gateways.
 ///
-/// Watches process execution in the kernel and writes every event as a
-/// JSON line, with the process's ancestry, while exporting Prometheus
-/// metrics.
+/// Watches every process execution, fork and exit and every TCP and UDP
+/// socket from the kernel, runs detection rules over them, writes events
+/// and alerts as JSON lines, delivers alerts to syslog, Alertmanager, a
+/// webhook or a file, and exports Prometheus metrics.
+///
+/// Start with `monitor config default > monitor.toml`, edit it, check it
+/// with `monitor config check monitor.toml`, then `monitor run --config
+/// monitor.toml` as root.
 #[derive(Debug, Parser)]
 #[command(name = "monitor", version, propagate_version = true)]
 pub struct Cli {
@@ -25,8 +30,12 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF probes and monitor until SIGINT or SIGTERM.
     ///
-    /// Events go to stdout as JSON lines; logs go to stderr. Needs root (or
-    /// CAP_BPF and CAP_PERFMON, with CAP_SYS_ADMIN to mount tracefs).
+    /// Events and alerts go to stdout as JSON lines (see [output]), alerts
+    /// also to the sinks of [alerts]; metrics are served at [metrics]
+    /// listen; logs go to stderr. SIGHUP reloads [detect] and the rules.
+    /// Needs root, or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_PTRACE
+    /// (and CAP_SYS_ADMIN when tracefs is not mounted). Exit code 1: could
+    /// not start or run; 2: bad command line or configuration.
     Run {
         /// Configuration file (TOML). Without it the embedded default is
         /// used, as printed by `monitor config default`.
@@ -46,6 +55,7 @@ pub enum Command {
     /// any unreadable line go to stderr. Use it to try a rule on a
     /// recording before deploying it.
     Replay {
+        /// Recorded events, JSON lines (`-`: standard input).
         #[arg(value_name = "EVENTS")]
         events: PathBuf,
         /// Configuration whose [detect] section chooses the rules (the
@@ -63,6 +73,7 @@ pub enum RulesCommand {
     /// Validate rule files or directories of `*.toml` rules; errors are
     /// reported as file:line:col.
     Check {
+        /// Rule files, or directories whose `*.toml` files are rules.
         #[arg(value_name = "PATH", required = true)]
         paths: Vec<PathBuf>,
     },
@@ -73,9 +84,17 @@ pub enum RulesCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the embedded default configuration, with every key documented.
+    ///
+    /// It is what `monitor run` uses without --config; redirect it to a
+    /// file to start your own.
     Default,
     /// Validate a configuration file; errors are reported as file:line:col.
+    ///
+    /// Checks the syntax and every key and value, alert sinks included,
+    /// without needing root; files, rule paths and ports are first opened
+    /// by `monitor run`. Exit code 2 when invalid.
     Check {
+        /// The configuration file (TOML).
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },

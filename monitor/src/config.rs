@@ -22,6 +22,7 @@ pub struct Config {
     pub detect: DetectConfig,
     pub relay: RelayConfig,
     pub dataplane: DataplaneConfig,
+    pub alerts: crate::alert::config::AlertsConfig,
 }
 
 /// `[dataplane]`: forwarded traffic and the configuration changes that
@@ -357,6 +358,9 @@ impl Config {
                 "dataplane.flow_table_capacity must be at least 1",
             ));
         }
+        self.alerts
+            .specs()
+            .map_err(|e| invalid(src, e.offset, &e.message))?;
         let cap = &self.process_table.capacity;
         if *cap.get_ref() < 64 {
             return Err(invalid(
@@ -453,6 +457,7 @@ mod tests {
         assert_eq!(e.scan_ms.get_ref(), c.scan_ms.get_ref());
         assert_eq!(e.report_secs, c.report_secs);
         assert_eq!(e.idle_secs, c.idle_secs);
+        assert_eq!(embedded.alerts, code.alerts);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::{
 };
 
 use crate::{
+    alert,
     clock::BootClock,
     config::Config,
     dataplane::{stage::DataplaneStage, Settings},
@@ -45,6 +46,9 @@ use crate::{
 /// kernel counts what it drops.
 const CHANNEL_BATCHES: usize = 64;
 
+/// How long the alert sinks may go on delivering after a stop request.
+const ALERT_SINK_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -67,6 +71,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Rules(#[from] RuleError),
+    #[error(transparent)]
+    Alerts(#[from] alert::StartError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -80,6 +86,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     let metrics = Metrics::new();
     let rules = load_rules(&config.detect)?;
     let mut detect = Detect::new(rules, Some(metrics.clone()));
+    detect.set_sinks(alert::Sinks::start(&config.alerts, &metrics)?);
     let listener = if config.metrics.enabled {
         let addr = config.metrics.listen;
         Some(
@@ -289,6 +296,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         }
     }
     output.flush();
+    if let Some(sinks) = detect.take_sinks() {
+        sinks.close(ALERT_SINK_GRACE).await;
+    }
     if let Some(server) = server {
         server.abort();
     }
@@ -410,6 +420,7 @@ fn reload(
                 || config.process_table != running.process_table
                 || config.network != running.network
                 || config.relay != running.relay
+                || config.alerts != running.alerts
             {
                 tracing::warn!("changes outside [detect] take effect at the next start");
             }

@@ -1,8 +1,10 @@
 //! The edgewatch daemon as a library. The data path is a set of stages,
 //! one module each: [`load`] (eBPF object and probes), [`read`] (ring
-//! buffer), [`decode`], [`enrich`] (process table), [`output`] (JSON
-//! lines) and [`metrics`] (Prometheus). [`daemon`] wires them together.
+//! buffer), [`decode`], [`enrich`] (process table), [`detect`] (rules),
+//! [`output`] (JSON lines), [`alert`] (alert sinks) and [`metrics`]
+//! (Prometheus). [`daemon`] wires them together.
 
+pub mod alert;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -75,16 +75,28 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NAMESPACE)
 }
 
+/// Registers a counter family `edgewatch_<name>` with these labels.
+pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+/// Registers a gauge family `edgewatch_<name>` with these labels.
+pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(opts(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter_vec = |name, help, labels: &[&str]| {
-            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
+        let counter_vec = |name, help, labels: &[&str]| counter_vec(&registry, name, help, labels);
         let events = counter_vec("events_total", "Events written, by kind.", &["kind"]);
         let kernel_lost = counter_vec(
             "kernel_events_lost_total",

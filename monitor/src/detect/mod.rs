@@ -48,6 +48,10 @@ pub struct AlertRecord {
     /// The process lineage the alert is about: the nearest network-facing
     /// ancestor, else the parent.
     pub lineage: u64,
+    /// When the dedup window ends (RFC 3339): matches until then only
+    /// raise `count`. Absent when the rule never folds repeats.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub window_end: Option<String>,
 }
 
 /// What the engine counts for metrics.
@@ -477,6 +481,13 @@ impl Engine {
             count: 1,
             repeat: false,
             lineage,
+            window_end: (rule.dedup_secs > 0 && now > 0).then(|| {
+                let end = now.saturating_add(rule.dedup_secs * 1_000_000_000);
+                humantime::format_rfc3339_nanos(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(end),
+                )
+                .to_string()
+            }),
         };
         *self
             .stats

@@ -4,7 +4,12 @@
 use serde_json::Value;
 
 use super::{rule, AlertRecord, Engine, EngineStats};
-use crate::{config::DetectConfig, event::Kind, metrics::Metrics};
+use crate::{
+    alert::{Alert, Sinks},
+    config::DetectConfig,
+    event::Kind,
+    metrics::Metrics,
+};
 
 /// Loads the rules a configuration asks for.
 pub fn load_rules(config: &DetectConfig) -> Result<Vec<rule::Rule>, rule::RuleError> {
@@ -18,25 +23,53 @@ pub struct Detect {
     pub engine: Engine,
     metrics: Option<Metrics>,
     exported: EngineStats,
+    /// Where every alert raised is also delivered (the daemon's sinks).
+    sinks: Option<Sinks>,
 }
 
 impl Detect {
     pub fn new(rules: Vec<rule::Rule>, metrics: Option<Metrics>) -> Self {
         if let Some(m) = &metrics {
-            m.rules_loaded.set(rules.len() as i64);
+            Self::publish_rules(m, &rules);
         }
         Self {
             engine: Engine::new(rules),
             metrics,
             exported: EngineStats::default(),
+            sinks: None,
         }
+    }
+
+    /// Hands every alert from now on to `sinks` as well. All alerts pass
+    /// through [`Self::finish`], whether raised by an event, by a window
+    /// that closed, or by the final flush, so the sinks see each of them.
+    pub fn set_sinks(&mut self, sinks: Sinks) {
+        self.sinks = (!sinks.is_empty()).then_some(sinks);
+    }
+
+    /// Takes the sinks back, to close them at shutdown.
+    pub fn take_sinks(&mut self) -> Option<Sinks> {
+        self.sinks.take()
     }
 
     pub fn set_rules(&mut self, rules: Vec<rule::Rule>) {
         if let Some(m) = &self.metrics {
-            m.rules_loaded.set(rules.len() as i64);
+            Self::publish_rules(m, &rules);
         }
         self.engine.set_rules(rules);
+    }
+
+    /// Sets the rule count and creates the alert series of every rule, so
+    /// that the label set is known, and a rate() defined, before the first
+    /// alert.
+    fn publish_rules(m: &Metrics, rules: &[rule::Rule]) {
+        m.rules_loaded.set(rules.len() as i64);
+        for r in rules {
+            m.alerts
+                .with_label_values(&[r.id.as_str(), r.severity.as_str()]);
+            m.alerts_deduplicated.with_label_values(&[r.id.as_str()]);
+            m.alerts_rate_limited.with_label_values(&[r.id.as_str()]);
+        }
     }
 
     /// Runs the rules over one event in its JSON form; returns the alerts
@@ -60,6 +93,9 @@ impl Detect {
                 let mut v = serde_json::to_value(&a).ok()?;
                 if let Some(o) = v.as_object_mut() {
                     o.insert("kind".into(), Kind::Alert.as_str().into());
+                }
+                if let Some(sinks) = &self.sinks {
+                    sinks.send(Alert::new(a, &v));
                 }
                 Some(v)
             })

@@ -649,6 +649,13 @@ fn repeats_fold_into_one_alert_with_a_count() {
     assert_eq!(flushed.len(), 1);
     assert!(flushed[0].repeat);
     assert_eq!(flushed[0].count, 3);
+    // The window ends dedup_secs (60 by default) after the first match.
+    let at = |t: &str| humantime::parse_rfc3339(t).expect("RFC 3339");
+    let end = flushed[0].window_end.as_deref().expect("window end");
+    assert_eq!(
+        at(end).duration_since(at(&flushed[0].ts)).ok(),
+        Some(std::time::Duration::from_secs(60))
+    );
     // A later window raises a fresh alert.
     let later = exec(
         200,
