@@ -28,10 +28,10 @@ pub const GLOBAL_MONITOR_TGID: &str = "MONITOR_TGID";
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 
 /// Default size of the process ring buffer, in bytes (power of two).
-pub const PROC_RING_BYTES: u32 = 8 << 20;
+pub const PROC_RING_BYTES: u32 = 4 << 20;
 
 /// Default size of the socket-event ring buffer, in bytes (power of two).
-pub const NET_RING_BYTES: u32 = 8 << 20;
+pub const NET_RING_BYTES: u32 = 4 << 20;
 /// Sockets whose owner the kernel tracks at once.
 pub const SOCK_OWNERS_MAX: u32 = 65536;
 /// Flows (socket and peer) counted at once.

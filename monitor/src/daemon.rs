@@ -165,6 +165,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     metrics
         .process_table_entries
         .set(enricher.table.stats().entries as i64);
+    release_startup_memory();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(CHANNEL_BATCHES);
@@ -303,6 +304,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         server.abort();
     }
     Ok(())
+}
+
+/// Loading parses the kernel's BTF and the eBPF object (tens of MiB, freed
+/// by now); hands the freed heap back to the system so a long-running
+/// daemon does not keep it resident.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Counts the configuration changes among `events`, whatever the output
