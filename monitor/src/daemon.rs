@@ -77,7 +77,12 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
+/// Runs the stages over an object `load::load` loaded and attached.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    mut loaded: load::Loaded,
+) -> Result<(), RunError> {
     // First, so a stop requested during start-up is a clean stop once the
     // probes are up, never the default action's abrupt exit.
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -103,7 +108,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         metrics.clone(),
     )?;
 
-    let mut loaded = load::load(&config)?;
     for status in &loaded.probes {
         metrics
             .probe_attached
@@ -188,6 +192,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         connections = enricher.net.flows.len(),
         rules = detect.engine.rules().len(),
         metrics = %metrics_addr,
+        capabilities = %load::caps::names(load::env::effective_caps()),
         "monitor ready"
     );
     let server = listener.map(|l| tokio::spawn(metrics::serve(l, shared_metrics)));

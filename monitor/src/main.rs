@@ -6,7 +6,7 @@ use monitor::{
     config::{Config, DEFAULT_TOML},
     daemon,
     detect::rule,
-    replay, EXIT_FAILURE, EXIT_USAGE,
+    load, replay, EXIT_FAILURE, EXIT_USAGE,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -78,6 +78,17 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            // Load and attach on this thread, before any other exists, so
+            // the capability drop that follows covers every thread.
+            let loaded = match load::load(&config) {
+                Ok(l) => l,
+                Err(e) => return fail(EXIT_FAILURE, &e),
+            };
+            let keep = load::caps::runtime_set(config.dataplane.netns.is_some());
+            // The "monitor ready" line names what is kept.
+            if let Err(e) = load::caps::drop_to(keep) {
+                tracing::warn!(error = %e, "could not drop capabilities; running with those it started with");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -86,7 +97,7 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(EXIT_FAILURE, &e),
             };
-            match runtime.block_on(daemon::run(config, path)) {
+            match runtime.block_on(daemon::run(config, path, loaded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_FAILURE, &e),
             }

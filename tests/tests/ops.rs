@@ -684,6 +684,26 @@ fn the_unit_s_capabilities_are_enough_for_every_probe_and_proc() {
     assert_eq!(field("attached"), field("probes"), "{log:#?}");
     let seeded = seeded.unwrap_or_default();
     assert_eq!(seeded["exe"], "/usr/bin/sleep", "{seeded}");
+    // Once attached it keeps only what its running stages use, on every
+    // thread: CAP_NET_ADMIN (12) and CAP_SYS_PTRACE (19).
+    assert_eq!(
+        field("capabilities").as_deref(),
+        Some("CAP_NET_ADMIN,CAP_SYS_PTRACE")
+    );
+    let monitor_pid = child.0.id();
+    let tasks = std::fs::read_dir(format!("/proc/{monitor_pid}/task")).expect("tasks");
+    for task in tasks {
+        let status = std::fs::read_to_string(task.expect("task").path().join("status"))
+            .expect("task status");
+        for set in ["CapEff:", "CapPrm:"] {
+            let mask = status
+                .lines()
+                .find_map(|l| l.strip_prefix(set))
+                .map(str::trim)
+                .unwrap_or_default();
+            assert_eq!(mask, "0000000000081000", "{set} of a monitor thread");
+        }
+    }
     let _ = std::fs::remove_file(&config);
 }
 

@@ -103,7 +103,7 @@ fn check_privileges() -> Result<(), EnvError> {
 }
 
 /// `CapEff` of this process, from /proc/self/status.
-fn effective_caps() -> u64 {
+pub fn effective_caps() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

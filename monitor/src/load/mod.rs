@@ -1,6 +1,7 @@
 //! The load stage: prepare the kernel interface, resolve structure offsets,
 //! load the embedded eBPF object and attach every probe in [`probes::PROBES`].
 
+pub mod caps;
 pub mod env;
 pub mod offsets;
 pub mod probes;
