@@ -42,6 +42,10 @@ pub enum Command {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// The self-check canary: exits at once. The running monitor execs it
+    /// and expects to see the exec (see `[selfcheck]`).
+    #[command(hide = true)]
+    Canary,
     /// Print or check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),

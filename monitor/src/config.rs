@@ -23,6 +23,25 @@ pub struct Config {
     pub relay: RelayConfig,
     pub dataplane: DataplaneConfig,
     pub alerts: crate::alert::config::AlertsConfig,
+    pub selfcheck: SelfCheckConfig,
+}
+
+/// `[selfcheck]`: the monitor's checks of itself (see `crate::selfcheck`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfCheckConfig {
+    /// Seconds between canaries; 0 turns them off.
+    pub canary_secs: u64,
+    pub link_check_secs: Spanned<u64>,
+}
+
+impl Default for SelfCheckConfig {
+    fn default() -> Self {
+        Self {
+            canary_secs: 60,
+            link_check_secs: Spanned::new(0..0, 10),
+        }
+    }
 }
 
 /// `[dataplane]`: forwarded traffic and the configuration changes that
@@ -342,6 +361,14 @@ impl Config {
                 "network.sweep_secs must be at least 1",
             ));
         }
+        let links = &self.selfcheck.link_check_secs;
+        if *links.get_ref() == 0 {
+            return Err(invalid(
+                src,
+                links.span().start,
+                "selfcheck.link_check_secs must be at least 1",
+            ));
+        }
         let scan = &self.dataplane.scan_ms;
         if *scan.get_ref() < 100 {
             return Err(invalid(
@@ -457,6 +484,9 @@ mod tests {
         assert_eq!(e.scan_ms.get_ref(), c.scan_ms.get_ref());
         assert_eq!(e.report_secs, c.report_secs);
         assert_eq!(e.idle_secs, c.idle_secs);
+        let (e, c) = (&embedded.selfcheck, &code.selfcheck);
+        assert_eq!(e.canary_secs, c.canary_secs);
+        assert_eq!(e.link_check_secs.get_ref(), c.link_check_secs.get_ref());
         assert_eq!(embedded.alerts, code.alerts);
     }
 

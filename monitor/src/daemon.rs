@@ -39,6 +39,7 @@ use crate::{
     output::{self, Output},
     process::{procfs, ProcessTable},
     read::{self, KernelCounters},
+    selfcheck::SelfCheck,
 };
 
 /// Batches in flight between the read and enrich stages. When full, the
@@ -132,6 +133,7 @@ pub async fn run(
     let mut relays = RelayDetector::default();
     let mut dataplane = start_dataplane(&config, ebpf, &loaded.probes, &metrics);
     let mut ebpf_logger = aya_log::EbpfLogger::init(ebpf).ok();
+    let mut selfcheck = SelfCheck::new(&loaded.ebpf, metrics.clone());
 
     // Seed after attaching: a process or socket created in between is
     // both seeded and reported, never missed.
@@ -204,6 +206,11 @@ pub async fn run(
         tokio::time::interval(Duration::from_millis(*config.relay.sample_ms.get_ref()));
     let mut dataplane_tick =
         tokio::time::interval(Duration::from_millis(*config.dataplane.scan_ms.get_ref()));
+    let canary_secs = config.selfcheck.canary_secs;
+    let mut canary_tick = tokio::time::interval(Duration::from_secs(canary_secs.max(1)));
+    let mut link_tick = tokio::time::interval(Duration::from_secs(
+        *config.selfcheck.link_check_secs.get_ref(),
+    ));
     let mut evictions_seen = 0;
     let mut flow_evictions_seen = 0;
     let mut out = Vec::new();
@@ -211,20 +218,24 @@ pub async fn run(
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                handle(&mut enricher, &mut kernel_flows, &metrics, batch, &mut out);
+                handle(&mut enricher, &mut kernel_flows, &metrics, &mut selfcheck, batch, &mut out);
                 count_changes(&metrics, &out);
-                emit(&mut output, kinds, &mut detect, &out);
-                out.clear();
-                tokio::task::block_in_place(|| output.flush());
+                write_out(&mut output, kinds, &mut detect, &mut out);
+            }
+            _ = canary_tick.tick(), if canary_secs > 0 => {
+                selfcheck.canary_tick(&enricher.clock, &mut out);
+                write_out(&mut output, kinds, &mut detect, &mut out);
+            }
+            _ = link_tick.tick() => {
+                selfcheck.check_links(&enricher.clock, &mut out);
+                write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = dataplane_tick.tick(), if dataplane.is_some() => {
                 if let Some(dp) = dataplane.as_mut() {
                     tokio::task::block_in_place(|| dp.tick(&mut loaded.ebpf, &mut enricher, &mut out));
                 }
                 count_changes(&metrics, &out);
-                emit(&mut output, kinds, &mut detect, &out);
-                out.clear();
-                tokio::task::block_in_place(|| output.flush());
+                write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = sweep.tick() => {
                 tokio::task::block_in_place(|| enricher.sweep(&mut kernel_flows, &mut out));
@@ -250,9 +261,7 @@ pub async fn run(
                     metrics.relays.with_label_values(&[r.pattern.as_str()]).inc();
                     out.push(Event::Relay(Box::new(r)));
                 }
-                emit(&mut output, kinds, &mut detect, &out);
-                out.clear();
-                tokio::task::block_in_place(|| output.flush());
+                write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = tick.tick() => {
                 enricher.table.expire(Instant::now());
@@ -282,7 +291,7 @@ pub async fn run(
             _ = &mut reader => break,
             batch = rx.recv() => match batch {
                 Some(batch) => {
-                    handle(&mut enricher, &mut kernel_flows, &metrics, batch, &mut out);
+                    handle(&mut enricher, &mut kernel_flows, &metrics, &mut selfcheck, batch, &mut out);
                     emit(&mut output, kinds, &mut detect, &out);
                     out.clear();
                 }
@@ -291,7 +300,14 @@ pub async fn run(
         }
     }
     while let Ok(batch) = rx.try_recv() {
-        handle(&mut enricher, &mut kernel_flows, &metrics, batch, &mut out);
+        handle(
+            &mut enricher,
+            &mut kernel_flows,
+            &metrics,
+            &mut selfcheck,
+            batch,
+            &mut out,
+        );
     }
     emit(&mut output, kinds, &mut detect, &out);
     // Close the open dedup windows, so their final counts are not lost.
@@ -368,6 +384,7 @@ fn handle(
     enricher: &mut Enricher,
     flows: &mut KernelFlows,
     metrics: &Metrics,
+    selfcheck: &mut SelfCheck,
     batch: Vec<KernelEvent>,
     out: &mut Vec<Event>,
 ) {
@@ -377,8 +394,18 @@ fn handle(
             metrics.bench_drained.inc();
             continue;
         }
+        if selfcheck.is_canary(&ev, &enricher.clock, out) {
+            continue;
+        }
         enricher.apply(ev, now, flows, out);
     }
+}
+
+/// Writes out what a stage produced (see [`emit`]), then empties `out`.
+fn write_out(output: &mut Output, kinds: &[Kind], detect: &mut Detect, out: &mut Vec<Event>) {
+    emit(output, kinds, detect, out);
+    out.clear();
+    tokio::task::block_in_place(|| output.flush());
 }
 
 /// Runs the detect stage over events and writes those of the kinds the

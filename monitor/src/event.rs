@@ -40,12 +40,14 @@ pub enum Kind {
     Transit,
     /// A change that enables relaying or sniffing, with its process.
     ConfigChange,
+    /// The monitor's check of itself: a probe detached, the canary missed.
+    SelfCheck,
     /// A detection rule matched.
     Alert,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
@@ -64,6 +66,7 @@ impl Kind {
         Kind::Forward,
         Kind::Transit,
         Kind::ConfigChange,
+        Kind::SelfCheck,
         Kind::Alert,
     ];
 
@@ -87,6 +90,7 @@ impl Kind {
             Kind::Forward => "forward",
             Kind::Transit => "transit",
             Kind::ConfigChange => "config_change",
+            Kind::SelfCheck => "self_check",
             Kind::Alert => "alert",
         }
     }
@@ -215,6 +219,7 @@ pub enum Event {
     Forward(Box<crate::dataplane::ForwardRecord>),
     Transit(Box<crate::dataplane::ForwardRecord>),
     ConfigChange(Box<crate::dataplane::change::ConfigChangeRecord>),
+    SelfCheck(Box<crate::selfcheck::SelfCheckRecord>),
 }
 
 impl Event {
@@ -238,6 +243,7 @@ impl Event {
             Event::Forward(_) => Kind::Forward,
             Event::Transit(_) => Kind::Transit,
             Event::ConfigChange(_) => Kind::ConfigChange,
+            Event::SelfCheck(_) => Kind::SelfCheck,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod output;
 pub mod process;
 pub mod read;
 pub mod replay;
+pub mod selfcheck;
 
 /// Exit code for bad configuration or usage (clap uses it too).
 pub const EXIT_USAGE: i32 = 2;

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         .init();
 
     match cli.command {
+        Command::Canary => ExitCode::SUCCESS,
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub config_changes: IntCounterVec,
     pub netlink_overruns: IntCounter,
     pub bench_drained: IntCounter,
+    pub selfcheck_canary_ok: IntGauge,
+    pub selfcheck_canary_failures: IntCounter,
+    pub selfcheck_canary_latency: prometheus::Gauge,
+    pub selfcheck_canary_last_success: prometheus::Gauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -229,6 +233,29 @@ impl Metrics {
             "netlink_overruns_total",
             "Times the kernel dropped configuration-change notifications because the monitor's socket buffer was full.",
         );
+        let selfcheck_canary_ok = gauge(
+            "selfcheck_canary_ok",
+            "1 when the last canary exec came back through the monitor's own pipeline in time, 0 when it did not.",
+        );
+        let selfcheck_canary_failures = counter(
+            "selfcheck_canary_failures_total",
+            "Canary execs the monitor's own pipeline did not see in time.",
+        );
+        let float_gauge = |name, help| {
+            let g = prometheus::Gauge::with_opts(opts(name, help)).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let selfcheck_canary_latency = float_gauge(
+            "selfcheck_canary_latency_seconds",
+            "Time from starting the last canary to seeing its exec.",
+        );
+        let selfcheck_canary_last_success = float_gauge(
+            "selfcheck_canary_last_success_timestamp_seconds",
+            "Unix time of the last canary seen.",
+        );
         let bench_drained = counter(
             "bench_events_drained_total",
             "Synthetic records of the benchmark producer drained (always 0 unless cargo xtask bench turned the producer on).",
@@ -337,6 +364,10 @@ impl Metrics {
             config_changes,
             netlink_overruns,
             bench_drained,
+            selfcheck_canary_ok,
+            selfcheck_canary_failures,
+            selfcheck_canary_latency,
+            selfcheck_canary_last_success,
         }
     }
 

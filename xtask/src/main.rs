@@ -59,7 +59,7 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 8] = [
+const KERNEL_TESTS: [&str; 9] = [
     "process",
     "bad_input",
     "startup",
@@ -67,6 +67,7 @@ const KERNEL_TESTS: [&str; 8] = [
     "detect",
     "relay",
     "dataplane",
+    "selfcheck",
     "ops",
 ];
 
