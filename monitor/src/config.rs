@@ -115,6 +115,8 @@ pub struct DetectConfig {
     pub builtin_rules: bool,
     /// Directories (or files) of extra rules, `*.toml`.
     pub rule_paths: Vec<PathBuf>,
+    /// Where open dedup windows are kept across restarts.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for DetectConfig {
@@ -123,6 +125,7 @@ impl Default for DetectConfig {
             enabled: true,
             builtin_rules: true,
             rule_paths: Vec::new(),
+            state_file: None,
         }
     }
 }

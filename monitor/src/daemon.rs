@@ -92,6 +92,9 @@ pub async fn run(
     let metrics = Metrics::new();
     let rules = load_rules(&config.detect)?;
     let mut detect = Detect::new(rules, Some(metrics.clone()));
+    if let Some(path) = &config.detect.state_file {
+        detect.keep_state(path.clone());
+    }
     detect.set_sinks(alert::Sinks::start(&config.alerts, &metrics)?);
     let listener = if config.metrics.enabled {
         let addr = config.metrics.listen;

@@ -269,6 +269,12 @@ impl Monitor {
         (status, self.events(|_| true))
     }
 
+    /// Kills the monitor with SIGKILL (no clean stop) and waits for it.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the monitor with SIGTERM and returns its exit status.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate()

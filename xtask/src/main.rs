@@ -59,7 +59,7 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 9] = [
+const KERNEL_TESTS: [&str; 10] = [
     "process",
     "bad_input",
     "startup",
@@ -68,6 +68,7 @@ const KERNEL_TESTS: [&str; 9] = [
     "relay",
     "dataplane",
     "selfcheck",
+    "faults",
     "ops",
 ];
 

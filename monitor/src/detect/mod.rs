@@ -70,6 +70,16 @@ struct Window {
     ends_ns: u64,
 }
 
+/// An open dedup window as saved across restarts: the alert already sent
+/// for a rule and lineage, and when its window ends (Unix ns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedWindow {
+    pub rule: String,
+    pub lineage: u64,
+    pub ends_ns: u64,
+    pub alert: AlertRecord,
+}
+
 struct SeqState {
     /// Index of the next step.
     next: usize,
@@ -529,6 +539,44 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// The open dedup windows, to save across a restart.
+    pub fn open_windows(&self) -> Vec<SavedWindow> {
+        self.windows
+            .iter()
+            .filter_map(|((i, lineage), w)| {
+                Some(SavedWindow {
+                    rule: self.rules.get(*i)?.id.clone(),
+                    lineage: *lineage,
+                    ends_ns: w.ends_ns,
+                    alert: w.alert.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Reopens saved windows still open at `now` whose rule is loaded, so
+    /// an alert sent before a restart is not sent again; returns how many.
+    pub fn restore_windows(&mut self, saved: Vec<SavedWindow>, now: u64) -> usize {
+        let mut n = 0;
+        for s in saved {
+            let Some(i) = self.rules.iter().position(|r| r.id == s.rule) else {
+                continue;
+            };
+            if s.ends_ns < now || self.windows.len() >= WINDOWS_MAX {
+                continue;
+            }
+            self.windows.insert(
+                (i, s.lineage),
+                Window {
+                    alert: s.alert,
+                    ends_ns: s.ends_ns,
+                },
+            );
+            n += 1;
+        }
+        n
     }
 
     /// Ends every window now (at shutdown or the end of a replay).

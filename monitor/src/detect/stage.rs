@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{rule, AlertRecord, Engine, EngineStats};
+use super::{rule, AlertRecord, Engine, EngineStats, SavedWindow};
 use crate::{
     alert::{Alert, Sinks},
     config::DetectConfig,
@@ -25,6 +25,9 @@ pub struct Detect {
     exported: EngineStats,
     /// Where every alert raised is also delivered (the daemon's sinks).
     sinks: Option<Sinks>,
+    /// Where open dedup windows are saved, so a restart does not send the
+    /// same alerts again (`detect.state_file`).
+    state_file: Option<std::path::PathBuf>,
 }
 
 impl Detect {
@@ -37,6 +40,42 @@ impl Detect {
             metrics,
             exported: EngineStats::default(),
             sinks: None,
+            state_file: None,
+        }
+    }
+
+    /// Saves open windows to `path` from now on, after reopening those a
+    /// previous run saved there. A missing file is a first start; an
+    /// unreadable one is logged and replaced.
+    pub fn keep_state(&mut self, path: std::path::PathBuf) {
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<SavedWindow>>(&bytes) {
+                Ok(saved) => {
+                    let n = self.engine.restore_windows(saved, unix_now_ns());
+                    tracing::info!(windows = n, path = %path.display(), "alerts sent before the restart stay deduplicated");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "alert state unreadable; starting without it")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "alert state unreadable; starting without it")
+            }
+        }
+        self.state_file = Some(path);
+    }
+
+    /// Writes the open windows, atomically (a temporary file renamed).
+    fn save_state(&self) {
+        let Some(path) = &self.state_file else { return };
+        let tmp = path.with_extension("tmp");
+        let result = serde_json::to_vec(&self.engine.open_windows())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save alert state; a restart may repeat open alerts");
         }
     }
 
@@ -87,6 +126,9 @@ impl Detect {
 
     fn finish(&mut self, alerts: Vec<AlertRecord>) -> Vec<Value> {
         self.export();
+        if alerts.iter().any(|a| !a.repeat) {
+            self.save_state();
+        }
         alerts
             .into_iter()
             .filter_map(|a| {
@@ -126,4 +168,11 @@ impl Detect {
         }
         self.exported = now.clone();
     }
+}
+
+/// Wall-clock time in ns, the clock of dedup windows.
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
