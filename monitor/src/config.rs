@@ -1,12 +1,12 @@
 //! Configuration: the embedded default, loading from a file, and errors
 //! that point at `file:line:col`.
 
-use std::{fmt, net::SocketAddr, path::PathBuf};
+use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{event::Kind, load::probes::PROBES};
+use crate::{event::Kind, load::probes::PROBES, web_config::WebConfig};
 
 /// The embedded default configuration, printed by `monitor config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -168,6 +168,13 @@ pub struct OutputConfig {
 pub struct MetricsConfig {
     pub listen: SocketAddr,
     pub enabled: bool,
+    /// TLS and basic authentication: a web configuration file in the
+    /// Prometheus exporter-toolkit format. Unset: plain HTTP, no
+    /// authentication.
+    pub web_config_file: Option<Spanned<PathBuf>>,
+    /// What `web_config_file` says, read when the configuration is.
+    #[serde(skip)]
+    pub web: Option<Arc<WebConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -225,6 +232,8 @@ impl Default for MetricsConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9810)),
             enabled: true,
+            web_config_file: None,
+            web: None,
         }
     }
 }
@@ -265,6 +274,10 @@ pub enum FileError {
         col: usize,
         message: String,
     },
+    /// Wrong as a whole, or in something it names (a certificate file),
+    /// with no one place in the file to point at.
+    #[error("{path}: {message}")]
+    Content { path: String, message: String },
 }
 
 /// A configuration error.
@@ -315,11 +328,22 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(src: Source<'_>) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(src.text).map_err(|e| {
+        let mut config: Config = toml::from_str(src.text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             invalid(&src, offset, e.message())
         })?;
         config.validate(&src)?;
+        if let Some(path) = &config.metrics.web_config_file {
+            let web = WebConfig::load(path.get_ref()).map_err(|e| match e {
+                FileError::Read { path: name, source } => invalid(
+                    &src,
+                    path.span().start,
+                    &format!("metrics.web_config_file: cannot read {name}: {source}"),
+                ),
+                e => e,
+            })?;
+            config.metrics.web = Some(Arc::new(web));
+        }
         Ok(config)
     }
 
@@ -553,6 +577,44 @@ mod tests {
     fn unknown_kind_is_rejected() {
         let err = parse("[output]\nkinds = [\"exec\", \"nope\"]\n").expect_err("invalid");
         assert!(err.to_string().starts_with("test.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn web_config_file_is_read_with_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("edgewatch-config-web-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let web = dir.join("web.yml");
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        std::fs::write(&web, format!("basic_auth_users:\n  prom: '{hash}'\n")).expect("write");
+        let c = parse(&format!(
+            "[metrics]\nweb_config_file = {:?}\n",
+            web.display().to_string()
+        ))
+        .expect("valid");
+        let loaded = c.metrics.web.expect("web config read");
+        assert_eq!(loaded.user_names(), ["prom"]);
+        std::fs::write(&web, "basic_auth_users:\n  prom: plain\n").expect("write");
+        let err = parse(&format!(
+            "[metrics]\nweb_config_file = {:?}\n",
+            web.display().to_string()
+        ))
+        .expect_err("not a hash");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:2:3: ", web.display())),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let err =
+            parse("[metrics]\nweb_config_file = \"/nonexistent/web.yml\"\n").expect_err("missing");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "test.toml:2:19: metrics.web_config_file: cannot read /nonexistent/web.yml: "
+            ),
+            "{msg}"
+        );
+        assert!(Config::embedded().metrics.web.is_none());
     }
 
     #[test]

@@ -200,7 +200,8 @@ pub async fn run(
         capabilities = %load::caps::names(load::env::effective_caps()),
         "monitor ready"
     );
-    let server = listener.map(|l| tokio::spawn(metrics::serve(l, shared_metrics)));
+    let web = config.metrics.web.clone();
+    let server = listener.map(|l| tokio::spawn(metrics::serve(l, shared_metrics, web)));
 
     let mut kernel_counters = KernelCounters::new(counters);
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -2,7 +2,8 @@
 //! one module each: [`load`] (eBPF object and probes), [`read`] (ring
 //! buffer), [`decode`], [`enrich`] (process table), [`detect`] (rules),
 //! [`output`] (JSON lines), [`alert`] (alert sinks) and [`metrics`]
-//! (Prometheus). [`daemon`] wires them together.
+//! (Prometheus; TLS and authentication in [`web_config`]). [`daemon`]
+//! wires them together.
 
 pub mod alert;
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod process;
 pub mod read;
 pub mod replay;
 pub mod selfcheck;
+pub mod web_config;
 
 /// Exit code for bad configuration or usage (clap uses it too).
 pub const EXIT_USAGE: i32 = 2;

@@ -16,6 +16,7 @@ use crate::{
     decode::DecodeError,
     event::{Direction, Kind, Proto},
     load::probes::PROBES,
+    web_config::{Admission, WebConfig},
 };
 
 /// Namespace prefix of every metric.
@@ -391,10 +392,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `GET /metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// How long a client may take over the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `GET /metrics` until the task is dropped: plain HTTP without a
+/// web configuration, else as it says (TLS, basic authentication, headers,
+/// rate limit).
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, web: Option<Arc<WebConfig>>) {
+    if let Some(web) = &web {
+        tracing::info!(
+            tls = web.tls.is_some(),
+            basic_auth_users = web.user_names().len(),
+            "metrics endpoint uses its web configuration"
+        );
+    }
+    let tls = web
+        .as_ref()
+        .and_then(|w| w.tls.clone())
+        .map(tokio_rustls::TlsAcceptor::from);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics endpoint: accept failed");
@@ -403,16 +420,77 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             }
         };
         let metrics = metrics.clone();
+        let web = web.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => serve_connection(stream, metrics, web).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => serve_connection(stream, metrics, web).await,
+                        // A client's mistake, not the monitor's: not worth more.
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "metrics endpoint: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "metrics endpoint: TLS handshake timed out")
+                        }
+                    }
+                }
+            }
         });
     }
+}
+
+/// Serves HTTP/1.1 on one connection, plain or TLS.
+async fn serve_connection<S>(stream: S, metrics: Arc<Metrics>, web: Option<Arc<WebConfig>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let metrics = metrics.clone();
+        let web = web.clone();
+        async move {
+            let Some(web) = web else {
+                return Ok::<_, Infallible>(respond(&req, &metrics));
+            };
+            let authorization = req.headers().get(hyper::header::AUTHORIZATION).cloned();
+            let checker = web.clone();
+            // bcrypt takes tens of milliseconds: off the async workers.
+            let admission =
+                tokio::task::spawn_blocking(move || checker.admit(authorization.as_ref()))
+                    .await
+                    .unwrap_or(Admission::Unauthorized);
+            let mut resp = match admission {
+                Admission::Allowed => respond(&req, &metrics),
+                Admission::RateLimited => status(StatusCode::TOO_MANY_REQUESTS),
+                Admission::Unauthorized => {
+                    let mut resp = status(StatusCode::UNAUTHORIZED);
+                    resp.headers_mut().insert(
+                        hyper::header::WWW_AUTHENTICATE,
+                        hyper::header::HeaderValue::from_static("Basic realm=\"edgewatch\""),
+                    );
+                    resp
+                }
+            };
+            for (name, value) in &web.headers {
+                resp.headers_mut().insert(name.clone(), value.clone());
+            }
+            Ok(resp)
+        }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// A response with this status and its reason as the body.
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let reason = code.canonical_reason().unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
+    *resp.status_mut() = code;
+    resp
 }
 
 fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
