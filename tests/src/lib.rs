@@ -458,6 +458,34 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Prometheus reading `config`, keeping its data in `data`, serving on
+/// `addr`; killed when dropped.
+pub fn spawn_prometheus(config: &std::path::Path, data: &std::path::Path, addr: &str) -> Killed {
+    Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus (scripts/setup.sh installs it)"),
+    )
+}
+
+/// Polls `f` until it returns Some, failing with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until something listens on `addr` (a TCP connect succeeds).
 pub fn wait_listening(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -20,8 +20,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    free_port, is_root, monitor_bin, scratch_dir, unique, EventExt as _, Killed, Monitor,
-    EVENT_TIMEOUT,
+    free_port, is_root, monitor_bin, scratch_dir, spawn_prometheus, unique, wait_for,
+    EventExt as _, Killed, Monitor, EVENT_TIMEOUT,
 };
 
 const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
@@ -53,18 +53,6 @@ fn encode(q: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Polls `f` until it returns Some, failing with `what` after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A server process of the test, with its HTTP address.
@@ -102,20 +90,7 @@ fn start_prometheus(dir: &Path, target: &str) -> Server {
     )
     .expect("write prometheus.yml");
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus (scripts/setup.sh installs it)"),
-    );
+    let mut child = spawn_prometheus(&config, &dir.join("data"), &addr);
     wait_ready("prometheus", &mut child, &addr);
     Server {
         _child: child,

@@ -59,7 +59,7 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 10] = [
+const KERNEL_TESTS: [&str; 11] = [
     "process",
     "bad_input",
     "startup",
@@ -70,6 +70,7 @@ const KERNEL_TESTS: [&str; 10] = [
     "selfcheck",
     "faults",
     "ops",
+    "web",
 ];
 
 fn test(filter: &[String]) -> Result<()> {
