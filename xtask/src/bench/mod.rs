@@ -276,21 +276,32 @@ struct Footprint {
 /// Memory, idle CPU and scrape latency with `n` extra processes and `n`
 /// open TCP connections on loopback.
 fn footprint(bin: &Path, pause_prog: &Path, n: usize) -> Result<Footprint> {
-    raise_fd_limit(4 * n as u64 + 1024)?;
+    // The accepting ends live in another process: each side holds n fds,
+    // within the usual 20,000-file limit.
+    raise_fd_limit(n as u64 + 1024)?;
     let config = format!("{BASE}[output]\nseed_events = false\n[network]\nseed_events = false\n");
     let m = Running::start(bin, &config, None, false)?;
     let mut children = Vec::with_capacity(n);
     for _ in 0..n {
         children.push(std::process::Command::new(pause_prog).spawn()?);
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let mut conns = Vec::with_capacity(2 * n);
+    let mut acceptor = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", ACCEPTOR, &n.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("python3 acceptor")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        acceptor.stdout.take().expect("piped"),
+    ));
+    let port: u16 = lines.next().context("acceptor port")??.trim().parse()?;
+    let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        let c = std::net::TcpStream::connect(addr)?;
-        let (s, _) = listener.accept()?;
-        conns.push(c);
-        conns.push(s);
+        conns.push(std::net::TcpStream::connect(("127.0.0.1", port))?);
+    }
+    let accepted = lines.next().context("acceptor count")??;
+    if accepted.trim() != n.to_string() {
+        bail!("the acceptor took {accepted} connections, not {n}");
     }
     // Two flow sweeps and the table updates.
     std::thread::sleep(Duration::from_secs(12));
@@ -318,6 +329,8 @@ fn footprint(bin: &Path, pause_prog: &Path, n: usize) -> Result<Footprint> {
         scrape_ms: median(&scrapes),
     };
     drop(conns);
+    drop(acceptor.stdin.take());
+    let _ = acceptor.wait();
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();
@@ -326,11 +339,35 @@ fn footprint(bin: &Path, pause_prog: &Path, n: usize) -> Result<Footprint> {
     Ok(fp)
 }
 
+/// Accepts argv[1] connections on a free loopback port (printed first),
+/// prints how many, and holds them until stdin closes.
+const ACCEPTOR: &str = r#"
+import resource, socket, sys
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4096)
+print(s.getsockname()[1], flush=True)
+held = [s.accept()[0] for _ in range(n)]
+print(len(held), flush=True)
+sys.stdin.read()
+"#;
+
+/// Raises the soft open-file limit to `want`, within the hard limit.
 fn raise_fd_limit(want: u64) -> Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: want,
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
+    // SAFETY: a valid rlimit to fill.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_max < want {
+        bail!(
+            "the open-file hard limit is {}, the footprint test needs {want}: lower --population",
+            lim.rlim_max
+        );
+    }
+    lim.rlim_cur = want;
     // SAFETY: a valid rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         bail!("cannot raise the open-file limit to {want}");
