@@ -414,6 +414,7 @@ impl Lab {
                     &self.topo,
                     svc,
                     workdir,
+                    &self.logs.join(&s.name),
                     &self.root.join("tests/lab"),
                     &self.keys,
                 )

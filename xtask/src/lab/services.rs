@@ -111,19 +111,23 @@ impl SshKeys {
     }
 }
 
-/// Starts a service and waits until it listens.
+/// Starts a service and waits until it listens. Its logs are kept as
+/// `LOGS.<service>-<host>.<file>`, beside the scenario's own.
 pub fn start(
     topo: &Topology,
     service: &Service,
     workdir: &Path,
+    logs: &Path,
     assets: &Path,
     keys: &SshKeys,
 ) -> Result<Vec<Child>> {
     let host = service.host;
-    let dir = workdir.join(format!("{:?}-{}", service.kind, host.name()).to_lowercase());
+    let label = format!("{:?}-{}", service.kind, host.name()).to_lowercase();
+    let dir = workdir.join(&label);
     std::fs::create_dir_all(&dir)?;
+    let log_path = |file: &str| PathBuf::from(format!("{}.{label}.{file}", logs.display()));
     let spawn = |program: &str, args: &[&str], log: &str| -> Result<Child> {
-        let log = std::fs::File::create(dir.join(log))?;
+        let log = std::fs::File::create(log_path(log))?;
         topo.command(host, program)
             .args(args)
             .stdin(Stdio::null())
@@ -134,6 +138,8 @@ pub fn start(
     };
     let wait = |port| topo.wait_port(host, port, Duration::from_secs(15));
     let d = dir.display();
+    let fpm_log = log_path("php-fpm.log");
+    let nginx_log = log_path("nginx-error.log");
     match service.kind {
         ServiceKind::Webapp => {
             let www = dir.join("www");
@@ -146,9 +152,10 @@ pub fn start(
             std::fs::write(
                 dir.join("php-fpm.conf"),
                 format!(
-                    "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
+                    "[global]\npid = {d}/php-fpm.pid\nerror_log = {}\ndaemonize = no\n\
                      [lab]\nuser = www-data\ngroup = www-data\nlisten = {d}/php.sock\nlisten.mode = 0666\n\
-                     pm = static\npm.max_children = 2\n"
+                     pm = static\npm.max_children = 2\ncatch_workers_output = yes\n",
+                    fpm_log.display()
                 ),
             )?;
             let listens: String = addresses(host)
@@ -158,10 +165,11 @@ pub fn start(
             std::fs::write(
                 dir.join("nginx.conf"),
                 format!(
-                    "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+                    "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {};\n\
                      events {{ worker_connections 64; }}\nhttp {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n\
                      fastcgi_temp_path {d};\n server {{ {listens}root {d}/www;\n  location ~ \\.php$ {{ include /etc/nginx/fastcgi_params; \
-                     fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name; fastcgi_pass unix:{d}/php.sock; }}\n }}\n}}\n"
+                     fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name; fastcgi_pass unix:{d}/php.sock; }}\n }}\n}}\n",
+                    nginx_log.display()
                 ),
             )?;
             let conf = format!("{d}/php-fpm.conf");
