@@ -174,6 +174,16 @@ pub fn start(
             )?;
             let conf = format!("{d}/php-fpm.conf");
             let php = spawn(&fpm, &["-F", "-y", &conf], "php-fpm.out")?;
+            // nginx answers 502 until php-fpm's socket is there.
+            let socket = dir.join("php.sock");
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while !socket.exists() {
+                if std::time::Instant::now() > deadline {
+                    bail!("php-fpm made no socket at {} in 15 s", socket.display());
+                }
+                super::check_interrupted()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let conf = format!("{d}/nginx.conf");
             let nginx = spawn("/usr/sbin/nginx", &["-c", &conf], "nginx.out")?;
             wait(80)?;
