@@ -66,6 +66,21 @@ pub struct ScenarioResult {
 }
 
 impl ScenarioResult {
+    /// A scenario that has not run (yet), with why as an error.
+    pub fn not_run(s: &super::scenario::Scenario, why: String) -> Self {
+        ScenarioResult {
+            name: s.name.clone(),
+            title: s.title.clone(),
+            attack: s.is_attack(),
+            outcome: Outcome::Error(why),
+            hits: Vec::new(),
+            missing: Vec::new(),
+            alerts: Vec::new(),
+            false_positives: Vec::new(),
+            duration: Duration::ZERO,
+        }
+    }
+
     /// Time from the attack step until the last expected alert arrived.
     pub fn latency(&self) -> Option<Duration> {
         (self.outcome == Outcome::Detected)
