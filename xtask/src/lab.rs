@@ -316,7 +316,9 @@ impl Lab {
             m.stop();
         }
         reap_orphans();
+        let reset = self.topo.reset_gateway();
         result.duration = started.elapsed();
+        let played = played.and_then(|p| reset.map(|()| p));
         let (attack_at, events) = match played {
             Ok(x) => x,
             Err(e) => {
@@ -384,18 +386,13 @@ impl Lab {
         std::fs::set_permissions(workdir, std::fs::Permissions::from_mode(0o755))?;
         let vars = self.vars(workdir);
         let mut config = scenario::substitute(&s.monitor, &vars)?;
-        if self.dataplane {
+        let own_dataplane = config.lines().any(|l| l.trim() == "[dataplane]");
+        if self.dataplane && !own_dataplane {
             let template = std::fs::read_to_string(self.root.join("tests/lab/dataplane.toml"))?;
             config.push('\n');
             config.push_str(&scenario::substitute(&template, &vars)?);
         }
         let log_path = self.logs.join(format!("{}.log", s.name));
-        let m = monitor.insert(LabMonitor::start(
-            &self.monitor,
-            &config,
-            workdir,
-            &self.logs.join(format!("{}.monitor.log", s.name)),
-        )?);
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -409,23 +406,34 @@ impl Lab {
                 .with_context(|| format!("writing {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))?;
         }
-        for svc in &s.services {
-            children.extend(
-                services::start(
-                    &self.topo,
-                    svc,
-                    workdir,
-                    &self.logs.join(&s.name),
-                    &self.root.join("tests/lab"),
-                    &self.keys,
-                )
-                .with_context(|| format!("service {:?} on {}", svc.kind, svc.host.name()))?,
-            );
-        }
         let attack_index = s.attack_step();
         let mut attack_at = Instant::now();
+        let setup = s.setup_steps();
         for (i, step) in s.steps.iter().enumerate() {
             check_interrupted()?;
+            if i == setup {
+                *monitor = Some(LabMonitor::start(
+                    &self.monitor,
+                    &config,
+                    workdir,
+                    &self.logs.join(format!("{}.monitor.log", s.name)),
+                )?);
+                for svc in &s.services {
+                    children.extend(
+                        services::start(
+                            &self.topo,
+                            svc,
+                            workdir,
+                            &self.logs.join(&s.name),
+                            &self.root.join("tests/lab"),
+                            &self.keys,
+                        )
+                        .with_context(|| {
+                            format!("service {:?} on {}", svc.kind, svc.host.name())
+                        })?,
+                    );
+                }
+            }
             let run = scenario::substitute(&step.run, &vars)?;
             writeln!(
                 log,
@@ -466,6 +474,9 @@ impl Lab {
             }
             sleep(Duration::from_secs_f64(step.sleep_secs))?;
         }
+        let m = monitor
+            .as_mut()
+            .context("no step ran with the monitor (parse checks one does)")?;
         // Wait for the expected alerts, or (benign) for the quiet period.
         let lab_pid = u64::from(std::process::id());
         let deadline = Instant::now() + Duration::from_secs_f64(s.wait_secs);

@@ -76,6 +76,11 @@ pub struct Step {
     /// A foreground step that exits non-zero does not fail the scenario.
     #[serde(default)]
     pub may_fail: bool,
+    /// Run before the scenario's monitor starts: the gateway as it was
+    /// configured before the monitor came up (a published port forward).
+    /// Such steps come first.
+    #[serde(default)]
+    pub before_monitor: bool,
     /// Longest a foreground step may run.
     #[serde(default = "default_step_timeout")]
     pub timeout_secs: f64,
@@ -137,13 +142,22 @@ impl Scenario {
     }
 
     /// Index of the step the attack starts at: the one marked `attack`,
-    /// else the first foreground step.
+    /// else the first foreground step once the monitor runs.
     pub fn attack_step(&self) -> usize {
         self.steps
             .iter()
             .position(|s| s.attack)
-            .or_else(|| self.steps.iter().position(|s| !s.background))
+            .or_else(|| {
+                self.steps
+                    .iter()
+                    .position(|s| !s.background && !s.before_monitor)
+            })
             .unwrap_or(0)
+    }
+
+    /// How many steps run before the monitor starts.
+    pub fn setup_steps(&self) -> usize {
+        self.steps.iter().take_while(|s| s.before_monitor).count()
     }
 }
 
@@ -221,6 +235,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
     }
     if raw.steps.iter().all(|s| s.background && !s.attack) {
         return bad("every step runs in the background: nothing marks the attack".into());
+    }
+    let setup = raw.steps.iter().take_while(|s| s.before_monitor).count();
+    if raw.steps[setup..].iter().any(|s| s.before_monitor) {
+        return bad("steps with before_monitor = true must come first".into());
+    }
+    if raw.steps[..setup].iter().any(|s| s.attack) || setup == raw.steps.len() {
+        return bad(
+            "the attack runs after the monitor starts: a step without before_monitor must follow"
+                .into(),
+        );
     }
     for s in &raw.steps {
         if !(s.sleep_secs >= 0.0 && s.sleep_secs <= 60.0) {
@@ -362,6 +386,8 @@ mod tests {
             ("title = \"t\"\nexpect = \"none\"\n[[step]]\nhost = \"mars\"\nrun = \"x\"\n".into(), "x.toml:4:8: unknown variant `mars`"),
             (format!("title = \"t\"\nexpect = \"none\"\ncolour = 1\n{STEP}"), "x.toml:3:1: unknown field `colour`"),
             (format!("title = \"t\"\nexpect = \"none\"\n{STEP}sleep_secs = -1\n"), "sleep_secs = -1"),
+            (format!("title = \"t\"\nexpect = \"none\"\n{STEP}{STEP}before_monitor = true\n"), "must come first"),
+            (format!("title = \"t\"\nexpect = \"none\"\n{STEP}before_monitor = true\n"), "a step without before_monitor must follow"),
             ("title = \"t\"\nexpect = \"none\"\n[[step]]\nhost = \"lan\"\nrun = \"echo ${NOPE}\"\n".into(), "unknown placeholder ${NOPE}"),
         ] {
             let e = format!("{:#}", parse_str(&text).expect_err(&text));

@@ -162,29 +162,31 @@ impl Topology {
         ] {
             ip(&["-n", ns, "route", "add", "default", "via", via])?;
         }
-        for ns in [&isp, &gw] {
-            topo.sysctl(ns, "net.ipv4.ip_forward", "1")?;
-        }
-        // The LAN leaves through wan behind the gateway's address.
+        topo.sysctl(&isp, "net.ipv4.ip_forward", "1")?;
+        topo.reset_gateway()?;
+        Ok(topo)
+    }
+
+    /// Puts the gateway back as it was built: forwarding on, promiscuous
+    /// mode off, and a ruleset of one rule, the LAN leaving through wan
+    /// behind the gateway's address. Run between scenarios, when no monitor
+    /// watches, so what one scenario changed does not leak into the next.
+    pub fn reset_gateway(&self) -> Result<()> {
+        let gw = self.netns(Host::Gateway);
+        self.sysctl(&gw, "net.ipv4.ip_forward", "1")?;
+        ip(&["-n", &gw, "link", "set", WAN_IF, "promisc", "off"])?;
+        let script = format!(
+            "nft flush ruleset && iptables -t nat -A POSTROUTING -s 10.77.0.0/24 -o {WAN_IF} -j MASQUERADE"
+        );
         let ok = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &gw,
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-            ])
-            .args(["-s", "10.77.0.0/24", "-o", WAN_IF, "-j", "MASQUERADE"])
+            .args(["netns", "exec", &gw, "sh", "-c", &script])
             .status()
-            .context("running iptables")?
+            .context("running nft and iptables")?
             .success();
         if !ok {
-            bail!("iptables could not add the gateway's masquerade rule");
+            bail!("could not reset the gateway's ruleset: {script}");
         }
-        Ok(topo)
+        Ok(())
     }
 
     fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
