@@ -152,9 +152,7 @@ impl Enricher {
                 let flags = fixed.flags;
                 Event::Exec(Box::new(ExecRecord {
                     ts: self.clock.rfc3339(h.ts_boot_ns),
-                    ancestry: self
-                        .table
-                        .ancestry(self.table.parent_of(task.pid, task.ppid)),
+                    ancestry: self.table.ancestry(task.ppid),
                     task,
                     exe,
                     exe_deleted: fixed.exe_nlink == 0,
@@ -181,9 +179,7 @@ impl Enricher {
                         .table
                         .get(task.pid)
                         .and_then(|p| p.exe.as_deref().map(str::to_owned)),
-                    ancestry: self
-                        .table
-                        .ancestry(self.table.parent_of(task.pid, task.ppid)),
+                    ancestry: self.table.ancestry(task.ppid),
                     task,
                     syscall: if fixed.syscall == SYSCALL_EXECVEAT {
                         "execveat"

@@ -109,26 +109,11 @@ impl ProcessTable {
     }
 
     /// Applies an exec to a known process, or inserts it when unknown.
-    ///
-    /// A known process keeps the parent it was forked by: when that parent
-    /// exits the kernel re-parents the child to init (or a subreaper), and
-    /// a child that detached that way (`(cmd &)`, `nohup`, `setsid`) would
-    /// otherwise lose the lineage of the service that started it.
-    pub fn exec(&mut self, mut process: Process) {
+    pub fn exec(&mut self, process: Process) {
         match self.entries.get_mut(&process.pid) {
-            Some(entry) if entry.exited.is_none() => {
-                process.ppid = entry.process.ppid;
-                entry.process = process;
-            }
+            Some(entry) if entry.exited.is_none() => entry.process = process,
             _ => self.insert(process),
         }
-    }
-
-    /// The parent a process was started by, as the table has it (see
-    /// [`ProcessTable::exec`]); `kernel_ppid` when the table does not
-    /// know the process.
-    pub fn parent_of(&self, pid: u32, kernel_ppid: u32) -> u32 {
-        self.get(pid).map_or(kernel_ppid, |p| p.ppid)
     }
 
     /// Records a new process forked from its parent, inheriting the
@@ -331,26 +316,6 @@ mod tests {
         );
         t.exec(proc(11, 10, "/bin/sh"));
         assert_eq!(t.get(11).and_then(|p| p.exe.as_deref()), Some("/bin/sh"));
-    }
-
-    #[test]
-    fn a_detached_child_keeps_the_parent_that_started_it() {
-        let mut t = ProcessTable::new(100, Duration::from_secs(60));
-        t.insert(proc(1, 0, "/sbin/init"));
-        t.insert(proc(10, 1, "/usr/sbin/php-fpm8.2"));
-        t.insert(proc(20, 10, "/usr/bin/dash"));
-        t.fork(proc(30, 20, ""));
-        // The shell exits; its child is re-parented to init, then execs.
-        t.exit(20, Instant::now());
-        t.exec(proc(30, 1, "/usr/bin/ncat"));
-        assert_eq!(t.parent_of(30, 1), 20);
-        let pids: Vec<u32> = t
-            .ancestry(t.parent_of(30, 1))
-            .iter()
-            .map(|a| a.pid)
-            .collect();
-        assert_eq!(pids, vec![20, 10, 1]);
-        assert_eq!(t.parent_of(99, 7), 7, "unknown processes keep the kernel's");
     }
 
     #[test]
