@@ -38,6 +38,8 @@ struct Shared {
     events: Vec<Received>,
     ready: bool,
     stderr_tail: Vec<String>,
+    /// Lines in which the monitor said the kernel dropped events.
+    loss_reports: usize,
 }
 
 pub struct LabMonitor {
@@ -125,6 +127,9 @@ impl LabMonitor {
                 if line.contains("monitor ready") {
                     g.ready = true;
                 }
+                if line.contains("events lost in the kernel") {
+                    g.loss_reports += 1;
+                }
                 g.stderr_tail.push(line);
                 if g.stderr_tail.len() > 20 {
                     g.stderr_tail.remove(0);
@@ -159,6 +164,13 @@ impl LabMonitor {
     /// The alert and relay events read so far.
     pub fn events(&self) -> Vec<Received> {
         lock(&self.shared).events.clone()
+    }
+
+    /// Whether the monitor reported events the kernel dropped (its ring
+    /// buffers were full: a flood somewhere on the machine, since its
+    /// probes are system wide).
+    pub fn lost_events(&self) -> bool {
+        lock(&self.shared).loss_reports > 0
     }
 
     /// Whether the monitor is still running.

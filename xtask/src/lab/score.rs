@@ -63,6 +63,10 @@ pub struct ScenarioResult {
     /// For a false positive: what raised each alert (rule, exe, argv).
     pub false_positives: Vec<String>,
     pub duration: Duration,
+    /// The monitor reported events the kernel dropped during the scenario.
+    pub lost_events: bool,
+    /// Said after the result, such as why the scenario ran twice.
+    pub note: Option<String>,
 }
 
 impl ScenarioResult {
@@ -78,6 +82,8 @@ impl ScenarioResult {
             alerts: Vec::new(),
             false_positives: Vec::new(),
             duration: Duration::ZERO,
+            lost_events: false,
+            note: None,
         }
     }
 
@@ -111,12 +117,19 @@ impl ScenarioResult {
             Outcome::FalsePositive => self.false_positives.join("; "),
             Outcome::Skipped(why) | Outcome::Error(why) => why.clone(),
         };
-        format!(
+        let mut line = format!(
             "lab: [{index:>2}/{total}] {mark} {:<14} {:<34} {detail} ({})",
             self.outcome.word(),
             self.name,
             secs(self.duration)
-        )
+        );
+        if self.lost_events {
+            line.push_str(" [the monitor lost kernel events]");
+        }
+        if let Some(note) = &self.note {
+            line.push_str(&format!(" [{note}]"));
+        }
+        line
     }
 
     fn to_json(&self) -> Value {
@@ -139,6 +152,8 @@ impl ScenarioResult {
             "false_positives": self.false_positives,
             "latency_ms": self.latency().map(ms),
             "duration_ms": ms(self.duration),
+            "monitor_lost_events": self.lost_events,
+            "note": self.note,
         })
     }
 }
