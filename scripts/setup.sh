@@ -48,13 +48,14 @@ fi
 #    drive (curl, socat, ncat, microsocks, dante, tinyproxy, OpenSSH, nginx,
 #    iptables, nftables, iperf3), Prometheus with promtool and Alertmanager
 #    for the operations tests, systemd-analyze (systemd) to verify the
-#    shipped unit, bpftool (the benchmark reads eBPF run times), and openssl
+#    shipped unit, bpftool (the benchmark reads eBPF run times), openssl
 #    and htpasswd (apache2-utils) for the certificates and bcrypt hashes of
-#    the metrics endpoint's TLS and basic-auth tests. The
-#    tests start their own instances; nothing here is left running.
+#    the metrics endpoint's TLS and basic-auth tests, and what the lab adds
+#    (php-fpm behind nginx, python3 for its clients). The tests and the lab
+#    start their own instances; nothing here is left running.
 need_pkgs=()
 for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy openssh-server openssh-client nginx iptables nftables iperf3 \
-    prometheus prometheus-alertmanager systemd bpftool openssl apache2-utils; do
+    prometheus prometheus-alertmanager systemd bpftool openssl apache2-utils php-fpm python3; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -2,7 +2,8 @@
 //! - `test`: unit tests, then the root-level kernel tests against a release
 //!   build of the monitor;
 //! - `lint`: formatting and clippy, for the host crates and the eBPF crate;
-//! - `bench`: the monitor's cost against the same workloads without it.
+//! - `bench`: the monitor's cost against the same workloads without it;
+//! - `lab`: attack scenarios on a gateway topology in network namespaces.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,6 +13,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod bench;
+mod lab;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,7 +30,14 @@ enum Task {
         /// Extra arguments for the kernel test binaries, such as a test name.
         #[arg(last = true)]
         filter: Vec<String>,
+        /// Leave out the lab (`cargo xtask lab`) that runs after the kernel
+        /// tests, for a quicker local run. CI runs it.
+        #[arg(long)]
+        no_lab: bool,
     },
+    /// Play the attack and look-alike scenarios of tests/scenarios against
+    /// the monitor on a gateway topology in network namespaces (root).
+    Lab(lab::Args),
     /// Check formatting and run clippy on every crate.
     Lint,
     /// Measure what the monitor costs against the same workloads without
@@ -73,7 +82,12 @@ const KERNEL_TESTS: [&str; 11] = [
     "web",
 ];
 
-fn test(filter: &[String]) -> Result<()> {
+fn monitor_release() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "monitor"]))?;
+    Ok(workspace_root().join("target/release/monitor"))
+}
+
+fn test(filter: &[String], no_lab: bool) -> Result<()> {
     run(cargo().args([
         "test",
         "--workspace",
@@ -82,11 +96,11 @@ fn test(filter: &[String]) -> Result<()> {
         "--exclude",
         "tests",
     ]))?;
-    run(cargo().args(["build", "--release", "-p", "monitor"]))?;
-    let monitor = workspace_root().join("target/release/monitor");
+    let monitor = monitor_release()?;
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("xtask: warning: not root, so the kernel tests will skip themselves");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("xtask: warning: not root, so the kernel tests and the lab will skip themselves");
     }
     run(cargo()
         .args(["test", "-p", "tests", "--lib"])
@@ -107,7 +121,12 @@ fn test(filter: &[String]) -> Result<()> {
             "--test-threads=1",
         ])
         .args(filter)
-        .env("EDGEWATCH_MONITOR", &monitor))
+        .env("EDGEWATCH_MONITOR", &monitor))?;
+    if no_lab || !root {
+        eprintln!("xtask: the lab was left out");
+        return Ok(());
+    }
+    lab::run(&workspace_root(), &monitor, &lab::Args::default())
 }
 
 fn lint() -> Result<()> {
@@ -141,11 +160,12 @@ fn lint() -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Test { filter } => test(&filter),
+        Task::Test { filter, no_lab } => test(&filter, no_lab),
         Task::Lint => lint(),
         Task::Bench(opts) => {
-            run(cargo().args(["build", "--release", "-p", "monitor"]))?;
+            monitor_release()?;
             bench::run(&workspace_root(), &opts)
         }
+        Task::Lab(args) => lab::run(&workspace_root(), &monitor_release()?, &args),
     }
 }

@@ -95,11 +95,23 @@ pub const MULTI_CALL: [&str; 5] = [
     "ebtables-nft",
 ];
 
+/// Programs installed under other names as links to one executable, which
+/// acts by argv[0] alone: procps 4 makes `pkill` and `pidwait` links to
+/// `pgrep`, so the kernel reports `pkill` as `/usr/bin/pgrep`.
+const LINKED_NAMES: [(&str, &[&str]); 1] = [("pgrep", &["pkill", "pidwait"])];
+
 /// The program a process runs as far as a person would name it: for a
 /// multi-call binary such as `/bin/busybox`, the applet (argv[0] `sh`, or
-/// `busybox sh`); the executable's name otherwise.
+/// `busybox sh`); for a program linked under other names (`pkill` to
+/// `pgrep`), the name it was run by; the executable's name otherwise.
 pub fn applet(exe: Option<&str>, argv: &[Value]) -> Option<String> {
     let exe_name = exe.map(basename)?;
+    if let Some((_, names)) = LINKED_NAMES.iter().find(|(e, _)| *e == exe_name) {
+        let a0 = argv.first().and_then(Value::as_str).map(basename);
+        if let Some(name) = a0.filter(|a| names.contains(a)) {
+            return Some(name.to_owned());
+        }
+    }
     if MULTI_CALL.contains(&exe_name) {
         let a0 = argv
             .first()
@@ -215,6 +227,24 @@ mod tests {
         assert_eq!(
             applet(Some("/usr/bin/dash"), &[json!("sh")]).as_deref(),
             Some("dash")
+        );
+    }
+
+    #[test]
+    fn pkill_is_named_by_argv0() {
+        let pgrep = Some("/usr/bin/pgrep");
+        assert_eq!(
+            applet(pgrep, &[json!("pkill"), json!("rsyslogd")]).as_deref(),
+            Some("pkill")
+        );
+        assert_eq!(
+            applet(pgrep, &[json!("pgrep"), json!("sshd")]).as_deref(),
+            Some("pgrep")
+        );
+        assert_eq!(
+            applet(pgrep, &[json!("sh")]).as_deref(),
+            Some("pgrep"),
+            "only its own link names"
         );
     }
 

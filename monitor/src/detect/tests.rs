@@ -794,3 +794,50 @@ fn php_fpm_behind_a_unix_socket_counts_as_a_service() {
     let sh = exec(1, 160, "/usr/bin/dash", &["sh", "-c", "uname -a"], &fpm);
     assert_eq!(fired(&mut e, &[sh]), ["EW-PROC-001"]);
 }
+
+#[test]
+fn shell_served_through_ncat_pipes() {
+    let mut e = builtin();
+    // `ncat -l 5555 -e /bin/sh`: the shell's streams are pipes to ncat.
+    let sh = with(
+        exec(
+            1,
+            170,
+            "/usr/bin/dash",
+            &["/bin/sh"],
+            &[(169, "/usr/bin/ncat"), INIT],
+        ),
+        "stdio",
+        json!(["pipe", "pipe", "pipe"]),
+    );
+    assert!(fired(&mut e, &[sh]).contains(&"EW-PROC-002".to_owned()));
+    // A shell in a pipeline of an admin's terminal stays out of it.
+    let piped = with(
+        exec(
+            2,
+            171,
+            "/usr/bin/dash",
+            &["sh"],
+            &[(70, "/usr/bin/bash"), INIT],
+        ),
+        "stdio",
+        json!(["pipe", "pipe", "tty"]),
+    );
+    assert!(fired(&mut e, &[piped]).is_empty());
+}
+
+#[test]
+fn listener_below_php_fpm_alerts() {
+    let mut e = builtin();
+    let fpm = [
+        (181, "/usr/bin/dash"),
+        (150, "/usr/sbin/php-fpm8.2"),
+        (149, "/usr/sbin/php-fpm8.2"),
+        INIT,
+    ];
+    let bind = net(1, "listen", 182, "/usr/bin/ncat", &fpm, 7777);
+    assert_eq!(fired(&mut e, &[bind]), ["EW-NET-001"]);
+    // An nginx binary upgrade: the new master listens below the old one.
+    let upgrade = net(2, "listen", 102, "/usr/sbin/nginx", &[NGINX, INIT], 80);
+    assert_eq!(fired(&mut e, &[upgrade]), Vec::<String>::new());
+}

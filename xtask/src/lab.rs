@@ -1,0 +1,595 @@
+//! `cargo xtask lab`: real attacks and their benign look-alikes, played on a
+//! gateway topology in network namespaces, against the real monitor.
+//!
+//! Each scenario (a TOML file under `tests/scenarios/`) gets its own
+//! monitor, started in the root namespace with the lab's configuration;
+//! the scenario's files are written, its services started and its steps run
+//! in the hosts' namespaces; then its alerts are compared with what it
+//! expects. Everything the scenario started is killed at its end, and the
+//! namespaces are removed at the end of the run, on failure and on Ctrl-C.
+
+mod monitor;
+mod scenario;
+mod score;
+mod services;
+mod topology;
+
+use std::{
+    collections::BTreeSet,
+    fs::OpenOptions,
+    io::Write as _,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use self::{
+    monitor::{LabMonitor, Received},
+    scenario::{Expect, Scenario, Vars},
+    score::{Hit, Outcome, ScenarioResult, Summary},
+    services::SshKeys,
+    topology::{Host, Topology},
+};
+
+/// Placeholders scenarios may use as `${NAME}` (see the README).
+pub const PLACEHOLDERS: &[&str] = &[
+    "ATTACKER", "TARGET", "GW_WAN", "GW_LAN", "LAN", "WAN_IF", "LAN_IF", "GW_NETNS", "DIR", "LAB",
+    "SSH",
+];
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// Run only these scenarios (file names without `.toml`).
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+}
+
+/// The whole lab's time limit (CI runs it after the kernel tests): the
+/// scenarios not started within it fail as not run.
+const BUDGET: Duration = Duration::from_secs(600);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Fails once SIGINT or SIGTERM arrived, so the lab unwinds and its guards
+/// remove what it built.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps, waking early when interrupted.
+fn sleep(d: Duration) -> Result<()> {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        check_interrupted()?;
+        std::thread::sleep((deadline - Instant::now()).min(Duration::from_millis(50)));
+    }
+    Ok(())
+}
+
+/// The run's scratch directory under /tmp (world-readable, so php-fpm's
+/// www-data workers and nginx's can read the web root), removed at the end.
+struct RunDir(PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What every scenario of a run shares.
+struct Lab {
+    root: PathBuf,
+    monitor: PathBuf,
+    rules: BTreeSet<String>,
+    dataplane: bool,
+    topo: Topology,
+    keys: SshKeys,
+    run_dir: PathBuf,
+    logs: PathBuf,
+}
+
+/// Runs the lab; fails when a scenario fails.
+pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab needs root: it creates network namespaces and loads the monitor's eBPF programs");
+    }
+    let mut scenarios = scenario::load_all(&root.join("tests/scenarios"))?;
+    if !args.scenarios.is_empty() {
+        if let Some(unknown) = args
+            .scenarios
+            .iter()
+            .find(|n| !scenarios.iter().any(|s| &s.name == *n))
+        {
+            bail!(
+                "no scenario {unknown:?}; the scenarios are: {}",
+                scenarios
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        scenarios.retain(|s| args.scenarios.contains(&s.name));
+    }
+    services::install_missing()?;
+    let rules = monitor::rule_ids(monitor)?;
+    let dataplane = monitor::has_config_section(monitor, "dataplane")?;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    // Processes a step leaves behind (a backgrounded `&` whose shell
+    // exits) are re-parented here instead of to init, so their alerts
+    // still name the lab in their ancestry.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+
+    let run_dir = RunDir(std::env::temp_dir().join(format!("ewlab-{}", std::process::id())));
+    std::fs::create_dir_all(&run_dir.0)?;
+    std::fs::set_permissions(&run_dir.0, std::fs::Permissions::from_mode(0o755))?;
+    let logs = root.join("target/lab/logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
+    let keys = SshKeys::create(run_dir.0.join("ssh"))?;
+    let topo = Topology::create()?;
+    let lab = Lab {
+        root: root.to_owned(),
+        monitor: monitor.to_owned(),
+        rules,
+        dataplane,
+        topo,
+        keys,
+        run_dir: run_dir.0.clone(),
+        logs,
+    };
+    eprintln!(
+        "lab: {} scenarios; monitor {} with {} rules; logs in {}",
+        scenarios.len(),
+        monitor.display(),
+        lab.rules.len(),
+        lab.logs.display()
+    );
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for (i, s) in scenarios.iter().enumerate() {
+        let r = if started.elapsed() < BUDGET {
+            lab.scenario(s)
+        } else {
+            ScenarioResult::not_run(
+                s,
+                format!("not run: the lab's {} s budget is spent", BUDGET.as_secs()),
+            )
+        };
+        println!("{}", r.line(i + 1, scenarios.len()));
+        results.push(r);
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    let summary = Summary::of(&results);
+    for l in summary.lines() {
+        println!("{l}");
+    }
+    let json_path = root.join("target/lab/scorecard.json");
+    score::write_json(
+        &json_path,
+        &results,
+        json!({
+            "kernel": kernel_release(),
+            "rules": lab.rules.len(),
+            "dataplane_config": lab.dataplane,
+            "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }),
+    )?;
+    println!("lab: scorecard written to {}", json_path.display());
+    drop(lab);
+    check_interrupted()?;
+    if summary.failed() > 0 {
+        bail!("{} of {} scenarios failed", summary.failed(), results.len());
+    }
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether an alert belongs to this lab run: its process descends from the
+/// lab (every step and service does), or it names a socket in one of the
+/// lab's namespaces. Other monitors' tests share the machine.
+fn is_lab_event(v: &Value, lab_pid: u64, inodes: &[u64]) -> bool {
+    fn names_netns(v: &Value, inodes: &[u64]) -> bool {
+        match v {
+            Value::Object(m) => m.iter().any(|(k, x)| {
+                (k == "netns" && x.as_u64().is_some_and(|n| inodes.contains(&n)))
+                    || names_netns(x, inodes)
+            }),
+            Value::Array(a) => a.iter().any(|x| names_netns(x, inodes)),
+            _ => false,
+        }
+    }
+    let p = &v["process"];
+    p["pid"] == lab_pid
+        || p["ancestry"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["pid"] == lab_pid))
+        || names_netns(v, inodes)
+}
+
+/// Whether an alert meets an expectation: its rule id, or one of its ATT&CK
+/// techniques (a technique is met by its sub-techniques too).
+fn meets(alert: &Value, expected: &str) -> bool {
+    alert["rule"] == expected
+        || alert["attack"].as_array().is_some_and(|a| {
+            a.iter().filter_map(Value::as_str).any(|t| {
+                t == expected
+                    || t.strip_prefix(expected)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+        })
+}
+
+/// One line naming what raised a false positive.
+fn describe(alert: &Value) -> String {
+    let argv: Vec<&str> = alert["process"]["argv"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut cmd = argv.join(" ");
+    if cmd.len() > 80 {
+        let mut cut = 80;
+        while !cmd.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cmd.truncate(cut);
+        cmd.push_str("...");
+    }
+    format!(
+        "{} by {} ({cmd})",
+        alert["rule"].as_str().unwrap_or("?"),
+        alert["process"]["exe"].as_str().unwrap_or("?")
+    )
+}
+
+impl Lab {
+    fn vars(&self, workdir: &Path) -> Vars {
+        let path = |p: &Path| p.display().to_string();
+        [
+            ("ATTACKER", topology::ATTACKER.to_owned()),
+            ("TARGET", topology::TARGET.to_owned()),
+            ("GW_WAN", topology::GW_WAN.to_owned()),
+            ("GW_LAN", topology::GW_LAN.to_owned()),
+            ("LAN", topology::LAN.to_owned()),
+            ("WAN_IF", topology::WAN_IF.to_owned()),
+            ("LAN_IF", topology::LAN_IF.to_owned()),
+            ("GW_NETNS", self.topo.netns(Host::Gateway)),
+            ("DIR", path(workdir)),
+            ("LAB", path(&self.root.join("tests/lab"))),
+            ("SSH", self.keys.client()),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// Runs a scenario. An attack missed while the monitor reported events
+    /// the kernel dropped (someone else's flood filled its ring buffers:
+    /// the probes are system wide) is run once more, and the line says so.
+    fn scenario(&self, s: &Scenario) -> ScenarioResult {
+        let first = self.scenario_once(s);
+        if first.outcome != Outcome::Missed || !first.lost_events {
+            return first;
+        }
+        let mut again = self.scenario_once(s);
+        again.note = Some(format!(
+            "run twice: the first run missed {} while the monitor lost kernel events",
+            first.missing.join(", ")
+        ));
+        again.duration += first.duration;
+        again
+    }
+
+    fn scenario_once(&self, s: &Scenario) -> ScenarioResult {
+        let started = Instant::now();
+        let mut result = ScenarioResult::not_run(s, String::new());
+        let absent: Vec<&str> = s
+            .requires_rules
+            .iter()
+            .filter(|r| !self.rules.contains(*r))
+            .map(String::as_str)
+            .collect();
+        if !absent.is_empty() {
+            result.outcome = Outcome::Skipped(format!(
+                "skipped: rule not in this build: {}",
+                absent.join(", ")
+            ));
+            return result;
+        }
+        let workdir = self.run_dir.join(&s.name);
+        let mut children = Vec::new();
+        let mut monitor = None;
+        let played = self.play(s, &workdir, &mut monitor, &mut children);
+        // Stop everything the scenario started, whatever happened.
+        self.topo.kill_processes();
+        for mut c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(m) = &mut monitor {
+            m.stop();
+            result.lost_events = m.lost_events();
+        }
+        reap_orphans();
+        let reset = self.topo.reset_gateway();
+        result.duration = started.elapsed();
+        let played = played.and_then(|p| reset.map(|()| p));
+        let (attack_at, events) = match played {
+            Ok(x) => x,
+            Err(e) => {
+                result.outcome = Outcome::Error(format!("{e:#}"));
+                return result;
+            }
+        };
+        let lab_pid = u64::from(std::process::id());
+        let ours: Vec<&Received> = events
+            .iter()
+            .filter(|r| is_lab_event(&r.alert, lab_pid, &self.topo.inodes))
+            .collect();
+        self.save_events(&s.name, &ours);
+        let alerts: Vec<&Received> = ours
+            .into_iter()
+            .filter(|r| r.alert["kind"] == "alert" && r.alert["repeat"] != true)
+            .collect();
+        for a in &alerts {
+            let rule = a.alert["rule"].as_str().unwrap_or("?").to_owned();
+            if !result.alerts.contains(&rule) {
+                result.alerts.push(rule);
+            }
+        }
+        match &s.expect {
+            Expect::Nothing => {
+                result.false_positives = alerts.iter().map(|a| describe(&a.alert)).collect();
+                result.outcome = if alerts.is_empty() {
+                    Outcome::Quiet
+                } else {
+                    Outcome::FalsePositive
+                };
+            }
+            Expect::Alerts(want) => {
+                for w in want {
+                    match alerts.iter().find(|a| meets(&a.alert, w)) {
+                        Some(a) => result.hits.push(Hit {
+                            expected: w.clone(),
+                            rule: a.alert["rule"].as_str().unwrap_or("?").to_owned(),
+                            latency: a.at.saturating_duration_since(attack_at),
+                        }),
+                        None => result.missing.push(w.clone()),
+                    }
+                }
+                result.outcome = if result.missing.is_empty() {
+                    Outcome::Detected
+                } else {
+                    Outcome::Missed
+                };
+            }
+        }
+        result
+    }
+
+    /// Runs a scenario up to the end of its wait; returns when its attack
+    /// step started and the monitor's events.
+    fn play(
+        &self,
+        s: &Scenario,
+        workdir: &Path,
+        monitor: &mut Option<LabMonitor>,
+        children: &mut Vec<Child>,
+    ) -> Result<(Instant, Vec<Received>)> {
+        let _ = std::fs::remove_dir_all(workdir);
+        std::fs::create_dir_all(workdir)?;
+        std::fs::set_permissions(workdir, std::fs::Permissions::from_mode(0o755))?;
+        let vars = self.vars(workdir);
+        let mut config = scenario::substitute(&s.monitor, &vars)?;
+        let own_dataplane = config.lines().any(|l| l.trim() == "[dataplane]");
+        if self.dataplane && !own_dataplane {
+            let template = std::fs::read_to_string(self.root.join("tests/lab/dataplane.toml"))?;
+            config.push('\n');
+            config.push_str(&scenario::substitute(&template, &vars)?);
+        }
+        let log_path = self.logs.join(format!("{}.log", s.name));
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        for f in &s.files {
+            let path = PathBuf::from(scenario::substitute(&f.path, &vars)?);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&path, scenario::substitute(&f.text, &vars)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))?;
+        }
+        let attack_index = s.attack_step();
+        let mut attack_at = Instant::now();
+        let setup = s.setup_steps();
+        for (i, step) in s.steps.iter().enumerate() {
+            check_interrupted()?;
+            if i == setup {
+                *monitor = Some(LabMonitor::start(
+                    &self.monitor,
+                    &config,
+                    workdir,
+                    &self.logs.join(format!("{}.monitor.log", s.name)),
+                )?);
+                for svc in &s.services {
+                    children.extend(
+                        services::start(
+                            &self.topo,
+                            svc,
+                            workdir,
+                            &self.logs.join(&s.name),
+                            &self.root.join("tests/lab"),
+                            &self.keys,
+                        )
+                        .with_context(|| {
+                            format!("service {:?} on {}", svc.kind, svc.host.name())
+                        })?,
+                    );
+                }
+            }
+            let run = scenario::substitute(&step.run, &vars)?;
+            writeln!(
+                log,
+                "$ [{}{}] {run}",
+                step.host.name(),
+                if step.background { ", background" } else { "" }
+            )?;
+            if i == attack_index {
+                attack_at = Instant::now();
+            }
+            let mut child = self
+                .topo
+                .command(step.host, "/bin/sh")
+                .args(["-c", &run])
+                .current_dir(workdir)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log.try_clone()?)
+                .spawn()
+                .with_context(|| format!("step {}: starting it", i + 1))?;
+            if step.background {
+                children.push(child);
+            } else {
+                let status = wait_child(&mut child, Duration::from_secs_f64(step.timeout_secs))
+                    .with_context(|| format!("step {} ({run})", i + 1))?;
+                if !status.success() && !step.may_fail {
+                    bail!(
+                        "step {} failed ({status}): {run} (output in {})",
+                        i + 1,
+                        log_path.display()
+                    );
+                }
+            }
+            if let Some(port) = step.wait_port {
+                self.topo
+                    .wait_port(step.host, port, Duration::from_secs(15))
+                    .with_context(|| format!("step {}", i + 1))?;
+            }
+            sleep(Duration::from_secs_f64(step.sleep_secs))?;
+        }
+        let m = monitor
+            .as_mut()
+            .context("no step ran with the monitor (parse checks one does)")?;
+        // Wait for the expected alerts, or (benign) for the quiet period.
+        let lab_pid = u64::from(std::process::id());
+        let deadline = Instant::now() + Duration::from_secs_f64(s.wait_secs);
+        while Instant::now() < deadline {
+            if let Expect::Alerts(want) = &s.expect {
+                let events = m.events();
+                let met = |w: &String| {
+                    events.iter().any(|r| {
+                        r.alert["kind"] == "alert"
+                            && is_lab_event(&r.alert, lab_pid, &self.topo.inodes)
+                            && meets(&r.alert, w)
+                    })
+                };
+                if want.iter().all(met) {
+                    break;
+                }
+            }
+            if !m.running() {
+                bail!(
+                    "the monitor stopped during the scenario (log in {})",
+                    self.logs.display()
+                );
+            }
+            sleep(Duration::from_millis(50))?;
+        }
+        Ok((attack_at, m.events()))
+    }
+
+    /// Keeps the scenario's own alert and relay events for a look later.
+    fn save_events(&self, name: &str, events: &[&Received]) {
+        let text: String = events.iter().map(|r| format!("{}\n", r.alert)).collect();
+        let _ = std::fs::write(self.logs.join(format!("{name}.events.jsonl")), text);
+    }
+}
+
+/// Waits for a foreground step, killing it after `timeout` or on Ctrl-C.
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline || check_interrupted().is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            check_interrupted()?;
+            bail!("did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reaps processes re-parented to the lab (it is a child subreaper) that
+/// have exited. Called once a scenario's own children are waited for.
+fn reap_orphans() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn techniques_meet_their_sub_techniques() {
+        let a = json!({"rule": "EW-RELAY-001", "attack": ["T1090.001"]});
+        assert!(meets(&a, "EW-RELAY-001"));
+        assert!(meets(&a, "T1090"));
+        assert!(meets(&a, "T1090.001"));
+        assert!(!meets(&a, "T109"));
+        assert!(!meets(&a, "T1090.002"));
+    }
+
+    #[test]
+    fn lab_events_by_ancestry_or_namespace() {
+        let by_ancestor = json!({"process": {"pid": 9, "ancestry": [{"pid": 5}, {"pid": 1}]}});
+        assert!(is_lab_event(&by_ancestor, 5, &[]));
+        assert!(!is_lab_event(&by_ancestor, 6, &[]));
+        let by_netns = json!({"process": null, "evidence": [{"netns": 4026532000u64}]});
+        assert!(is_lab_event(&by_netns, 6, &[4026532000]));
+        assert!(!is_lab_event(&by_netns, 6, &[4026532001]));
+    }
+
+    #[test]
+    fn every_scenario_file_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let all = scenario::load_all(&root.join("tests/scenarios")).expect("scenarios");
+        let attacks = all.iter().filter(|s| s.is_attack()).count();
+        assert!(attacks >= 20, "{attacks} attack scenarios");
+        assert!(all.len() - attacks >= 8, "{} benign", all.len() - attacks);
+    }
+}

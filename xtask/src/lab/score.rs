@@ -1,0 +1,259 @@
+//! The scorecard: one line per scenario as it finishes, a summary at the
+//! end, and the same as JSON.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// An attack raised every expected alert.
+    Detected,
+    /// An attack did not raise some expected alert.
+    Missed,
+    /// A benign scenario raised nothing.
+    Quiet,
+    /// A benign scenario raised alerts.
+    FalsePositive,
+    /// Not run, and why.
+    Skipped(String),
+    /// The scenario itself failed (a step, a service), and why.
+    Error(String),
+}
+
+impl Outcome {
+    pub fn failed(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Missed | Outcome::FalsePositive | Outcome::Error(_)
+        )
+    }
+
+    fn word(&self) -> &'static str {
+        match self {
+            Outcome::Detected => "detected",
+            Outcome::Missed => "missed",
+            Outcome::Quiet => "quiet",
+            Outcome::FalsePositive => "false-positive",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Error(_) => "error",
+        }
+    }
+}
+
+/// An expected rule or technique and the alert that met it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub expected: String,
+    pub rule: String,
+    pub latency: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub title: String,
+    pub attack: bool,
+    pub outcome: Outcome,
+    pub hits: Vec<Hit>,
+    pub missing: Vec<String>,
+    /// Rule ids of every alert the scenario raised, in order, repeats left out.
+    pub alerts: Vec<String>,
+    /// For a false positive: what raised each alert (rule, exe, argv).
+    pub false_positives: Vec<String>,
+    pub duration: Duration,
+    /// The monitor reported events the kernel dropped during the scenario.
+    pub lost_events: bool,
+    /// Said after the result, such as why the scenario ran twice.
+    pub note: Option<String>,
+}
+
+impl ScenarioResult {
+    /// A scenario that has not run (yet), with why as an error.
+    pub fn not_run(s: &super::scenario::Scenario, why: String) -> Self {
+        ScenarioResult {
+            name: s.name.clone(),
+            title: s.title.clone(),
+            attack: s.is_attack(),
+            outcome: Outcome::Error(why),
+            hits: Vec::new(),
+            missing: Vec::new(),
+            alerts: Vec::new(),
+            false_positives: Vec::new(),
+            duration: Duration::ZERO,
+            lost_events: false,
+            note: None,
+        }
+    }
+
+    /// Time from the attack step until the last expected alert arrived.
+    pub fn latency(&self) -> Option<Duration> {
+        (self.outcome == Outcome::Detected)
+            .then(|| self.hits.iter().map(|h| h.latency).max())
+            .flatten()
+    }
+
+    /// The line printed as the scenario finishes.
+    pub fn line(&self, index: usize, total: usize) -> String {
+        let mark = match &self.outcome {
+            o if o.failed() => "FAIL",
+            Outcome::Skipped(_) => "SKIP",
+            _ => "ok  ",
+        };
+        let detail = match &self.outcome {
+            Outcome::Detected => self
+                .hits
+                .iter()
+                .map(|h| format!("{} {}", h.expected, secs(h.latency)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Outcome::Missed => format!(
+                "missing {}; raised: {}",
+                self.missing.join(", "),
+                list_or_none(&self.alerts)
+            ),
+            Outcome::Quiet => "no alerts".into(),
+            Outcome::FalsePositive => self.false_positives.join("; "),
+            Outcome::Skipped(why) | Outcome::Error(why) => why.clone(),
+        };
+        let mut line = format!(
+            "lab: [{index:>2}/{total}] {mark} {:<14} {:<34} {detail} ({})",
+            self.outcome.word(),
+            self.name,
+            secs(self.duration)
+        );
+        if self.lost_events {
+            line.push_str(" [the monitor lost kernel events]");
+        }
+        if let Some(note) = &self.note {
+            line.push_str(&format!(" [{note}]"));
+        }
+        line
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "title": self.title,
+            "kind": if self.attack { "attack" } else { "benign" },
+            "result": self.outcome.word(),
+            "reason": match &self.outcome {
+                Outcome::Skipped(w) | Outcome::Error(w) => Value::from(w.as_str()),
+                _ => Value::Null,
+            },
+            "detected": self.hits.iter().map(|h| json!({
+                "expected": h.expected,
+                "rule": h.rule,
+                "latency_ms": ms(h.latency),
+            })).collect::<Vec<_>>(),
+            "missing": self.missing,
+            "alerts": self.alerts,
+            "false_positives": self.false_positives,
+            "latency_ms": self.latency().map(ms),
+            "duration_ms": ms(self.duration),
+            "monitor_lost_events": self.lost_events,
+            "note": self.note,
+        })
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Totals over a run.
+pub struct Summary {
+    pub attacks: usize,
+    pub detected: usize,
+    pub missed: usize,
+    pub benign: usize,
+    pub quiet: usize,
+    pub false_positives: usize,
+    pub skipped: usize,
+    pub errors: usize,
+    pub latencies: Vec<Duration>,
+}
+
+impl Summary {
+    pub fn of(results: &[ScenarioResult]) -> Self {
+        let count = |f: &dyn Fn(&ScenarioResult) -> bool| results.iter().filter(|r| f(r)).count();
+        let mut latencies: Vec<Duration> = results.iter().filter_map(|r| r.latency()).collect();
+        latencies.sort();
+        Summary {
+            attacks: count(&|r| r.attack && !matches!(r.outcome, Outcome::Skipped(_))),
+            detected: count(&|r| r.outcome == Outcome::Detected),
+            missed: count(&|r| r.outcome == Outcome::Missed),
+            benign: count(&|r| !r.attack && !matches!(r.outcome, Outcome::Skipped(_))),
+            quiet: count(&|r| r.outcome == Outcome::Quiet),
+            false_positives: count(&|r| r.outcome == Outcome::FalsePositive),
+            skipped: count(&|r| matches!(r.outcome, Outcome::Skipped(_))),
+            errors: count(&|r| matches!(r.outcome, Outcome::Error(_))),
+            latencies,
+        }
+    }
+
+    pub fn failed(&self) -> usize {
+        self.missed + self.false_positives + self.errors
+    }
+
+    fn median(&self) -> Option<Duration> {
+        self.latencies.get(self.latencies.len() / 2).copied()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "lab: scorecard: attacks {} run, {} detected, {} missed; benign {} run, {} quiet, {} false positives; {} skipped; {} errors",
+            self.attacks, self.detected, self.missed, self.benign, self.quiet, self.false_positives, self.skipped, self.errors
+        )];
+        if let (Some(median), Some(max)) = (self.median(), self.latencies.last()) {
+            out.push(format!(
+                "lab: time from the attack step to the last expected alert: median {}, max {} (over {} detected scenarios)",
+                secs(median),
+                secs(*max),
+                self.latencies.len()
+            ));
+        }
+        out
+    }
+}
+
+/// Writes the scorecard as JSON.
+pub fn write_json(path: &Path, results: &[ScenarioResult], context: Value) -> Result<()> {
+    let s = Summary::of(results);
+    let doc = json!({
+        "context": context,
+        "summary": {
+            "attacks": s.attacks,
+            "detected": s.detected,
+            "missed": s.missed,
+            "benign": s.benign,
+            "quiet": s.quiet,
+            "false_positives": s.false_positives,
+            "skipped": s.skipped,
+            "errors": s.errors,
+            "latency_ms": {
+                "median": s.median().map(ms),
+                "max": s.latencies.last().copied().map(ms),
+            },
+        },
+        "scenarios": results.iter().map(ScenarioResult::to_json).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
