@@ -537,6 +537,27 @@ impl Killed {
     }
 }
 
+/// A server with worker processes (nginx with `master_process on`): when
+/// dropped it gets SIGTERM, so it stops its workers, then SIGKILL if it is
+/// still there after 5 s. SIGKILL alone would orphan the workers.
+pub struct Terminated(pub Child);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A fresh directory under the temp dir, canonical (symlinks resolved).
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(

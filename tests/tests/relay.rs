@@ -747,7 +747,7 @@ fn look_alikes_stay_quiet() {
         ),
     )
     .expect("nginx.conf");
-    let _nginx = Killed(
+    let _nginx = tests::Terminated(
         Command::new("/usr/sbin/nginx")
             .args(["-c"])
             .arg(&conf)
