@@ -267,8 +267,13 @@ pub struct FlowStats {
     pub bytes_in: u64,
     pub pkts_out: u64,
     pub pkts_in: u64,
+    /// TCP: the sequence number just past the last payload byte counted,
+    /// each way, so bytes that cross the hook twice (a retransmission) are
+    /// counted once. Meaningful once `bytes_out`/`bytes_in` is not 0.
+    pub next_seq_out: u32,
+    pub next_seq_in: u32,
 }
-assert_size!(FlowStats, 72);
+assert_size!(FlowStats, 80);
 
 /// No known proxy protocol in the first payload.
 pub const FP_NONE: u8 = 0;

@@ -41,6 +41,8 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
+/// SYN in the TCP header's flags byte (offset 13).
+const TCP_FLAG_SYN: u8 = 0x02;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
@@ -532,6 +534,8 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             w.fresh.bytes_in = 0;
             w.fresh.pkts_out = 0;
             w.fresh.pkts_in = 0;
+            w.fresh.next_seq_out = 0;
+            w.fresh.next_seq_in = 0;
             // Fails when the map is full or another CPU inserted it first;
             // the lookup below tells which.
             if FLOWS.insert(&w.key, &w.fresh, BPF_NOEXIST).is_ok() && w.key.proto == PROTO_UDP {
@@ -573,6 +577,11 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             }
         }
     }
+    let payload = if w.key.proto == PROTO_TCP {
+        new_tcp_payload(w, stats, egress, payload)
+    } else {
+        payload
+    };
     // SAFETY: a map value; other CPUs update it concurrently, hence the
     // atomic adds (BPF_XADD).
     unsafe {
@@ -584,6 +593,44 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             atomic_add(&raw mut (*stats).bytes_in, payload);
             atomic_add(&raw mut (*stats).pkts_in, segs);
         }
+    }
+}
+
+/// The part of a TCP segment's payload not counted before, by sequence
+/// number: a retransmitted segment (a slow receiver, a lost ACK) crosses
+/// the hook again and must not count twice. Moves the flow's next sequence
+/// number on. One flow's one direction is handled on one CPU at a time in
+/// practice (the socket lock on egress, one receive queue on ingress), so
+/// the plain read and write are enough.
+#[inline(always)]
+fn new_tcp_payload(w: &PacketScratch, stats: *mut FlowStats, egress: bool, payload: u64) -> u64 {
+    if payload == 0 {
+        return 0;
+    }
+    let l4 = &w.l4;
+    let mut seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+    // Data on a SYN (TCP Fast Open) starts one past its sequence number.
+    if l4[13] & TCP_FLAG_SYN != 0 {
+        seq = seq.wrapping_add(1);
+    }
+    let end = seq.wrapping_add(payload as u32);
+    // SAFETY: a live map value.
+    unsafe {
+        let (counted, next) = if egress {
+            ((*stats).bytes_out, &raw mut (*stats).next_seq_out)
+        } else {
+            ((*stats).bytes_in, &raw mut (*stats).next_seq_in)
+        };
+        if counted == 0 {
+            *next = end;
+            return payload;
+        }
+        let ahead = end.wrapping_sub(*next) as i32;
+        if ahead <= 0 {
+            return 0;
+        }
+        *next = end;
+        (ahead as u64).min(payload)
     }
 }
 

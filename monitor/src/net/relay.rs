@@ -173,10 +173,22 @@ impl RelayDetector {
                 by_process.entry(k.tgid).or_default().push((v.last_ns, id));
             }
         }
-        // Without the activity tracepoints, owners stand in for users.
+        // Without the activity tracepoints (Linux before 6.4), owners stand
+        // in for users: of open connections, and of those that carried
+        // their last packet within the active window, since a relay can
+        // start and end between two samples.
         if io.is_empty() {
             for f in flows.iter() {
                 if f.owner != 0 {
+                    by_process
+                        .entry(f.owner)
+                        .or_default()
+                        .push((f.seen_ns, f.id));
+                }
+            }
+            for (f, s) in net.recently_closed.values().flatten() {
+                if f.owner != 0 && now.saturating_sub(s.last_ns) <= settings.active_ns {
+                    ended.insert(f.id, (f.clone(), *s));
                     by_process
                         .entry(f.owner)
                         .or_default()

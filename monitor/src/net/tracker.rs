@@ -257,6 +257,11 @@ impl NetTracker {
                     fp_in: ev.fingerprints & 0x0f,
                     fp_out: ev.fingerprints >> 4,
                     first_ns: ev.first_ns,
+                    // The close event carries no time of the last packet;
+                    // the close is the latest it can have been. Relay
+                    // pairing by owner (kernels without the activity
+                    // tracepoints) keeps closed legs by this time.
+                    last_ns: now,
                     bytes_out: ev.bytes_out,
                     bytes_in: ev.bytes_in,
                     pkts_out: ev.pkts_out,
