@@ -16,8 +16,39 @@ use std::{
 
 use serde_json::Value;
 
+/// How long a test waits for an event before it fails, on this machine.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Factor every wait of the tests is stretched by:
+/// `EDGEWATCH_TEST_TIMEOUT_SCALE` (a whole number, 1 when unset). Under an
+/// emulated CPU (`cargo xtask vm` boots kernels under QEMU's TCG) the same
+/// work takes several times longer; the waits are bounds on a stall, never
+/// pass/fail timings, so stretching them changes no verdict.
+pub fn timeout_scale() -> u32 {
+    match std::env::var("EDGEWATCH_TEST_TIMEOUT_SCALE") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n| n >= 1)
+            .unwrap_or_else(|| {
+                panic!(
+                    "EDGEWATCH_TEST_TIMEOUT_SCALE must be a whole number of at least 1, not {v:?}"
+                )
+            }),
+        Err(_) => 1,
+    }
+}
+
+/// `base` stretched by [`timeout_scale`].
+pub fn scaled(base: Duration) -> Duration {
+    base * timeout_scale()
+}
+
 /// How long a test waits for an event before it fails.
-pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+pub fn event_timeout() -> Duration {
+    scaled(EVENT_TIMEOUT)
+}
 
 /// The monitor binary under test: `EDGEWATCH_MONITOR`, else the release
 /// build in this workspace's target directory.
@@ -162,7 +193,8 @@ impl Monitor {
                 c.notify_all();
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready_timeout = scaled(Duration::from_secs(30));
+        let deadline = Instant::now() + ready_timeout;
         let metrics_addr = {
             let (m, c) = &*seen;
             let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -175,7 +207,7 @@ impl Monitor {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "monitor not ready in 30 s: {:#?}",
+                    "monitor not ready in {ready_timeout:?}: {:#?}",
                     g.stderr
                 );
                 g = c
@@ -195,12 +227,22 @@ impl Monitor {
     /// Waits for the first event matching `pred` and returns it; fails the
     /// test with the events seen when none arrives in time.
     pub fn expect_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.wait_event(EVENT_TIMEOUT, pred).unwrap_or_else(|| {
+        let timeout = event_timeout();
+        self.wait_event(timeout, pred).unwrap_or_else(|| {
             let (m, _) = &*self.seen;
             let g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let tail: Vec<String> = g.events.iter().rev().take(20).map(Value::to_string).collect();
-            panic!("no event {what} within {EVENT_TIMEOUT:?}; last events (newest first):\n{}\nstderr:\n{}",
-                tail.join("\n"), g.stderr.join("\n"))
+            let tail: Vec<String> = g
+                .events
+                .iter()
+                .rev()
+                .take(20)
+                .map(Value::to_string)
+                .collect();
+            panic!(
+                "no event {what} within {timeout:?}; last events (newest first):\n{}\nstderr:\n{}",
+                tail.join("\n"),
+                g.stderr.join("\n")
+            )
         })
     }
 
@@ -257,6 +299,11 @@ impl Monitor {
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
     }
 
+    /// Whether `probe` attached in this monitor.
+    pub fn probe_attached(&self, probe: &str) -> bool {
+        self.metric(&format!("edgewatch_probe_attached{{probe=\"{probe}\"}}")) == Some(1.0)
+    }
+
     /// The monitor's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -283,7 +330,8 @@ impl Monitor {
     fn terminate(&mut self) -> ExitStatus {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let stop_timeout = scaled(Duration::from_secs(30));
+        let deadline = Instant::now() + stop_timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 // Give the reader the last lines, then every line must
@@ -300,7 +348,7 @@ impl Monitor {
             }
             assert!(
                 Instant::now() < deadline,
-                "monitor did not stop within 10 s of SIGTERM"
+                "monitor did not stop within {stop_timeout:?} of SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -317,7 +365,7 @@ impl Drop for Monitor {
 /// A plain HTTP/1.0 GET on loopback, returning the body.
 pub fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5)))
+    s.set_read_timeout(Some(scaled(Duration::from_secs(5))))
         .expect("timeout");
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
     let mut resp = String::new();
@@ -488,7 +536,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 
 /// Waits until something listens on `addr` (a TCP connect succeeds).
 pub fn wait_listening(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {addr}");
         std::thread::sleep(Duration::from_millis(50));
@@ -507,7 +555,7 @@ pub fn assert_within_1pct(what: &str, got: u64, want: u64) {
 /// Waits until a TCP socket listens on `port` (checked with `ss`, so a
 /// listener that serves a single connection is not used up).
 pub fn wait_listen_state(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     loop {
         let out = Command::new("ss")
             .args(["-Hltn", &format!("sport = :{port}")])

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    free_port, is_root, monitor_bin, unique, wait_listening, EventExt as _, Killed, Monitor,
-    TempPath,
+    free_port, is_root, monitor_bin, scaled, unique, wait_listening, EventExt as _, Killed,
+    Monitor, TempPath,
 };
 
 const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
@@ -182,7 +182,7 @@ fn rules_reload_on_sighup_and_bad_rules_keep_the_old_ones() {
     .expect("write rule");
     // SAFETY: signalling the monitor child.
     unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
     while !m.stderr().iter().any(|l| l.contains("reloaded")) {
         assert!(
             std::time::Instant::now() < deadline,
@@ -202,7 +202,7 @@ fn rules_reload_on_sighup_and_bad_rules_keep_the_old_ones() {
     )
     .expect("write");
     unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
     let line = loop {
         if let Some(l) = m.stderr().into_iter().find(|l| l.contains("reload failed")) {
             break l;

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    assert_within_1pct, free_port, is_root, unique, wait_listening, EventExt as _, Killed, Monitor,
-    NetnsPair,
+    assert_within_1pct, free_port, is_root, scaled, unique, wait_listening, EventExt as _, Killed,
+    Monitor, NetnsPair,
 };
 
 const CONFIG: &str =
@@ -211,7 +211,7 @@ fn tcp_between_namespaces_both_ends() {
             format!("{host}:{port}")
         };
         // Wait from inside namespace a, where the server is reachable.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
         while !NetnsPair::command(&ns.a, "/usr/bin/curl")
             .args(["-s", "-o", "/dev/null", &format!("http://{probe}/")])
             .status()
@@ -259,7 +259,7 @@ fn check_udp(
             .spawn()
             .expect("start socat server"),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(scaled(Duration::from_millis(300)));
     // 40 datagrams of 1,000 bytes.
     let payload = vec![b'u'; 40_000];
     let mut client_cmd = match client_ns {

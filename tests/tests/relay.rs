@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    free_port, is_root, unique, wait_listen_state, wait_listening, EventExt as _, Killed, Monitor,
-    NetnsPair,
+    free_port, is_root, scaled, unique, wait_listen_state, wait_listening, EventExt as _, Killed,
+    Monitor, NetnsPair,
 };
 
 const CONFIG: &str = "[output]\nseed_events = false\nkinds = [\"relay\", \"alert\", \"exec\"]\n[network]\nseed_events = false\n";
@@ -174,7 +174,7 @@ fn expect_relay(m: &Monitor, target_port: u16) -> Value {
 /// or folded into an open alert of the same lineage (parallel tests share
 /// the test binary as an ancestor), which the dedup counter shows.
 fn relay_alert(m: &Monitor, pid: u64) {
-    let own = m.wait_event(Duration::from_secs(5), |v| {
+    let own = m.wait_event(scaled(Duration::from_secs(5)), |v| {
         v.kind() == "alert" && v["rule"] == "EW-RELAY-001" && v["process"]["pid"] == pid
     });
     if own.is_some() {
@@ -228,9 +228,16 @@ fn socat_port_forward_without_and_with_fork() {
     client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
     client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
     let parent = u64::from(forked.0.id());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // Without the activity tracepoints (Linux before 6.4) a relay is
+    // pinned on the owner of its first leg: the listener that accepted.
+    let by_child = m.probe_attached("net_sock_send_length");
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(20));
     let relays = loop {
-        let r = m.events(|v| v.kind() == "relay" && v["process"]["ancestry"][0]["pid"] == parent);
+        let r = m.events(|v| {
+            v.kind() == "relay"
+                && (v["process"]["ancestry"][0]["pid"] == parent
+                    || (!by_child && v["process"]["pid"] == parent))
+        });
         if r.len() >= 2 || std::time::Instant::now() > deadline {
             break r;
         }
@@ -239,7 +246,9 @@ fn socat_port_forward_without_and_with_fork() {
     assert_eq!(relays.len(), 2, "one relay per forked child");
     for r in &relays {
         check_relay(r, tport);
-        assert_ne!(r["process"]["pid"], parent);
+        if by_child {
+            assert_ne!(r["process"]["pid"], parent);
+        }
     }
 }
 
@@ -302,7 +311,18 @@ fn socks_and_connect_proxy(
     fingerprint: &str,
     port: u16,
 ) {
-    let m = Monitor::start_with(CONFIG);
+    socks_and_connect_proxy_with(CONFIG, program, args, mode, fingerprint, port);
+}
+
+fn socks_and_connect_proxy_with(
+    config: &str,
+    program: &str,
+    args: &[String],
+    mode: &str,
+    fingerprint: &str,
+    port: u16,
+) {
+    let m = Monitor::start_with(config);
     let tport = free_port();
     let _t = target(None, "127.0.0.1", tport);
     wait_listening(&format!("127.0.0.1:{tport}"));
@@ -329,6 +349,32 @@ fn microsocks_socks5() {
     }
     let port = free_port();
     socks_and_connect_proxy(
+        "microsocks",
+        &[
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
+        "socks5",
+        "socks5",
+        port,
+    );
+}
+
+/// Kernels before 6.4 lack the socket activity tracepoints: relays are
+/// then paired by socket owner, those that start and end between two
+/// samples included (a SOCKS client that is done within a second).
+#[test]
+fn relays_are_paired_by_owner_without_activity_tracepoints() {
+    if !is_root("relays_are_paired_by_owner_without_activity_tracepoints") {
+        return;
+    }
+    let port = free_port();
+    socks_and_connect_proxy_with(
+        &format!(
+            "{CONFIG}[kernel]\ndisabled_probes = [\"net_sock_send_length\", \"net_sock_recv_length\"]\n"
+        ),
         "microsocks",
         &[
             "-i".into(),
@@ -441,7 +487,7 @@ fn ncat_forward_through_a_child() {
     let before = m.events(|v| v.kind() == "relay").len();
     client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
     client(None, "plain", ("127.0.0.1", port), ("127.0.0.1", tport));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(20));
     let listener = u64::from(kept.0.id());
     loop {
         let relays: Vec<Value> = m.events(|v| v.kind() == "relay")[before..]
@@ -487,7 +533,7 @@ fn two_hop_chain_across_namespaces() {
             .spawn()
             .expect("hop 1"),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(scaled(Duration::from_millis(500)));
     client(
         Some(&ns.a),
         "plain",
@@ -621,7 +667,7 @@ fn ssh_forwarding_through_the_local_sshd() {
         .expect("ssh -L"),
     );
     wait_listen_state(lport);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     client(None, "plain", ("127.0.0.1", lport), ("127.0.0.1", tport));
     let ev = sshd_relay(&m);
     assert_eq!(ev["pattern"], "bulk");
@@ -633,10 +679,10 @@ fn ssh_forwarding_through_the_local_sshd() {
             .expect("ssh -D"),
     );
     wait_listen_state(dport);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     let before = m.events(|v| v.kind() == "relay").len();
     client(None, "socks5", ("127.0.0.1", dport), ("127.0.0.1", tport));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(20));
     while m.events(|v| v.kind() == "relay").len() < before + 2 {
         assert!(std::time::Instant::now() < deadline, "no relays for ssh -D");
         std::thread::sleep(Duration::from_millis(200));
@@ -654,7 +700,7 @@ fn ssh_forwarding_through_the_local_sshd() {
         .expect("ssh -R"),
     );
     wait_listen_state(rport);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(scaled(Duration::from_millis(1500)));
     let before = m
         .events(|v| {
             v.kind() == "relay"
@@ -664,7 +710,7 @@ fn ssh_forwarding_through_the_local_sshd() {
         })
         .len();
     client(None, "plain", ("127.0.0.1", rport), ("127.0.0.1", tport));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(20));
     while m
         .events(|v| {
             v.kind() == "relay"
