@@ -341,7 +341,11 @@ impl RelayDetector {
         )
     }
 
-    /// Scores one pair; returns the pattern when it is a relay.
+    /// Scores one pair; returns the pattern when it is a relay. The legs
+    /// are measured from when both existed, which leaves out a leg's own
+    /// handshake, and else whole: a client whose data arrived before a
+    /// slow relay dialled out (a forked child, a loaded machine) has it
+    /// all counted before the second leg started.
     fn score(
         &self,
         a: &Candidate,
@@ -349,8 +353,20 @@ impl RelayDetector {
         settings: &RelaySettings,
     ) -> Option<&'static str> {
         let since = a.stats.first_ns.max(b.stats.first_ns);
-        let (a_in, a_out) = self.from(a, since);
-        let (b_in, b_out) = self.from(b, since);
+        let whole = |c: &Candidate| (c.stats.bytes_in, c.stats.bytes_out);
+        self.score_counts(a, b, self.from(a, since), self.from(b, since), settings)
+            .or_else(|| self.score_counts(a, b, whole(a), whole(b), settings))
+    }
+
+    /// Scores a pair on the given (in, out) byte counts of each leg.
+    fn score_counts(
+        &self,
+        a: &Candidate,
+        b: &Candidate,
+        (a_in, a_out): (u64, u64),
+        (b_in, b_out): (u64, u64),
+        settings: &RelaySettings,
+    ) -> Option<&'static str> {
         // Data going back out on the connection it came from is a server
         // answering, not a relay; when that fits as well, it is not one.
         let relay_fit = a_in.abs_diff(b_out) + b_in.abs_diff(a_out);
