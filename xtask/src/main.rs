@@ -1,6 +1,7 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //! - `test`: unit tests, then the root-level kernel tests against a release
-//!   build of the monitor;
+//!   build of the monitor, then the same tests in a VM on another kernel;
+//! - `vm`: the kernel tests in VMs over a matrix of kernels (see [`vm`]);
 //! - `lint`: formatting and clippy, for the host crates and the eBPF crate;
 //! - `bench`: the monitor's cost against the same workloads without it;
 //! - `lab`: attack scenarios on a gateway topology in network namespaces.
@@ -14,6 +15,7 @@ use anyhow::{bail, Context as _, Result};
 
 mod bench;
 mod lab;
+mod vm;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -27,6 +29,9 @@ struct Cli {
 enum Task {
     /// Run every test: unit tests (no root), then the kernel tests (root).
     Test {
+        /// Skip the VM run on another kernel (also: EDGEWATCH_SKIP_VM=1).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for the kernel test binaries, such as a test name.
         #[arg(last = true)]
         filter: Vec<String>,
@@ -38,6 +43,8 @@ enum Task {
     /// Play the attack and look-alike scenarios of tests/scenarios against
     /// the monitor on a gateway topology in network namespaces (root).
     Lab(lab::Args),
+    /// Boot kernels under QEMU and run the kernel tests inside each.
+    Vm(vm::VmArgs),
     /// Check formatting and run clippy on every crate.
     Lint,
     /// Measure what the monitor costs against the same workloads without
@@ -87,7 +94,7 @@ fn monitor_release() -> Result<PathBuf> {
     Ok(workspace_root().join("target/release/monitor"))
 }
 
-fn test(filter: &[String], no_lab: bool) -> Result<()> {
+fn test(filter: &[String], no_lab: bool, no_vm: bool) -> Result<()> {
     run(cargo().args([
         "test",
         "--workspace",
@@ -124,9 +131,16 @@ fn test(filter: &[String], no_lab: bool) -> Result<()> {
         .env("EDGEWATCH_MONITOR", &monitor))?;
     if no_lab || !root {
         eprintln!("xtask: the lab was left out");
+    } else {
+        lab::run(&workspace_root(), &monitor, &lab::Args::default())?;
+    }
+    if no_vm || std::env::var_os("EDGEWATCH_SKIP_VM").is_some_and(|v| v == "1") {
+        eprintln!("xtask: skipping the VM run on Linux {}", vm::CI_KERNEL);
         return Ok(());
     }
-    lab::run(&workspace_root(), &monitor, &lab::Args::default())
+    let mut args = vm::VmArgs::ci(vm::CI_KERNEL);
+    args.filter = filter.to_vec();
+    vm::vm(&args)
 }
 
 fn lint() -> Result<()> {
@@ -160,7 +174,12 @@ fn lint() -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Test { filter, no_lab } => test(&filter, no_lab),
+        Task::Test {
+            filter,
+            no_lab,
+            no_vm,
+        } => test(&filter, no_lab, no_vm),
+        Task::Vm(args) => vm::vm(&args),
         Task::Lint => lint(),
         Task::Bench(opts) => {
             monitor_release()?;
