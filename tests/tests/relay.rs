@@ -342,13 +342,11 @@ fn socks_and_connect_proxy_with(
     let _ = proxy;
 }
 
-#[test]
-fn microsocks_socks5() {
-    if !is_root("microsocks_socks5") {
-        return;
-    }
+/// microsocks as a SOCKS5 relay, under a monitor with `config`.
+fn microsocks_relay(config: &str) {
     let port = free_port();
-    socks_and_connect_proxy(
+    socks_and_connect_proxy_with(
+        config,
         "microsocks",
         &[
             "-i".into(),
@@ -362,6 +360,14 @@ fn microsocks_socks5() {
     );
 }
 
+#[test]
+fn microsocks_socks5() {
+    if !is_root("microsocks_socks5") {
+        return;
+    }
+    microsocks_relay(CONFIG);
+}
+
 /// Kernels before 6.4 lack the socket activity tracepoints: relays are
 /// then paired by socket owner, those that start and end between two
 /// samples included (a SOCKS client that is done within a second).
@@ -370,22 +376,9 @@ fn relays_are_paired_by_owner_without_activity_tracepoints() {
     if !is_root("relays_are_paired_by_owner_without_activity_tracepoints") {
         return;
     }
-    let port = free_port();
-    socks_and_connect_proxy_with(
-        &format!(
-            "{CONFIG}[kernel]\ndisabled_probes = [\"net_sock_send_length\", \"net_sock_recv_length\"]\n"
-        ),
-        "microsocks",
-        &[
-            "-i".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ],
-        "socks5",
-        "socks5",
-        port,
-    );
+    microsocks_relay(&format!(
+        "{CONFIG}[kernel]\ndisabled_probes = [\"net_sock_send_length\", \"net_sock_recv_length\"]\n"
+    ));
 }
 
 #[test]

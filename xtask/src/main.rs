@@ -140,7 +140,8 @@ fn test(filter: &[String], no_lab: bool, no_vm: bool) -> Result<()> {
     }
     let mut args = vm::VmArgs::ci(vm::CI_KERNEL);
     args.filter = filter.to_vec();
-    vm::vm(&args)
+    vm::vm(&args)?;
+    vm::vm(&vm::VmArgs::lockdown_refusal())
 }
 
 fn lint() -> Result<()> {

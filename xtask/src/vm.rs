@@ -81,8 +81,22 @@ impl VmArgs {
     }
 }
 
+impl VmArgs {
+    /// Linux 6.1 booted in lockdown (`lockdown=confidentiality`), which
+    /// takes away the kernel-memory reads every probe needs: the monitor
+    /// must refuse to start, in one line naming the exec probe, exit 1.
+    pub fn lockdown_refusal() -> Self {
+        Self {
+            append: "lockdown=confidentiality".to_owned(),
+            expect_refusal: Some("required probe process_sched_exec".to_owned()),
+            ..Self::ci(CI_KERNEL)
+        }
+    }
+}
+
 /// Builds, boots every kernel, prints the table, writes
-/// `target/vm/report.json`; fails when any kernel failed.
+/// `target/vm/report.json` (`refusal-report.json` for an expected
+/// refusal); fails when any kernel failed.
 pub fn vm(args: &VmArgs) -> Result<()> {
     let out = workspace_root().join("target/vm");
     fs::create_dir_all(&out)?;
@@ -142,7 +156,11 @@ pub fn vm(args: &VmArgs) -> Result<()> {
         }
         reports.push(report);
     }
-    let json = out.join("report.json");
+    let json = out.join(if args.expect_refusal.is_some() {
+        "refusal-report.json"
+    } else {
+        "report.json"
+    });
     fs::write(&json, serde_json::to_string_pretty(&reports)? + "\n")?;
     println!();
     print!("{}", report::table(&reports, &settings.suites));

@@ -175,6 +175,29 @@ impl Targets {
     }
 }
 
+/// Lines of a verifier log that are statistics, not the reason.
+const VERIFIER_STATS: [&str; 4] = ["verification time", "processed ", "stack depth", ": "];
+
+/// An attach error as one line: a load the verifier rejected carries its
+/// whole log (hundreds of lines); the reason is its last line before the
+/// statistics, such as `unknown func bpf_probe_read#4` on a kernel in
+/// lockdown. The whole log is logged at debug level.
+fn one_line(msg: &str) -> String {
+    let Some((head, log)) = msg.split_once("Verifier output:") else {
+        return msg.split_whitespace().collect::<Vec<_>>().join(" ");
+    };
+    let reason = log
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !VERIFIER_STATS.iter().any(|s| l.starts_with(s)))
+        .unwrap_or("no reason given");
+    format!(
+        "{}; the verifier says: {reason}",
+        head.trim().trim_end_matches('.')
+    )
+}
+
 fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, targets: &mut Targets) -> Result<(), String> {
     let program = ebpf
         .program_mut(spec.name)
@@ -187,7 +210,8 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, targets: &mut Targets) -> Result<()
             msg.push_str(&s.to_string());
             src = s.source();
         }
-        msg
+        tracing::debug!(probe = spec.name, error = %msg, "probe failed");
+        one_line(&msg)
     };
     match spec.hook {
         Hook::RawTracepoint(tp) => {
@@ -240,4 +264,20 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, targets: &mut Targets) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verifier_rejection_is_one_line_with_its_reason() {
+        let msg = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: reg type unsupported\n0: R1=ctx\n44: (85) call bpf_probe_read#4\nunknown func bpf_probe_read#4\nverification time 14792 usec\nstack depth 56+0+0\nprocessed 688 insns (limit 1000000)\n: Invalid argument (os error 22)";
+        assert_eq!(
+            one_line(msg),
+            "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22); the verifier says: unknown func bpf_probe_read#4"
+        );
+        assert_eq!(one_line("unknown BTF type `x`"), "unknown BTF type `x`");
+        assert_eq!(one_line("a\nb"), "a b");
+    }
 }
