@@ -20,8 +20,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    free_port, is_root, monitor_bin, scratch_dir, spawn_prometheus, unique, wait_for,
-    EventExt as _, Killed, Monitor, EVENT_TIMEOUT,
+    event_timeout, free_port, is_root, monitor_bin, scratch_dir, spawn_prometheus, unique,
+    wait_for, EventExt as _, Killed, Monitor,
 };
 
 const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
@@ -151,7 +151,7 @@ fn wait_in_alertmanager(addr: &str, alert: &Value) -> Value {
     let id = alert["alert_id"].as_str().expect("alert_id");
     wait_for(
         &format!("alert {id} in Alertmanager"),
-        EVENT_TIMEOUT,
+        event_timeout(),
         || {
             alertmanager_alerts(addr)
                 .into_iter()
@@ -340,7 +340,7 @@ fn alertmanager_receives_the_alert_of_a_suspicious_exec_and_late_ones_after_a_re
     };
     let failed_before = failures();
     let late = alert_for(&m, &drop_and_run("am-down"));
-    wait_for("failed attempts", EVENT_TIMEOUT, || {
+    wait_for("failed attempts", event_timeout(), || {
         (failures() >= failed_before + 3.0).then_some(())
     });
     // It comes back on the same address and gets the alert.
@@ -373,13 +373,13 @@ fn a_full_queue_counts_dropped_alerts() {
     for exe in &exes {
         alert_for(&m, exe);
     }
-    let dropped = wait_for("a queue_full drop", EVENT_TIMEOUT, || {
+    let dropped = wait_for("a queue_full drop", event_timeout(), || {
         m.metric("edgewatch_alert_sink_dropped_total{reason=\"queue_full\",sink=\"alertmanager\"}")
             .filter(|n| *n >= 1.0)
     });
     assert!(dropped >= 1.0);
     // The other sink is not held up: it has all three.
-    wait_for("the file sink has every alert", EVENT_TIMEOUT, || {
+    wait_for("the file sink has every alert", event_timeout(), || {
         let text = std::fs::read_to_string(dir.join("alerts.jsonl")).ok()?;
         exes.iter().all(|e| text.contains(e.as_str())).then_some(())
     });
@@ -479,7 +479,7 @@ fn syslog_receivers_get_rfc5424_messages() {
     // Other rules may name the file in their command lines: pick this one
     // by its executable parameter.
     let mine = format!("exe=\"{exe}\"");
-    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let deadline = Instant::now() + event_timeout();
     let datagram = loop {
         assert!(Instant::now() < deadline, "no syslog datagram for {exe}");
         let mut buf = vec![0; 65536];
@@ -494,7 +494,7 @@ fn syslog_receivers_get_rfc5424_messages() {
     assert_eq!(msg, format!("{title}: {exe}"));
     let framed = loop {
         let line = frames
-            .recv_timeout(EVENT_TIMEOUT)
+            .recv_timeout(event_timeout())
             .expect("a frame from the TCP sink");
         if line.contains(&mine) {
             break line;
@@ -545,7 +545,7 @@ fn a_webhook_receiver_gets_the_alert_json() {
     let alert = alert_for(&m, &exe);
     let (head, body) = loop {
         let (head, body) = bodies
-            .recv_timeout(EVENT_TIMEOUT)
+            .recv_timeout(event_timeout())
             .expect("a webhook request");
         if body["process"]["exe"] == exe.as_str() {
             break (head, body);

@@ -352,6 +352,14 @@ impl RelayDetector {
         b: &Candidate,
         settings: &RelaySettings,
     ) -> Option<&'static str> {
+        // The legs of a relay carry traffic at the same time: a connection
+        // that ended before the other began is another client's (a forking
+        // listener's clients, told apart only by time without the activity
+        // tracepoints). A last time of 0 is unknown.
+        let (al, bl) = (a.stats.last_ns, b.stats.last_ns);
+        if (bl != 0 && a.stats.first_ns > bl) || (al != 0 && b.stats.first_ns > al) {
+            return None;
+        }
         let since = a.stats.first_ns.max(b.stats.first_ns);
         let whole = |c: &Candidate| (c.stats.bytes_in, c.stats.bytes_out);
         self.score_counts(a, b, self.from(a, since), self.from(b, since), settings)
