@@ -300,6 +300,26 @@ pub(crate) mod tests {
         n
     }
 
+    /// The seed records the fuzzer starts from are well formed, so its
+    /// first inputs reach enrich and detect, not only decode's checks.
+    #[test]
+    fn kernel_record_seeds_decode() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/kernel_records");
+        let mut kinds = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(dir).expect("seed directory") {
+            let path = entry.expect("directory entry").path();
+            let data = std::fs::read(&path).expect("seed readable");
+            for record in records(&data) {
+                let ev = decode(record).unwrap_or_else(|e| {
+                    panic!("{}: a record does not decode: {e}", path.display())
+                });
+                kinds.insert(std::mem::discriminant(&ev));
+            }
+            kernel_records(&data);
+        }
+        assert_eq!(kinds.len(), 7, "a seed of every record type");
+    }
+
     #[test]
     fn kept_fuzz_inputs_pass() {
         let n = replay("kernel_records", kernel_records)
