@@ -8,12 +8,11 @@
 //! fuzzer ran, and the property tests share the invariant checks.
 
 use std::{
-    collections::HashMap,
     sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use monitor_common::event::{FlowKey, FlowStats, SockOwner};
+use monitor_common::event::{FlowKey, SockOwner};
 use serde_json::Value;
 
 use crate::{
@@ -23,7 +22,7 @@ use crate::{
     enrich::Enricher,
     event::Event,
     metrics::Metrics,
-    net::{FlowMap, NetSettings, NetTracker},
+    net::{MemFlows, NetSettings, NetTracker},
     process::ProcessTable,
 };
 
@@ -63,58 +62,35 @@ pub fn records(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// The kernel's flow counters as the fuzzed socket events imply them.
-#[derive(Default)]
-struct MemFlows {
-    flows: HashMap<FlowKey, FlowStats>,
-    owners: HashMap<u64, SockOwner>,
-}
-
-impl FlowMap for MemFlows {
-    fn get(&self, key: &FlowKey) -> Option<FlowStats> {
-        self.flows.get(key).copied()
-    }
-    fn remove(&mut self, key: &FlowKey) {
-        self.flows.remove(key);
-    }
-    fn entries(&self) -> Vec<(FlowKey, FlowStats)> {
-        self.flows.iter().map(|(k, v)| (*k, *v)).collect()
-    }
-    fn owner(&self, socket: u64) -> Option<SockOwner> {
-        self.owners.get(&socket).copied()
-    }
-}
-
-impl MemFlows {
-    /// Counts a socket event's traffic as the kernel's flow map would.
-    fn count(&mut self, n: &monitor_common::event::NetEvent) {
-        let key = FlowKey {
-            cookie: n.cookie,
-            peer_addr: n.remote_addr,
-            peer_port: n.remote_port,
-            proto: n.proto,
-            _pad: [0; 5],
-        };
-        let stats = self.flows.entry(key).or_default();
-        stats.local_addr = n.local_addr;
-        stats.local_port = n.local_port;
-        stats.first_ns = n.first_ns;
-        stats.last_ns = n.header.ts_boot_ns;
-        stats.bytes_out = n.bytes_out;
-        stats.bytes_in = n.bytes_in;
-        stats.pkts_out = n.pkts_out;
-        stats.pkts_in = n.pkts_in;
-        self.owners.insert(
-            n.cookie,
-            SockOwner {
-                tgid: n.header.pid,
-                pid: n.header.tid,
-                netns: n.netns,
-                _pad: 0,
-                comm: n.comm,
-            },
-        );
-    }
+/// Counts a socket event's traffic in `flows` as the kernel's flow map
+/// would.
+fn count(flows: &mut MemFlows, n: &monitor_common::event::NetEvent) {
+    let key = FlowKey {
+        cookie: n.cookie,
+        peer_addr: n.remote_addr,
+        peer_port: n.remote_port,
+        proto: n.proto,
+        _pad: [0; 5],
+    };
+    let stats = flows.flows.entry(key).or_default();
+    stats.local_addr = n.local_addr;
+    stats.local_port = n.local_port;
+    stats.first_ns = n.first_ns;
+    stats.last_ns = n.header.ts_boot_ns;
+    stats.bytes_out = n.bytes_out;
+    stats.bytes_in = n.bytes_in;
+    stats.pkts_out = n.pkts_out;
+    stats.pkts_in = n.pkts_in;
+    flows.owners.insert(
+        n.cookie,
+        SockOwner {
+            tgid: n.header.pid,
+            pid: n.header.tid,
+            netns: n.netns,
+            _pad: 0,
+            comm: n.comm,
+        },
+    );
 }
 
 /// Fuzz target `kernel_records`: a stream of ring-buffer records through
@@ -139,7 +115,7 @@ pub fn kernel_records(data: &[u8]) {
     for record in records(data) {
         let Ok(ev) = decode(record) else { continue };
         if let KernelEvent::Net(n) = &ev {
-            flows.count(n);
+            count(&mut flows, n);
         }
         enricher.apply(ev, now, &mut flows, &mut out);
         emit(&mut detect, &out);
