@@ -210,7 +210,8 @@ pub fn config(data: &[u8]) {
 /// Fuzz target `web_config`: web configuration text (the exporter-toolkit
 /// YAML of `metrics.web_config_file`) through its parser, with relative
 /// certificate paths resolved in a folder that does not exist. An error
-/// must be one line and, when it has a position, inside the text.
+/// must be one line and, when it has a position, inside the text; errors
+/// about the whole file or a file it names have none.
 pub fn web_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -219,6 +220,14 @@ pub fn web_config(data: &[u8]) {
     match crate::web_config::WebConfig::parse(SOURCE_NAME, text, dir) {
         Ok(web) => {
             let _ = web.admit(None);
+        }
+        // By design, about the file as a whole or a file it names (a
+        // certificate): one line, without a position.
+        Err(FileError::Content { message, .. }) => {
+            assert!(
+                !message.contains('\n'),
+                "message of more than one line: {message:?}"
+            );
         }
         Err(e) => assert_error_inside(text, &e),
     }
