@@ -2,6 +2,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Nanoseconds in `secs` seconds, saturating: a duration past the ~584
+/// years a `u64` of nanoseconds holds is as good as forever, and a
+/// configured or rule-given number of seconds must never overflow.
+pub fn secs_to_ns(secs: u64) -> u64 {
+    secs.saturating_mul(1_000_000_000)
+}
+
 /// Maps `CLOCK_BOOTTIME` nanoseconds to wall-clock time. The offset is
 /// taken once; [`BootClock::refresh`] follows wall-clock steps (NTP).
 #[derive(Debug, Clone, Copy)]

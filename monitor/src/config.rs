@@ -6,7 +6,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{event::Kind, load::probes::PROBES, web_config::WebConfig};
+use crate::{clock::secs_to_ns, event::Kind, load::probes::PROBES, web_config::WebConfig};
 
 /// The embedded default configuration, printed by `monitor config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -257,6 +257,42 @@ impl Default for ProcessTableConfig {
     }
 }
 
+impl NetworkConfig {
+    /// The flow tracker's timings.
+    pub fn settings(&self) -> crate::net::NetSettings {
+        crate::net::NetSettings {
+            update_interval_ns: secs_to_ns(self.flow_update_secs),
+            udp_idle_ns: secs_to_ns(self.udp_idle_secs),
+            tcp_idle_ns: secs_to_ns(self.tcp_idle_secs),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The relay detector's settings.
+    pub fn settings(&self) -> crate::net::relay::RelaySettings {
+        crate::net::relay::RelaySettings {
+            volume_bytes: self.volume_bytes,
+            active_ns: secs_to_ns(self.active_secs),
+            interactive_samples: self.interactive_samples,
+            allowed: self.allowed_proxies.clone(),
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// The data plane stage's settings.
+    pub fn settings(&self) -> crate::dataplane::Settings {
+        crate::dataplane::Settings {
+            netns: self.netns.clone(),
+            roles: self.interfaces.clone(),
+            published: self.published.clone(),
+            report_ns: secs_to_ns(self.report_secs),
+            idle_ns: secs_to_ns(self.idle_secs),
+        }
+    }
+}
+
 /// A configuration or rule file that could not be read or is invalid; the
 /// message names `file:line:col`.
 #[derive(Debug, thiserror::Error)]
@@ -454,6 +490,8 @@ impl fmt::Display for Kind {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -577,6 +615,85 @@ mod tests {
     fn unknown_kind_is_rejected() {
         let err = parse("[output]\nkinds = [\"exec\", \"nope\"]\n").expect_err("invalid");
         assert!(err.to_string().starts_with("test.toml:2:"), "{err}");
+    }
+
+    /// Every `[section] key` of the embedded default.
+    fn default_keys() -> Vec<(String, String)> {
+        let table: toml::Table = toml::from_str(DEFAULT_TOML).expect("default parses");
+        table
+            .iter()
+            .filter_map(|(section, v)| Some((section, v.as_table()?)))
+            .flat_map(|(section, t)| t.keys().map(move |k| (section.clone(), k.clone())))
+            .collect()
+    }
+
+    /// A TOML value of any type, integers over their whole range.
+    fn any_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            (0i64..100_000).prop_map(|v| v.to_string()),
+            any::<bool>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            "[ -~&&[^\"\\\\]]{0,12}".prop_map(|v| format!("{v:?}")),
+            proptest::collection::vec(any::<i64>(), 0..3).prop_map(|v| format!("{v:?}")),
+            Just("{ a = 1 }".to_owned()),
+        ]
+    }
+
+    proptest! {
+        /// Any text either parses into a configuration whose derived
+        /// settings can be computed, or fails with an error that names a
+        /// line and column inside the text.
+        #[test]
+        fn any_text_parses_or_points_inside(text in "\\PC{0,200}") {
+            crate::fuzz::config(text.as_bytes());
+        }
+
+        /// The same for the embedded default with some characters replaced
+        /// by TOML-ish ones, which reaches past the syntax into validation.
+        #[test]
+        fn edited_default_parses_or_points_inside(
+            at in any::<prop::sample::Index>(),
+            cut in 0usize..16,
+            insert in "[a-z_=\\[\\]\"0-9. \n#{},-]{0,12}",
+        ) {
+            let text = crate::fuzz::tests::splice(DEFAULT_TOML, at, cut, &insert);
+            crate::fuzz::config(text.as_bytes());
+        }
+
+        /// Any value for any key: accepted with computable settings, or an
+        /// error inside the text.
+        #[test]
+        fn any_value_for_any_key(
+            key in proptest::sample::select(default_keys()),
+            value in any_value(),
+        ) {
+            let text = format!("[{}]\n{} = {value}\n", key.0, key.1);
+            crate::fuzz::config(text.as_bytes());
+        }
+    }
+
+    /// Found by the config property tests: the daemon turned these
+    /// seconds into nanoseconds with an overflowing multiplication.
+    #[test]
+    fn huge_durations_saturate() {
+        let max = i64::MAX;
+        let c = parse(&format!(
+            "[network]\nflow_update_secs = {max}\nudp_idle_secs = {max}\ntcp_idle_secs = {max}\n\
+             [relay]\nactive_secs = {max}\n[dataplane]\nreport_secs = {max}\nidle_secs = {max}\n"
+        ))
+        .expect("valid");
+        let net = c.network.settings();
+        assert_eq!(net.update_interval_ns, u64::MAX);
+        assert_eq!(net.udp_idle_ns, u64::MAX);
+        assert_eq!(net.tcp_idle_ns, u64::MAX);
+        assert_eq!(c.relay.settings().active_ns, u64::MAX);
+        let dp = c.dataplane.settings();
+        assert_eq!((dp.report_ns, dp.idle_ns), (u64::MAX, u64::MAX));
+        assert_eq!(
+            Config::default().network.settings().udp_idle_ns,
+            60_000_000_000
+        );
     }
 
     #[test]

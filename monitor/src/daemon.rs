@@ -21,7 +21,7 @@ use crate::{
     alert,
     clock::BootClock,
     config::Config,
-    dataplane::{stage::DataplaneStage, Settings},
+    dataplane::stage::DataplaneStage,
     decode::KernelEvent,
     detect::{
         rule::RuleError,
@@ -33,8 +33,8 @@ use crate::{
     metrics::{self, Metrics},
     net::{
         maps::KernelFlows,
-        relay::{Context as RelayContext, RelayDetector, RelaySettings},
-        sockdiag, NetSettings, NetTracker,
+        relay::{Context as RelayContext, RelayDetector},
+        sockdiag, NetTracker,
     },
     output::{self, Output},
     process::{procfs, ProcessTable},
@@ -127,12 +127,7 @@ pub async fn run(
         owners: take_map(ebpf, MAP_SOCK_OWNERS, HashMap::<MapData, _, _>::try_from)?,
         io: take_map(ebpf, MAP_SOCK_IO, HashMap::<MapData, _, _>::try_from)?,
     };
-    let relay_settings = RelaySettings {
-        volume_bytes: config.relay.volume_bytes,
-        active_ns: config.relay.active_secs * 1_000_000_000,
-        interactive_samples: config.relay.interactive_samples,
-        allowed: config.relay.allowed_proxies.clone(),
-    };
+    let relay_settings = config.relay.settings();
     let mut relays = RelayDetector::default();
     let mut dataplane = start_dataplane(&config, ebpf, &loaded.probes, &metrics);
     let mut ebpf_logger = aya_log::EbpfLogger::init(ebpf).ok();
@@ -145,15 +140,7 @@ pub async fn run(
         Duration::from_secs(config.process_table.exited_retention_secs),
     );
     let net = &config.network;
-    let tracker = NetTracker::new(
-        net.flow_table_capacity,
-        NetSettings {
-            update_interval_ns: net.flow_update_secs * 1_000_000_000,
-            udp_idle_ns: net.udp_idle_secs * 1_000_000_000,
-            tcp_idle_ns: net.tcp_idle_secs * 1_000_000_000,
-        },
-        metrics.clone(),
-    );
+    let tracker = NetTracker::new(net.flow_table_capacity, net.settings(), metrics.clone());
     let mut enricher = Enricher::new(table, tracker);
     let kinds = &config.output.kinds;
     let seeded = enricher.seed(procfs::scan(std::path::Path::new("/proc")));
@@ -364,13 +351,7 @@ fn start_dataplane(
     if !dp.enabled {
         return None;
     }
-    let settings = Settings {
-        netns: dp.netns.clone(),
-        roles: dp.interfaces.clone(),
-        published: dp.published.clone(),
-        report_ns: dp.report_secs * 1_000_000_000,
-        idle_ns: dp.idle_secs * 1_000_000_000,
-    };
+    let settings = dp.settings();
     let tc_loaded = probes
         .iter()
         .any(|p| p.spec.name == crate::dataplane::TC_PROGRAM && p.attached());

@@ -16,6 +16,8 @@ pub mod detect;
 pub mod enrich;
 pub mod escape;
 pub mod event;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod load;
 pub mod metrics;
 pub mod net;

@@ -20,6 +20,7 @@ use self::{
     fields::{derived, lookup, process_of, FsCache},
     rule::{Cond, Op, Rule, Severity},
 };
+use crate::clock::secs_to_ns;
 
 /// One alert line (`"kind": "alert"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +113,8 @@ fn ts_ns(ev: &Value) -> u64 {
         .and_then(Value::as_str)
         .and_then(|t| humantime::parse_rfc3339(t).ok())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64)
+        // Past 2554 a u64 of nanoseconds saturates instead of wrapping.
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn pid_of(ev: &Value) -> Option<u64> {
@@ -393,7 +395,7 @@ impl Engine {
                 (i, key),
                 SeqState {
                     next: 1,
-                    deadline_ns: now + seq.within_secs * 1_000_000_000,
+                    deadline_ns: now.saturating_add(secs_to_ns(seq.within_secs)),
                     evidence: vec![ev.clone()],
                 },
             );
@@ -421,7 +423,7 @@ impl Engine {
             }
         }
         if let Some((max, per_secs)) = rule.rate_limit {
-            let period = per_secs.max(1) * 1_000_000_000;
+            let period = secs_to_ns(per_secs.max(1));
             let (start, n) = self.rates.entry(i).or_insert((now, 0));
             if now.saturating_sub(*start) >= period {
                 *start = now;
@@ -492,7 +494,7 @@ impl Engine {
             repeat: false,
             lineage,
             window_end: (rule.dedup_secs > 0 && now > 0).then(|| {
-                let end = now.saturating_add(rule.dedup_secs * 1_000_000_000);
+                let end = now.saturating_add(secs_to_ns(rule.dedup_secs));
                 humantime::format_rfc3339_nanos(
                     std::time::UNIX_EPOCH + std::time::Duration::from_nanos(end),
                 )
@@ -512,7 +514,7 @@ impl Engine {
                 (i, lineage),
                 Window {
                     alert: alert.clone(),
-                    ends_ns: now + rule.dedup_secs * 1_000_000_000,
+                    ends_ns: now.saturating_add(secs_to_ns(rule.dedup_secs)),
                 },
             );
         }

@@ -554,6 +554,8 @@ pub fn load_path(path: &Path) -> Result<Vec<Rule>, RuleError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn parse_str(text: &str) -> Result<Vec<Rule>, RuleError> {
@@ -629,6 +631,88 @@ mod tests {
                 r.attack.join(", ")
             );
             assert!(readme.contains(&row), "README lacks the row: {row}");
+        }
+    }
+
+    /// One condition as a rule file writes it, over fields the sample
+    /// events have, with any operator.
+    fn any_condition() -> impl Strategy<Value = String> {
+        let field = proptest::sample::select(vec![
+            "exe",
+            "argv",
+            "applet",
+            "exe_location",
+            "remote.port",
+            "process.exe",
+            "uid",
+            "lineage",
+            "listener",
+            "cmdline",
+            "argv.0",
+            "nope.deep.path",
+        ]);
+        let op = prop_oneof![
+            "[a-z/. ]{0,6}".prop_map(|v| format!("equals = {v:?}")),
+            any::<i64>().prop_map(|v| format!("equals = {v}")),
+            "[a-z/. ]{0,6}".prop_map(|v| format!("prefix = {v:?}")),
+            "[a-z/. ]{0,6}".prop_map(|v| format!("contains = [{v:?}]")),
+            "[a-z/.*?\\[\\]]{0,6}".prop_map(|v| format!("glob = {v:?}")),
+            "[a-z/.*+?()|\\[\\]^$]{0,8}".prop_map(|v| format!("regex = {v:?}")),
+            any::<f64>().prop_map(|v| format!("gt = {v:?}")),
+            any::<bool>().prop_map(|v| format!("exists = {v}")),
+        ];
+        (field, op).prop_map(|(f, op)| format!("{{ field = {f:?}, {op} }}"))
+    }
+
+    /// A rule with any numbers where a rule file has numbers.
+    fn any_rule() -> impl Strategy<Value = String> {
+        (
+            any::<bool>(),
+            proptest::collection::vec(any_condition(), 1..3),
+            any::<i64>(),
+            (any::<i64>(), any::<i64>()),
+            any::<i64>(),
+        )
+            .prop_map(|(sequence, conds, dedup, (max, per), within)| {
+                let head = format!(
+                    "[[rule]]\nid = \"P-1\"\ntitle = \"t\"\nseverity = \"low\"\n\
+                     dedup_secs = {dedup}\nrate_limit = {{ max = {max}, per_secs = {per} }}\n"
+                );
+                let conds = conds.join(", ");
+                if sequence {
+                    format!(
+                        "{head}[rule.sequence]\nwithin_secs = {within}\n\
+                         steps = [{{ match = [{conds}] }}, {{ kinds = [\"close\"] }}]\n"
+                    )
+                } else {
+                    format!("{head}match = [{conds}]\n")
+                }
+            })
+    }
+
+    proptest! {
+        /// Any text is rules or an error naming a place inside it; rules
+        /// run over the sample events without panicking.
+        #[test]
+        fn any_text_parses_or_points_inside(text in "\\PC{0,200}") {
+            crate::fuzz::rules(text.as_bytes());
+        }
+
+        /// The same for the built-in pack with some characters replaced.
+        #[test]
+        fn edited_builtin_parses_or_points_inside(
+            at in any::<prop::sample::Index>(),
+            cut in 0usize..16,
+            insert in "[a-z_=\\[\\]\"0-9. \n#{},-]{0,12}",
+        ) {
+            let text = crate::fuzz::tests::splice(BUILTIN, at, cut, &insert);
+            crate::fuzz::rules(text.as_bytes());
+        }
+
+        /// Rules with any numbers and operators, run over the events.
+        #[test]
+        fn any_rule_parses_or_points_inside(text in any_rule()) {
+            crate::fuzz::rules(text.as_bytes());
         }
     }
 

@@ -841,3 +841,60 @@ fn listener_below_php_fpm_alerts() {
     let upgrade = net(2, "listen", 102, "/usr/sbin/nginx", &[NGINX, INIT], 80);
     assert_eq!(fired(&mut e, &[upgrade]), Vec::<String>::new());
 }
+
+/// The last nanosecond a u64 of nanoseconds since the epoch holds: what
+/// the daemon stamps a kernel record whose boot time is out of range with.
+const END_OF_TIME: &str = "2554-07-21T23:34:33.709551615Z";
+
+/// Found by the `kernel_records` fuzz target: a window opened at the end
+/// of time overflowed when its end was computed.
+#[test]
+fn events_at_the_end_of_time_open_windows_without_overflow() {
+    let mut e = builtin();
+    let dropped = |t: Value| with(exec(0, 7, "/tmp/x", &["/tmp/x"], &[INIT]), "ts", t);
+    assert_eq!(fired(&mut e, &[dropped(json!(ts(0)))]), vec!["EW-PROC-003"]);
+    let late = dropped(json!(END_OF_TIME));
+    assert_eq!(
+        fired(&mut e, std::slice::from_ref(&late)),
+        vec!["EW-PROC-003"]
+    );
+    assert!(fired(&mut e, &[late]).is_empty(), "folded into the window");
+}
+
+/// Times later than a u64 of nanoseconds holds saturate: they used to
+/// wrap around to a time before the window they come after.
+#[test]
+fn times_past_the_end_of_time_saturate() {
+    let mut e = builtin();
+    let dropped = |t: Value| with(exec(0, 7, "/tmp/x", &["/tmp/x"], &[INIT]), "ts", t);
+    assert_eq!(fired(&mut e, &[dropped(json!(ts(0)))]), vec!["EW-PROC-003"]);
+    assert_eq!(
+        fired(&mut e, &[dropped(json!("2600-01-01T00:00:00Z"))]),
+        vec!["EW-PROC-003"],
+        "centuries after the window, not inside it"
+    );
+}
+
+/// Found by the rule property tests: windows, rate-limit periods and
+/// sequence deadlines of seconds beyond what u64 nanoseconds hold
+/// overflowed; they are "forever" instead.
+#[test]
+fn huge_rule_durations_are_forever() {
+    let rules = rule::parse(&Source {
+        name: "r.toml",
+        text: "[[rule]]\nid = \"X\"\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"exec\"]\n\
+               dedup_secs = 9223372036854775807\n\
+               rate_limit = { max = 5, per_secs = 9223372036854775807 }\n\
+               [[rule]]\nid = \"Y\"\ntitle = \"t\"\nseverity = \"low\"\ndedup_secs = 0\n\
+               [rule.sequence]\nwithin_secs = 9223372036854775807\n\
+               steps = [{ kinds = [\"exec\"] }, { kinds = [\"exit\"] }]\n",
+    })
+    .expect("rules parse");
+    let mut e = Engine::new(rules);
+    let first = exec(0, 7, "/bin/true", &["true"], &[INIT]);
+    let again = exec(1_000_000, 7, "/bin/true", &["true"], &[INIT]);
+    let exit = json!({"kind": "exit", "ts": ts(2_000_000), "pid": 7, "ppid": 1});
+    assert_eq!(fired(&mut e, &[first]), vec!["X"]);
+    assert!(fired(&mut e, &[again]).is_empty(), "folded into the window");
+    assert_eq!(fired(&mut e, &[exit]), vec!["Y"]);
+}

@@ -11,6 +11,8 @@ mod tracker;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use table::{Flow, FlowId, FlowTable};
+#[cfg(any(test, feature = "fuzzing"))]
+pub use tracker::MemFlows;
 pub use tracker::{connect_result, FlowMap, NetSettings, NetTracker, CONNECT_RESULTS};
 
 use crate::event::Endpoint;

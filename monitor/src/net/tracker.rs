@@ -593,6 +593,31 @@ fn fill_counters(rec: &mut NetRecord, stats: &FlowStats) {
     rec.packets_received = Some(stats.pkts_in);
 }
 
+/// The kernel's flow counters in memory, for tests and the fuzz targets,
+/// which run the tracker without a kernel.
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Default)]
+pub struct MemFlows {
+    pub flows: HashMap<FlowKey, FlowStats>,
+    pub owners: HashMap<u64, SockOwner>,
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl FlowMap for MemFlows {
+    fn get(&self, key: &FlowKey) -> Option<FlowStats> {
+        self.flows.get(key).copied()
+    }
+    fn remove(&mut self, key: &FlowKey) {
+        self.flows.remove(key);
+    }
+    fn entries(&self) -> Vec<(FlowKey, FlowStats)> {
+        self.flows.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn owner(&self, socket: u64) -> Option<SockOwner> {
+        self.owners.get(&socket).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -601,26 +626,6 @@ mod tests {
 
     use super::*;
     use crate::net::ip_to_kernel;
-
-    #[derive(Default)]
-    struct MemMap {
-        flows: HashMap<FlowKey, FlowStats>,
-    }
-
-    impl FlowMap for MemMap {
-        fn get(&self, key: &FlowKey) -> Option<FlowStats> {
-            self.flows.get(key).copied()
-        }
-        fn remove(&mut self, key: &FlowKey) {
-            self.flows.remove(key);
-        }
-        fn entries(&self) -> Vec<(FlowKey, FlowStats)> {
-            self.flows.iter().map(|(k, v)| (*k, *v)).collect()
-        }
-        fn owner(&self, _socket: u64) -> Option<SockOwner> {
-            None
-        }
-    }
 
     const SEC: u64 = 1_000_000_000;
 
@@ -667,7 +672,7 @@ mod tests {
         let mut t = tracker();
         let procs = ProcessTable::new(10, Duration::from_secs(60));
         let clock = BootClock::new();
-        let mut map = MemMap::default();
+        let mut map = MemFlows::default();
         let mut est = net(
             KIND_NET_CONNECT_RESULT,
             1,
@@ -742,7 +747,7 @@ mod tests {
         let mut t = tracker();
         let procs = ProcessTable::new(10, Duration::from_secs(60));
         let clock = BootClock::new();
-        let mut map = MemMap::default();
+        let mut map = MemFlows::default();
         let mut first = net(
             KIND_NET_UDP_FLOW,
             9,
@@ -796,7 +801,7 @@ mod tests {
         let mut t = tracker();
         let procs = ProcessTable::new(10, Duration::from_secs(60));
         let clock = BootClock::new();
-        let mut map = MemMap::default();
+        let mut map = MemFlows::default();
         for peer in ["127.0.0.1:1000", "127.0.0.1:2000"] {
             let mut f = net(KIND_NET_UDP_FLOW, 5, 300, "127.0.0.1:53", peer, SEC);
             f.proto = PROTO_UDP;
