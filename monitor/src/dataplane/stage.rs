@@ -16,6 +16,9 @@ use crate::{clock::BootClock, enrich::Enricher, event::Event, metrics::Metrics};
 
 /// Scans between two interface rescans when no link was announced.
 const RESCAN_EVERY: u64 = 10;
+/// How long a notice whose process is not known yet waits for its exec
+/// record before it is reported without one.
+const ATTRIBUTION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct DataplaneStage {
     /// Forwarded flows; `None` when the TC program did not load.
@@ -24,6 +27,8 @@ pub struct DataplaneStage {
     netns: u32,
     scans: u64,
     overruns_seen: u64,
+    /// Notices waiting for their process to be known.
+    pending: Vec<(Notice, Instant)>,
     metrics: Metrics,
 }
 
@@ -60,6 +65,7 @@ impl DataplaneStage {
             netns,
             scans: 0,
             overruns_seen: 0,
+            pending: Vec::new(),
             metrics,
         })
     }
@@ -70,15 +76,27 @@ impl DataplaneStage {
         let mut link_appeared = false;
         if let Some(w) = self.watcher.as_mut() {
             let now = Instant::now();
-            for notice in w.poll() {
-                link_appeared |= matches!(notice, Notice::LinkCreated { .. });
-                if let Some(r) = enricher.changes.from_notice(
-                    notice,
+            let fresh = w.poll();
+            link_appeared |= fresh
+                .iter()
+                .any(|n| matches!(n, Notice::LinkCreated { .. }));
+            let mut waiting = std::mem::take(&mut self.pending);
+            waiting.extend(fresh.into_iter().map(|n| (n, now)));
+            for (notice, since) in waiting {
+                // The exec record of the process a notice names can still
+                // be on its way through the ring: wait for it a little.
+                let Some(r) = enricher.changes.from_notice(
+                    notice.clone(),
                     self.netns,
                     now,
                     &enricher.table,
                     &enricher.clock,
-                ) {
+                ) else {
+                    continue;
+                };
+                if r.process.is_none() && now.duration_since(since) < ATTRIBUTION_WAIT {
+                    self.pending.push((notice, since));
+                } else {
                     out.push(Event::ConfigChange(Box::new(r)));
                 }
             }
