@@ -314,6 +314,11 @@ impl Engine {
         if ev.get("kind").and_then(Value::as_str) == Some("alert") {
             return out;
         }
+        // The monitor's own activity (its metrics listener, its canary, a
+        // binary run from wherever it was installed) is never an intrusion.
+        if pid_of(ev) == Some(self.self_pid) {
+            return out;
+        }
         let rules = std::mem::take(&mut self.rules);
         for (i, rule) in rules.iter().enumerate() {
             if let Some(seq) = &rule.sequence {

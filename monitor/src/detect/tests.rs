@@ -898,3 +898,22 @@ fn huge_rule_durations_are_forever() {
     assert!(fired(&mut e, &[again]).is_empty(), "folded into the window");
     assert_eq!(fired(&mut e, &[exit]), vec!["Y"]);
 }
+
+#[test]
+fn the_monitors_own_events_raise_nothing() {
+    let mut e = builtin();
+    let own = u64::from(std::process::id());
+    let listen = json!({
+        "kind": "listen", "ts": ts(1_000_000), "proto": "tcp",
+        "local": {"addr": "127.0.0.1", "port": 9810},
+        "process": {"pid": own, "exe": "/tmp/monitor", "argv": ["/tmp/monitor", "run"], "ancestry": []},
+    });
+    assert!(fired(&mut e, &[listen.clone()]).is_empty());
+    let mut other = listen;
+    other["process"]["pid"] = json!(own + 1);
+    assert_eq!(
+        fired(&mut e, &[other]),
+        ["EW-NET-001"],
+        "the same from another process alerts"
+    );
+}
