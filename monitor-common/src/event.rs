@@ -494,10 +494,13 @@ pub mod counter {
     pub const IO_MAP_FULL: u32 = 22;
     /// The forwarded-flow map was full: a routed flow was not counted.
     pub const FWD_MAP_FULL: u32 = 23;
+    /// Socket events shed because their process was over its share of a
+    /// ring under pressure (each is also counted as lost for its kind).
+    pub const NET_SHED: u32 = 24;
     /// Number of counters.
     pub const COUNT: u32 = 32;
     /// Every error counter, in the order userspace names them.
-    pub const ERRORS: [u32; 8] = [
+    pub const ERRORS: [u32; 9] = [
         READ_ERRORS,
         SCRATCH_ERRORS,
         ATTEMPT_ERRORS,
@@ -506,6 +509,7 @@ pub mod counter {
         PACKETS_UNPARSED,
         IO_MAP_FULL,
         FWD_MAP_FULL,
+        NET_SHED,
     ];
 }
 

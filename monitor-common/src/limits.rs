@@ -32,6 +32,16 @@ pub const PROC_RING_BYTES: u32 = 4 << 20;
 
 /// Default size of the socket-event ring buffer, in bytes (power of two).
 pub const NET_RING_BYTES: u32 = 4 << 20;
+/// While the socket-event ring is more than half full, each process may add
+/// at most this many events per `NET_SHARE_WINDOW_NS`; the rest are shed
+/// (counted as lost, and in `counter::NET_SHED`). A connection flood then
+/// fills only its own share, and the events of every other process (a
+/// relay's connections, a web shell's listener) still find room.
+pub const NET_SHARE_EVENTS: u64 = 128;
+/// The window of `NET_SHARE_EVENTS`: 100 ms.
+pub const NET_SHARE_WINDOW_NS: u64 = 100_000_000;
+/// Processes whose share is tracked at once (LRU).
+pub const NET_SHARES_MAX: u32 = 8192;
 /// Sockets whose owner the kernel tracks at once.
 pub const SOCK_OWNERS_MAX: u32 = 65536;
 /// Flows (socket and peer) counted at once.

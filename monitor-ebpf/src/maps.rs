@@ -8,8 +8,8 @@ use aya_ebpf::{
 use monitor_common::{
     event::{counter, FlowKey, FlowStats, FwdKey, FwdStats, IfaceInfo, IoKey, IoStats, SockOwner},
     limits::{
-        EXEC_ATTEMPTS_MAX, FLOWS_MAX, FWD_FLOWS_MAX, IFACES_MAX, NET_RING_BYTES, PROC_RING_BYTES,
-        SCRATCH_BYTES, SOCK_CALLS_MAX, SOCK_IO_MAX, SOCK_OWNERS_MAX,
+        EXEC_ATTEMPTS_MAX, FLOWS_MAX, FWD_FLOWS_MAX, IFACES_MAX, NET_RING_BYTES, NET_SHARES_MAX,
+        PROC_RING_BYTES, SCRATCH_BYTES, SOCK_CALLS_MAX, SOCK_IO_MAX, SOCK_OWNERS_MAX,
     },
 };
 
@@ -62,6 +62,19 @@ pub static PATH_WALK: PerCpuArray<crate::kernel::Walk> = PerCpuArray::with_max_e
 /// starve the other. Resized by userspace.
 #[map(name = "NET_EVENTS")]
 pub static NET_EVENTS: RingBuf = RingBuf::with_byte_size(NET_RING_BYTES, 0);
+
+/// A process's share of the socket-event ring while it is under pressure
+/// (see `probes::net::over_fair_share`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Share {
+    pub window_ns: u64,
+    pub used: u64,
+}
+
+/// Shares by tgid. An LRU: only processes active under pressure matter.
+#[map(name = "NET_SHARES")]
+pub static NET_SHARES: LruHashMap<u32, Share> = LruHashMap::with_max_entries(NET_SHARES_MAX, 0);
 
 /// Owner of each TCP/UDP socket, by cookie. A plain hash map: when it is
 /// full, new sockets go unnamed and the failure is counted, rather than an

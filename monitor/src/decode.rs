@@ -87,6 +87,21 @@ pub enum KernelEvent {
     Bench(BenchEvent),
 }
 
+impl KernelEvent {
+    /// When the kernel made the record (boot clock, ns).
+    pub fn ts_boot_ns(&self) -> u64 {
+        match self {
+            Self::Exec { fixed, .. } => fixed.header.ts_boot_ns,
+            Self::ExecFailed { fixed, .. } => fixed.header.ts_boot_ns,
+            Self::Fork(f) => f.header.ts_boot_ns,
+            Self::Exit(x) => x.header.ts_boot_ns,
+            Self::Net(n) => n.header.ts_boot_ns,
+            Self::Config(c) => c.header.ts_boot_ns,
+            Self::Bench(b) => b.header.ts_boot_ns,
+        }
+    }
+}
+
 /// Copies a `#[repr(C)]` plain-data record out of possibly unaligned bytes.
 fn read_fixed<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {

@@ -24,7 +24,7 @@ pub const NAMESPACE: &str = "edgewatch";
 
 /// Kernel-side counters besides ring-buffer losses: `reason` label values,
 /// one per `monitor_common::event::counter::ERRORS` entry, in that order.
-pub const KERNEL_ERROR_REASONS: [&str; 8] = [
+pub const KERNEL_ERROR_REASONS: [&str; 9] = [
     "read",
     "scratch",
     "exec_attempt_map_full",
@@ -33,6 +33,7 @@ pub const KERNEL_ERROR_REASONS: [&str; 8] = [
     "packet_unparsed",
     "io_map_full",
     "forward_map_full",
+    "net_shed",
 ];
 
 /// Sinks events are written to: `sink` label values.

@@ -22,12 +22,17 @@ pub struct Rings {
 
 /// Reads both rings until `shutdown` fires or the next stage goes away.
 ///
-/// Socket events are enriched from the process table, so the exec that
-/// named a process must be applied before that process's socket events.
-/// Each round therefore takes the socket records first, then the process
-/// records, and hands on the process records first: every process record
-/// committed before a socket record was produced is in the same batch,
-/// ahead of it.
+/// The stages after this one need the two rings' records in the order the
+/// kernel made them: a socket event is enriched from the process table
+/// (the exec that named its process comes first), and an exec is judged
+/// by what its ancestors did before it (a listening socket makes a
+/// service). Under a socket-event flood the socket ring holds a backlog
+/// the process ring does not, so reading each ring to its end would apply
+/// an exec before the older `listen` of its parent. [`Merge`] therefore
+/// hands records on in timestamp order, holding back those of one ring
+/// while the other still has older ones unread. The hold is bounded by a
+/// batch per ring, and the socket ring's backlog by the kernel's fair
+/// shares (see `probes::net::over_fair_share`).
 pub async fn run(
     rings: Rings,
     tx: mpsc::Sender<Vec<KernelEvent>>,
@@ -39,6 +44,7 @@ pub async fn run(
     let mut process = unsafe { AsyncFd::register(rings.process) }?;
     // SAFETY: as above.
     let mut net = unsafe { AsyncFd::register(rings.net) }?;
+    let mut merge = Merge::default();
     loop {
         tokio::select! {
             g = process.readable_mut() => { g?.clear_ready(); }
@@ -46,11 +52,9 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
         loop {
-            let mut socket_batch = Vec::new();
-            let net_more = drain(net.get_mut(), &mut socket_batch, &metrics);
-            let mut batch = Vec::with_capacity(socket_batch.len() + 64);
-            let process_more = drain(process.get_mut(), &mut batch, &metrics);
-            batch.append(&mut socket_batch);
+            let process_more = drain(process.get_mut(), &mut merge.process, &metrics);
+            let net_more = drain(net.get_mut(), &mut merge.net, &metrics);
+            let batch = merge.take(process_more, net_more);
             if !batch.is_empty() && tx.send(batch).await.is_err() {
                 return Ok(());
             }
@@ -62,14 +66,56 @@ pub async fn run(
     Ok(())
 }
 
-/// Decodes up to [`BATCH`] records; returns whether more are waiting.
-fn drain(ring: &mut RingBuf<MapData>, batch: &mut Vec<KernelEvent>, metrics: &Metrics) -> bool {
-    for _ in 0..BATCH {
+/// Records read from the two rings and not yet handed on.
+#[derive(Default)]
+struct Merge {
+    process: std::collections::VecDeque<KernelEvent>,
+    net: std::collections::VecDeque<KernelEvent>,
+}
+
+impl Merge {
+    /// The records that can go on, oldest first: while both queues hold
+    /// records, the older head; once one queue is empty, the other's
+    /// records only if that queue's ring had nothing more to read (an
+    /// unread record there could be older). Equal timestamps put the
+    /// process record first.
+    fn take(&mut self, process_more: bool, net_more: bool) -> Vec<KernelEvent> {
+        let mut out = Vec::with_capacity(self.process.len() + self.net.len());
+        loop {
+            let from_process = match (self.process.front(), self.net.front()) {
+                (Some(p), Some(n)) => p.ts_boot_ns() <= n.ts_boot_ns(),
+                (Some(_), None) if !net_more => true,
+                (None, Some(_)) if !process_more => false,
+                _ => break,
+            };
+            let queue = if from_process {
+                &mut self.process
+            } else {
+                &mut self.net
+            };
+            out.extend(queue.pop_front());
+        }
+        out
+    }
+}
+
+/// Decodes records into `queue` until it holds [`BATCH`]; returns whether
+/// more may be waiting (always, when the queue was full already).
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    queue: &mut std::collections::VecDeque<KernelEvent>,
+    metrics: &Metrics,
+) -> bool {
+    let room = BATCH.saturating_sub(queue.len());
+    if room == 0 {
+        return true;
+    }
+    for _ in 0..room {
         let Some(item) = ring.next() else {
             return false;
         };
         match decode(&item) {
-            Ok(ev) => batch.push(ev),
+            Ok(ev) => queue.push_back(ev),
             Err(e) => {
                 metrics.decode_errors.with_label_values(&[e.as_str()]).inc();
                 tracing::warn!(
@@ -130,5 +176,67 @@ impl KernelCounters {
         let delta = total.saturating_sub(*slot);
         *slot = total;
         delta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::event::{ForkEvent, NetEvent};
+
+    use super::*;
+
+    fn fork(ts: u64) -> KernelEvent {
+        let mut f = ForkEvent::default();
+        f.header.ts_boot_ns = ts;
+        KernelEvent::Fork(f)
+    }
+
+    fn net(ts: u64) -> KernelEvent {
+        let mut n = NetEvent::default();
+        n.header.ts_boot_ns = ts;
+        KernelEvent::Net(n)
+    }
+
+    fn order(batch: &[KernelEvent]) -> Vec<u64> {
+        batch.iter().map(KernelEvent::ts_boot_ns).collect()
+    }
+
+    #[test]
+    fn records_go_on_in_timestamp_order_across_the_rings() {
+        let mut m = Merge::default();
+        m.process.extend([fork(2), fork(5), fork(9)]);
+        m.net.extend([net(1), net(2), net(7)]);
+        let out = m.take(false, false);
+        assert_eq!(order(&out), [1, 2, 2, 5, 7, 9]);
+        // At equal times the process record goes first.
+        assert!(matches!(out[1], KernelEvent::Fork(_)));
+        assert!(m.process.is_empty() && m.net.is_empty());
+    }
+
+    #[test]
+    fn an_exec_waits_while_older_socket_records_are_unread() {
+        // A socket backlog (a flood) ahead of a listen, and an exec made
+        // after that listen: the exec must not overtake it.
+        let mut m = Merge::default();
+        m.net.extend([net(1), net(2)]);
+        m.process.push_back(fork(10));
+        let out = m.take(false, true);
+        assert_eq!(order(&out), [1, 2]);
+        assert_eq!(m.process.len(), 1, "held while the socket ring has more");
+        m.net.extend([net(3), net(11)]);
+        let out = m.take(false, true);
+        assert_eq!(order(&out), [3, 10, 11]);
+        assert!(m.process.is_empty() && m.net.is_empty());
+    }
+
+    #[test]
+    fn one_ring_alone_flows_when_the_other_is_drained() {
+        let mut m = Merge::default();
+        m.net.extend([net(4), net(6)]);
+        assert_eq!(order(&m.take(false, true)), [4, 6]);
+        m.process.extend([fork(1), fork(3)]);
+        // The socket ring may still hold older records: wait.
+        assert!(m.take(false, true).is_empty());
+        assert_eq!(order(&m.take(true, false)), [1, 3]);
     }
 }

@@ -606,15 +606,63 @@ impl Drop for Terminated {
     }
 }
 
-/// A fresh directory under the temp dir, canonical (symlinks resolved).
+/// A TCP server for relay tests, run by python3 with the arguments `PORT
+/// UP DOWN BIND`: for each connection, reads UP bytes and answers DOWN.
+pub const BULK_TARGET: &str = r#"
+import socket, sys, threading
+up, down = int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[4] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[4], int(sys.argv[1]))); s.listen(16)
+def serve(c):
+    n = 0
+    while n < up:
+        d = c.recv(65536)
+        if not d: break
+        n += len(d)
+    c.sendall(b"d" * down); c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Scratch directories made by this test binary, removed when it exits.
+static SCRATCH_DIRS: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes the scratch directories at exit, unless `EDGEWATCH_KEEP_SCRATCH`
+/// is set (to look at a failed test's files).
+extern "C" fn remove_scratch_dirs() {
+    if std::env::var_os("EDGEWATCH_KEEP_SCRATCH").is_some() {
+        return;
+    }
+    let dirs = SCRATCH_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for dir in dirs.iter() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A fresh directory under the temp dir, canonical (symlinks resolved),
+/// removed when the test binary exits.
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| {
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(remove_scratch_dirs) };
+    });
     let dir = std::env::temp_dir().join(format!(
         "edgewatch-{name}-{}-{}",
         std::process::id(),
         unique()
     ));
     std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir.canonicalize().expect("canonical scratch dir")
+    let dir = dir.canonicalize().expect("canonical scratch dir");
+    SCRATCH_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(dir.clone());
+    dir
 }
 
 /// A gateway in network namespaces the test makes and removes: `gw` routes

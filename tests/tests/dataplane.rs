@@ -413,6 +413,10 @@ fn relay_and_sniffing_changes_are_reported_with_their_process() {
     m.expect_event("EW-CFG-003", |v| {
         v["kind"] == "alert" && v["rule"] == "EW-CFG-003" && v["process"]["pid"] == pid
     });
+    let pid = run_pid(ns, &["ip", "tuntap", "add", "dev", "ewtun0", "mode", "tun"]);
+    let e = m.expect_event("tun by ioctl", by(pid, "tunnel"));
+    assert_eq!(e["link_kind"], "tun");
+    assert_eq!(e["iface"], "ewtun0");
 
     let pid = run_pid(
         ns,

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use tests::{free_port, is_root, wait_listening, EventExt as _, Killed, Monitor, NetnsPair};
+use tests::{
+    free_port, is_root, wait_listen_state, wait_listening, EventExt as _, Killed, Monitor,
+    NetnsPair,
+};
 
 const CONFIG: &str =
     "[output]\nseed_events = false\n[network]\nseed_events = false\nsweep_secs = 1\n";
@@ -248,6 +251,166 @@ print("sent")
 /// stays up with bounded memory, every exec of the storm is either
 /// written or counted lost (against the storm's own count), and a
 /// drop-and-run during the flood still raises its alert.
+/// Bytes the relay during the flood carries each way: over the 16 KiB
+/// bulk-relay volume.
+const RELAY_UP: usize = 40_000;
+const RELAY_DOWN: usize = 100_000;
+
+/// The relay's client: sends RELAY_UP bytes, prints how many came back.
+const RELAY_CLIENT: &str = r#"
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+c.sendall(b"u" * int(sys.argv[2]))
+n = 0
+while True:
+    d = c.recv(65536)
+    if not d: break
+    n += len(d)
+print(n)
+"#;
+
+/// A web shell in miniature: a listening service that, on a request,
+/// runs a shell command carrying the marker in its argv.
+const WEB_SHELL: &str = r#"
+import socket, subprocess, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4)
+c, _ = s.accept()
+c.recv(64)
+subprocess.run(["/bin/sh", "-c", "exit 0", sys.argv[2]])
+c.sendall(b"done"); c.close()
+"#;
+
+/// A free loopback port outside the range the flood's port scan sweeps.
+fn port_outside_scan() -> u16 {
+    loop {
+        let port = free_port();
+        if !(30_000..40_000).contains(&port) {
+            return port;
+        }
+    }
+}
+
+/// The attacks run in the middle of the flood: a drop-and-run, a web
+/// shell and a bulk relay through socat. Each must raise its alert.
+struct Attacks {
+    dropped: std::path::PathBuf,
+    shell_marker: String,
+    relay_target_port: u16,
+    _target: Killed,
+    socat: Killed,
+    client: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Attacks {
+    fn launch(dir: &std::path::Path) -> Self {
+        let dropped = dir.join("dropped-during-flood");
+        std::fs::copy("/usr/bin/true", &dropped).expect("drop a program");
+        Command::new(&dropped)
+            .status()
+            .expect("run the dropped program");
+
+        // The web shell runs in a session of its own (`setsid -f`), so its
+        // alert is its own lineage's, not folded into the test binary's.
+        let shell_marker = format!("ew-webshell-{}", std::process::id());
+        let shell_port = port_outside_scan();
+        let status = Command::new("setsid")
+            .args(["-f", "/usr/bin/python3", "-c", WEB_SHELL])
+            .args([&shell_port.to_string(), &shell_marker])
+            .stdout(Stdio::null())
+            .status()
+            .expect("start the web shell");
+        assert!(status.success(), "setsid");
+        wait_listen_state(shell_port);
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", shell_port)).expect("web shell");
+        c.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        use std::io::{Read as _, Write as _};
+        c.write_all(b"GET /?cmd=id\r\n").expect("request");
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        assert_eq!(reply, "done", "the web shell answered");
+
+        let relay_target_port = port_outside_scan();
+        let target = Killed(
+            Command::new("/usr/bin/python3")
+                .args(["-c", tests::BULK_TARGET, &relay_target_port.to_string()])
+                .args([RELAY_UP.to_string(), RELAY_DOWN.to_string()])
+                .arg("127.0.0.1")
+                .spawn()
+                .expect("relay target"),
+        );
+        wait_listen_state(relay_target_port);
+        let relay_port = port_outside_scan();
+        let socat = Killed(
+            Command::new("socat")
+                .args([
+                    format!("TCP-LISTEN:{relay_port},bind=127.0.0.1,reuseaddr"),
+                    format!("TCP:127.0.0.1:{relay_target_port}"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat"),
+        );
+        wait_listen_state(relay_port);
+        let client = std::thread::spawn(move || {
+            let out = Command::new("/usr/bin/python3")
+                .args(["-c", RELAY_CLIENT, &relay_port.to_string()])
+                .arg(RELAY_UP.to_string())
+                .output()
+                .expect("relay client");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        });
+        Attacks {
+            dropped,
+            shell_marker,
+            relay_target_port,
+            _target: target,
+            socat,
+            client: Some(client),
+        }
+    }
+}
+
+/// Which of the attacks' alerts (and the relay event) an output line is.
+#[derive(Default)]
+struct Seen {
+    dropped: bool,
+    web_shell: bool,
+    relay_pid: Option<u64>,
+    relay_alert_pids: Vec<u64>,
+}
+
+impl Seen {
+    fn note(&mut self, v: &serde_json::Value, a: &Attacks) {
+        match (v.kind(), v["rule"].as_str()) {
+            ("alert", Some("EW-PROC-003")) => {
+                self.dropped |= v["process"]["exe"] == a.dropped.display().to_string().as_str();
+            }
+            ("alert", Some("EW-PROC-001")) => {
+                self.web_shell |= v["process"]["argv"]
+                    .as_array()
+                    .is_some_and(|argv| argv.iter().any(|x| *x == a.shell_marker.as_str()));
+            }
+            ("alert", Some("EW-RELAY-001")) => {
+                if let Some(pid) = v["process"]["pid"].as_u64() {
+                    self.relay_alert_pids.push(pid);
+                }
+            }
+            ("relay", _) => {
+                let to_target = v["legs"].as_array().is_some_and(|legs| {
+                    legs.iter()
+                        .any(|l| l["remote"]["port"] == u64::from(a.relay_target_port))
+                });
+                if to_target {
+                    self.relay_pid = v["process"]["pid"].as_u64();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
     if !is_root("a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive") {
@@ -267,7 +430,7 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
     // Events go to a file, read back as a stream at the end: a minute of
     // storm is more than the harness should hold in memory.
     let m = Monitor::start_with(&format!(
-        "[output]\nstdout = false\nfile = \"{}\"\nseed_events = false\nkinds = [\"exec\", \"alert\"]\n[network]\nseed_events = false\n",
+        "[output]\nstdout = false\nfile = \"{}\"\nseed_events = false\nkinds = [\"exec\", \"alert\", \"relay\"]\n[network]\nseed_events = false\n",
         events.display()
     ));
     let stop = Arc::new(AtomicBool::new(false));
@@ -309,9 +472,7 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
     }
     let start = Instant::now();
     let mut peak_rss_kib = 0u64;
-    let mut dropped_run = false;
-    let dropped = dir.join("dropped-during-flood");
-    std::fs::copy("/usr/bin/true", &dropped).expect("drop a program");
+    let mut attacks = None;
     while start.elapsed() < FLOOD {
         std::thread::sleep(Duration::from_secs(1));
         let status = std::fs::read_to_string(format!("/proc/{}/status", m.pid()))
@@ -322,13 +483,22 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0);
         peak_rss_kib = peak_rss_kib.max(rss);
-        if !dropped_run && start.elapsed() > FLOOD / 2 {
-            dropped_run = true;
-            Command::new(&dropped)
-                .status()
-                .expect("run the dropped program");
+        if attacks.is_none() && start.elapsed() > FLOOD / 3 {
+            attacks = Some(Attacks::launch(&dir));
         }
     }
+    let mut attacks = attacks.expect("the attacks ran");
+    // The relay ran inside the flood, not after it.
+    let client = attacks.client.take().expect("relay client");
+    assert!(
+        client.is_finished(),
+        "the relay's client was still running when the flood ended"
+    );
+    assert_eq!(
+        client.join().expect("relay client"),
+        RELAY_DOWN.to_string(),
+        "the relay carried the whole answer"
+    );
     stop.store(true, Ordering::Relaxed);
     let _ = std::net::TcpStream::connect(addr);
     for t in threads {
@@ -337,6 +507,15 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
     let produced = execs.load(Ordering::Relaxed);
     // Let the daemon drain what is queued, then read the counters.
     std::thread::sleep(Duration::from_secs(5));
+    let metrics = m.metrics();
+    for l in metrics.lines().filter(|l| {
+        (l.starts_with("edgewatch_kernel_events_lost_total")
+            || l.starts_with("edgewatch_kernel_errors_total")
+            || l.starts_with("edgewatch_net_flow_table_evictions_total"))
+            && !l.ends_with(" 0")
+    }) {
+        eprintln!("flood: {l}");
+    }
     let lost = m
         .metric("edgewatch_kernel_events_lost_total{kind=\"exec\"}")
         .expect("exec loss counter");
@@ -345,8 +524,9 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
             .is_some(),
         "still serving metrics"
     );
-    let dropped_exe = dropped.display().to_string();
-    let (mut written, mut alerted) = (0u64, false);
+    let socat_pid = u64::from(attacks.socat.0.id());
+    let mut written = 0u64;
+    let mut seen = Seen::default();
     let file = std::fs::File::open(&events).expect("event file");
     for line in std::io::BufReader::new(file).lines() {
         let line = line.expect("line");
@@ -356,12 +536,7 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
         if v.kind() == "exec" && v.argv().get(1) == Some(&marker) {
             written += 1;
         }
-        if v.kind() == "alert"
-            && v["rule"] == "EW-PROC-003"
-            && v["process"]["exe"] == dropped_exe.as_str()
-        {
-            alerted = true;
-        }
+        seen.note(&v, &attacks);
     }
     eprintln!("flood: {produced} execs, {written} written, {lost} exec records lost, peak RSS {peak_rss_kib} KiB");
     assert!(produced > 1000, "the storm ran: {produced} execs");
@@ -373,7 +548,23 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
         written + lost as u64 >= produced,
         "{produced} execs: {written} written + {lost} counted lost leaves some unaccounted"
     );
-    assert!(alerted, "the drop-and-run during the flood raised no alert");
+    assert!(
+        seen.dropped,
+        "the drop-and-run during the flood raised no alert"
+    );
+    assert!(
+        seen.web_shell,
+        "the web shell during the flood raised no EW-PROC-001"
+    );
+    assert_eq!(
+        seen.relay_pid,
+        Some(socat_pid),
+        "the relay event names socat"
+    );
+    assert!(
+        seen.relay_alert_pids.contains(&socat_pid),
+        "the relay during the flood raised no EW-RELAY-001 for socat"
+    );
     assert!(
         peak_rss_kib < 256 * 1024,
         "memory not bounded: {peak_rss_kib} KiB"

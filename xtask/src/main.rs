@@ -75,7 +75,7 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 11] = [
+const KERNEL_TESTS: [&str; 12] = [
     "process",
     "bad_input",
     "startup",
@@ -83,6 +83,7 @@ const KERNEL_TESTS: [&str; 11] = [
     "detect",
     "relay",
     "dataplane",
+    "tunnels",
     "selfcheck",
     "faults",
     "ops",

@@ -11,7 +11,7 @@
 //!   the first packet between a UDP socket and a new peer.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_sock},
+    bindings::{__sk_buff, bpf_sock, BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_socket_cookie,
         bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_load_bytes,
@@ -26,13 +26,17 @@ use monitor_common::event::{
     KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
     KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
 };
+use monitor_common::limits::{NET_SHARE_EVENTS, NET_SHARE_WINDOW_NS};
 
 use crate::{
     kernel::{
         current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, ReadError, AF_INET,
         AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
     },
-    maps::{count, FLOWS, NET_EVENTS, PACKET_SCRATCH, SOCK_CALLS, SOCK_IO, SOCK_OWNERS},
+    maps::{
+        count, Share, FLOWS, NET_EVENTS, NET_SHARES, PACKET_SCRATCH, SOCK_CALLS, SOCK_IO,
+        SOCK_OWNERS,
+    },
     probes::atomic_add,
 };
 
@@ -92,6 +96,45 @@ fn owner_of(cookie: u64) -> SockOwner {
         .unwrap_or_default()
 }
 
+/// Whether an event of process `tgid` is to be shed: only while the ring
+/// is more than half full (the reader is behind), and only once the
+/// process used up its share of the current window. Processes that add
+/// little (a relay's few connections) never reach their share, so a flood
+/// from one process cannot starve their events. Updates race between CPUs;
+/// the share is approximate, which is all it needs to be.
+#[inline(always)]
+fn over_fair_share(tgid: u32) -> bool {
+    let size = NET_EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if NET_EVENTS.query(BPF_RB_AVAIL_DATA as u64) * 2 < size {
+        return false;
+    }
+    let t = now();
+    match NET_SHARES.get_ptr_mut(&tgid) {
+        // SAFETY: a live map value; racing writers only blur the count.
+        Some(share) => unsafe {
+            if t.wrapping_sub((*share).window_ns) >= NET_SHARE_WINDOW_NS {
+                (*share).window_ns = t;
+                (*share).used = 1;
+                false
+            } else {
+                (*share).used += 1;
+                (*share).used > NET_SHARE_EVENTS
+            }
+        },
+        None => {
+            let _ = NET_SHARES.insert(
+                &tgid,
+                &Share {
+                    window_ns: t,
+                    used: 1,
+                },
+                0,
+            );
+            false
+        }
+    }
+}
+
 /// Reserves a socket event in the ring buffer, fills its header from
 /// `owner`, lets `fill` add the rest, and submits it. Built in place: a
 /// `NetEvent` on the stack would not fit beside the packet parser's.
@@ -103,6 +146,11 @@ fn emit(
     owner: &SockOwner,
     fill: impl FnOnce(&mut NetEvent) -> Result<(), ReadError>,
 ) -> Result<(), ReadError> {
+    if over_fair_share(owner.tgid) {
+        count(counter::NET_SHED);
+        count(counter::LOST_BASE + kind);
+        return Ok(());
+    }
     let Some(mut entry) = NET_EVENTS.reserve::<NetEvent>(0) else {
         count(counter::LOST_BASE + kind);
         return Ok(());
@@ -221,7 +269,7 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
     } else {
         owner_of(cookie)
     };
-    emit(kind, cookie, PROTO_TCP, &owner, |ev| {
+    let sent = emit(kind, cookie, PROTO_TCP, &owner, |ev| {
         ev.netns = sk_netns(sk)?;
         ev.old_state = old as u8;
         ev.new_state = new as u8;
@@ -234,14 +282,8 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
             if old == TCP_SYN_SENT {
                 ev.errno = read(sk, off!(sock_sk_err))?;
             }
-            let key = FlowKey {
-                cookie,
-                peer_addr: remote,
-                peer_port: rport,
-                proto: PROTO_TCP,
-                _pad: [0; 5],
-            };
-            // SAFETY: the value is copied out before the entry is removed.
+            let key = flow_key(cookie, remote, rport);
+            // SAFETY: the value is read before the entry is removed below.
             if let Some(stats) = unsafe { FLOWS.get(&key) } {
                 // The port may already be released at CLOSE (TIME_WAIT
                 // hands it to the timewait socket); the packets knew it.
@@ -255,15 +297,32 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
                 ev.bytes_in = stats.bytes_in;
                 ev.pkts_out = stats.pkts_out;
                 ev.pkts_in = stats.pkts_in;
-                let _ = FLOWS.remove(&key);
             }
         }
         Ok(())
-    })?;
+    });
+    // At CLOSE the flow's counters and owner leave the maps whether or not
+    // the event found room in the ring: a full ring must not leak entries
+    // (a connection flood would otherwise fill the counter map and blind
+    // every later flow, relays included).
     if new == TCP_CLOSE {
+        if let Ok((_, _, remote, rport)) = sk_tuple(sk) {
+            let _ = FLOWS.remove(&flow_key(cookie, remote, rport));
+        }
         let _ = SOCK_OWNERS.remove(cookie);
     }
-    Ok(())
+    sent
+}
+
+#[inline(always)]
+fn flow_key(cookie: u64, peer_addr: [u8; 16], peer_port: u16) -> FlowKey {
+    FlowKey {
+        cookie,
+        peer_addr,
+        peer_port,
+        proto: PROTO_TCP,
+        _pad: [0; 5],
+    }
 }
 
 /// Returns the socket behind the fd an accept returned, if any.

@@ -510,18 +510,30 @@ fn count_deltas(
 /// Attaches the TC egress program to `name`, in the calling thread's
 /// network namespace.
 fn attach(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
-    // tcx (Linux 6.6+) needs no qdisc; before that, clsact must exist.
-    if let Err(e) = tc::qdisc_add_clsact(name) {
-        tracing::debug!(iface = name, error = %e, "clsact qdisc not added (it may exist already)");
-    }
+    // tcx (Linux 6.6+) needs no qdisc; before that, clsact must exist. Its
+    // failure matters only if the attach fails too, and not at all when the
+    // qdisc was there already (the kernel's "Exclusivity flag on").
+    let clsact = tc::qdisc_add_clsact(name)
+        .err()
+        .map(|c| c.to_string())
+        .filter(|c| !c.contains("Exclusivity flag on"));
     let program: &mut SchedClassifier = ebpf
         .program_mut(TC_PROGRAM)
         .ok_or("program missing from the eBPF object")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program
-        .attach(name, TcAttachType::Egress)
-        .map_err(|e| e.to_string())?;
+    program.attach(name, TcAttachType::Egress).map_err(|e| {
+        let e = e.to_string();
+        // Without tcx (before Linux 6.6) the counter needs the clsact qdisc
+        // and the BPF classifier, which are modules on most distributions.
+        match clsact {
+            Some(c) => {
+                format!("{e}; adding the clsact qdisc failed first: {c} (module sch_ingress)")
+            }
+            None if e.contains("classifier") => format!("{e} (module cls_bpf)"),
+            None => e,
+        }
+    })?;
     Ok(())
 }
 

@@ -88,7 +88,9 @@ pub enum Notice {
 
 /// Both notification sockets.
 pub struct Watcher {
-    nftables: OwnedFd,
+    /// `None` until the kernel has nfnetlink: a kernel that builds it as a
+    /// module may load it only when the first firewall tool runs.
+    nftables: Option<OwnedFd>,
     links: OwnedFd,
     /// nftables messages of the commit in progress.
     pending_ops: BTreeMap<String, u32>,
@@ -98,15 +100,33 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Joins the groups, in the calling thread's network namespace.
+    /// Joins the groups, in the calling thread's network namespace. Only
+    /// the link group is required; see `join_nftables` for the other.
     pub fn open() -> io::Result<Self> {
-        Ok(Self {
-            nftables: subscribe(NETLINK_NETFILTER, NFNLGRP_NFTABLES)?,
+        let mut w = Self {
+            nftables: None,
             links: subscribe(NETLINK_ROUTE, RTNLGRP_LINK)?,
             pending_ops: BTreeMap::new(),
             pending_tables: BTreeSet::new(),
             overruns: 0,
-        })
+        };
+        if let Err(e) = w.join_nftables() {
+            tracing::warn!(error = %e, "cannot join the nftables notification group yet (no nfnetlink in the kernel?); nftables commits are not reported until it can, retried every rescan");
+        }
+        Ok(w)
+    }
+
+    /// Whether nftables commits are being watched.
+    pub fn nftables_joined(&self) -> bool {
+        self.nftables.is_some()
+    }
+
+    /// Joins the nftables group, in the calling thread's network namespace.
+    pub fn join_nftables(&mut self) -> io::Result<()> {
+        if self.nftables.is_none() {
+            self.nftables = Some(subscribe(NETLINK_NETFILTER, NFNLGRP_NFTABLES)?);
+        }
+        Ok(())
     }
 
     /// Everything announced since the last call.
@@ -131,7 +151,7 @@ impl Watcher {
     /// One datagram; `None` when there is nothing more to read.
     fn recv(&mut self, nftables: bool, buf: &mut [u8]) -> Option<usize> {
         let fd = if nftables {
-            &self.nftables
+            self.nftables.as_ref()?
         } else {
             &self.links
         };

@@ -24,6 +24,8 @@ pub struct DataplaneStage {
     /// Forwarded flows; `None` when the TC program did not load.
     plane: Option<DataPlane>,
     watcher: Option<Watcher>,
+    /// The watched namespace, for joining the nftables group later.
+    netns_path: Option<std::path::PathBuf>,
     netns: u32,
     scans: u64,
     overruns_seen: u64,
@@ -43,7 +45,7 @@ impl DataplaneStage {
         let watcher = match iface::in_netns(netns_path.as_deref(), Watcher::open)? {
             Ok(w) => Some(w),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot join netlink notification groups; nftables changes and tunnel links made over netlink are not reported");
+                tracing::warn!(error = %e, "cannot join the link notification group; tunnel links and promiscuous mode set over netlink are not reported");
                 None
             }
         };
@@ -62,6 +64,7 @@ impl DataplaneStage {
         Ok(Self {
             plane,
             watcher,
+            netns_path,
             netns,
             scans: 0,
             overruns_seen: 0,
@@ -75,6 +78,13 @@ impl DataplaneStage {
         self.scans += 1;
         let mut link_appeared = false;
         if let Some(w) = self.watcher.as_mut() {
+            if !w.nftables_joined() && self.scans.is_multiple_of(RESCAN_EVERY) {
+                if let Ok(Ok(())) =
+                    iface::in_netns(self.netns_path.as_deref(), || w.join_nftables())
+                {
+                    tracing::info!("joined the nftables notification group; nftables commits are reported from now on");
+                }
+            }
             let now = Instant::now();
             let fresh = w.poll();
             link_appeared |= fresh

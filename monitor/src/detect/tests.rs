@@ -908,7 +908,7 @@ fn the_monitors_own_events_raise_nothing() {
         "local": {"addr": "127.0.0.1", "port": 9810},
         "process": {"pid": own, "exe": "/tmp/monitor", "argv": ["/tmp/monitor", "run"], "ancestry": []},
     });
-    assert!(fired(&mut e, &[listen.clone()]).is_empty());
+    assert!(fired(&mut e, std::slice::from_ref(&listen)).is_empty());
     let mut other = listen;
     other["process"]["pid"] = json!(own + 1);
     assert_eq!(

@@ -173,27 +173,31 @@ impl RelayDetector {
                 by_process.entry(k.tgid).or_default().push((v.last_ns, id));
             }
         }
-        // Without the activity tracepoints (Linux before 6.4), owners stand
-        // in for users: of open connections, and of those that carried
-        // their last packet within the active window, since a relay can
-        // start and end between two samples.
-        if io.is_empty() {
-            for f in flows.iter() {
-                if f.owner != 0 {
-                    by_process
-                        .entry(f.owner)
-                        .or_default()
-                        .push((f.seen_ns, f.id));
-                }
+        // Owners stand in for users of the connections no process was seen
+        // using: every connection without the activity tracepoints (Linux
+        // before 6.4), else those whose activity records a flood of other
+        // sockets pushed out of the kernel's LRU. Open connections, and
+        // those that carried their last packet within the active window,
+        // since a relay can start and end between two samples.
+        let in_io: HashSet<u64> = io.iter().map(|(k, _)| k.cookie).collect();
+        for f in flows.iter() {
+            if f.owner != 0 && !in_io.contains(&f.id.socket) {
+                by_process
+                    .entry(f.owner)
+                    .or_default()
+                    .push((f.seen_ns, f.id));
             }
-            for (f, s) in net.recently_closed.values().flatten() {
-                if f.owner != 0 && now.saturating_sub(s.last_ns) <= settings.active_ns {
-                    ended.insert(f.id, (f.clone(), *s));
-                    by_process
-                        .entry(f.owner)
-                        .or_default()
-                        .push((f.seen_ns, f.id));
-                }
+        }
+        for (f, s) in net.recently_closed.values().flatten() {
+            if f.owner != 0
+                && !in_io.contains(&f.id.socket)
+                && now.saturating_sub(s.last_ns) <= settings.active_ns
+            {
+                ended.insert(f.id, (f.clone(), *s));
+                by_process
+                    .entry(f.owner)
+                    .or_default()
+                    .push((f.seen_ns, f.id));
             }
         }
         // One counter sample per connection per tick.

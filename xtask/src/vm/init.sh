@@ -13,6 +13,8 @@ export HOME=/root TMPDIR=/tmp
 . /vm/settings.sh
 export EDGEWATCH_TEST_TIMEOUT_SCALE
 export EDGEWATCH_MONITOR=/usr/local/bin/monitor
+# Tests that need kernel modules the host may lack require them here.
+export EDGEWATCH_VM=1
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

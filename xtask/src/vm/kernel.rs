@@ -15,10 +15,23 @@ use anyhow::{bail, ensure, Context as _, Result};
 const FLAVOUR: &str = "cloud-amd64-unsigned";
 
 /// Modules the kernel tests need that the Debian kernels build as modules:
-/// veth for the test namespaces, and sock_diag for `ss` and the monitor's
-/// seeding of open sockets. A kernel given by path brings none and must
+/// veth for the test namespaces, sch_ingress and cls_bpf for the clsact
+/// qdisc and BPF classifier the forwarding counter needs before tcx (6.6)
+/// (a full system's modprobe loads both on demand), sock_diag for `ss` and the monitor's
+/// seeding of open sockets, and the GRE, IPIP and WireGuard link kinds the
+/// `tunnels` suite creates. A kernel given by path brings none and must
 /// have them built in.
-const MODULES: [&str; 4] = ["veth", "inet_diag", "tcp_diag", "udp_diag"];
+const MODULES: [&str; 9] = [
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "inet_diag",
+    "tcp_diag",
+    "udp_diag",
+    "ip_gre",
+    "ipip",
+    "wireguard",
+];
 
 /// A kernel ready to boot.
 pub struct Kernel {
