@@ -375,6 +375,7 @@ fn handle(
 ) {
     let now = Instant::now();
     for ev in batch {
+        enricher.applied_ns = enricher.applied_ns.max(ev.ts_boot_ns());
         if let KernelEvent::Bench(_) = ev {
             metrics.bench_drained.inc();
             continue;

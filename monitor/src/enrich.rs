@@ -29,6 +29,10 @@ pub struct Enricher {
     pub clock: BootClock,
     pub net: NetTracker,
     pub changes: Changes,
+    /// The newest kernel record applied (boot ns): everything the kernel
+    /// recorded before it has been applied too (the reader merges the
+    /// rings in time order).
+    pub applied_ns: u64,
 }
 
 fn task(pid: u32, tid: u32, t: &TaskInfo) -> Task {
@@ -73,6 +77,7 @@ impl Enricher {
             clock: BootClock::new(),
             net,
             changes: Changes::default(),
+            applied_ns: 0,
         }
     }
 

@@ -29,8 +29,9 @@ pub struct DataplaneStage {
     netns: u32,
     scans: u64,
     overruns_seen: u64,
-    /// Notices waiting for their process to be known.
-    pending: Vec<(Notice, Instant)>,
+    /// Notices waiting for their process to be known: each with when it
+    /// was read (as an instant, and on the boot clock).
+    pending: Vec<(Notice, Instant, u64)>,
     metrics: Metrics,
 }
 
@@ -86,15 +87,21 @@ impl DataplaneStage {
                 }
             }
             let now = Instant::now();
+            let read_ns = BootClock::boot_now_ns();
             let fresh = w.poll();
             link_appeared |= fresh
                 .iter()
                 .any(|n| matches!(n, Notice::LinkCreated { .. }));
             let mut waiting = std::mem::take(&mut self.pending);
-            waiting.extend(fresh.into_iter().map(|n| (n, now)));
-            for (notice, since) in waiting {
-                // The exec record of the process a notice names can still
-                // be on its way through the ring: wait for it a little.
+            waiting.extend(fresh.into_iter().map(|n| (n, now, read_ns)));
+            for (notice, since, read_ns) in waiting {
+                // A notice comes by netlink, not through the rings: the
+                // exec records of the process it names can still be on
+                // their way. It waits (a little) until the rings have been
+                // applied up to when it was read, so that process is known
+                // under its latest exec (`ip netns exec` becoming
+                // `iptables`), not an earlier one.
+                let settled = enricher.applied_ns >= read_ns;
                 let Some(r) = enricher.changes.from_notice(
                     notice.clone(),
                     self.netns,
@@ -104,8 +111,9 @@ impl DataplaneStage {
                 ) else {
                     continue;
                 };
-                if r.process.is_none() && now.duration_since(since) < ATTRIBUTION_WAIT {
-                    self.pending.push((notice, since));
+                if (!settled || r.process.is_none()) && now.duration_since(since) < ATTRIBUTION_WAIT
+                {
+                    self.pending.push((notice, since, read_ns));
                 } else {
                     out.push(Event::ConfigChange(Box::new(r)));
                 }
