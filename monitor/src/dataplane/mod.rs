@@ -288,7 +288,7 @@ impl DataPlane {
     /// Reads the kernel's flow counters; returns the events to write.
     pub fn scan(&mut self, now_ns: u64, clock: &BootClock) -> Vec<crate::event::Event> {
         use crate::event::Event;
-        let entries: Vec<(FwdKey, FwdStats)> = self.flows.iter().filter_map(Result::ok).collect();
+        let entries: Vec<(FwdKey, FwdStats)> = crate::net::maps::entries(&self.flows);
         let mut out = Vec::new();
         let mut present = std::collections::HashSet::with_capacity(entries.len());
         self.ended.retain(|_, until| *until > now_ns);

@@ -1,6 +1,11 @@
 //! The kernel's flow counters and socket owners, read through aya.
 
-use aya::maps::{HashMap, MapData};
+use std::{collections::HashSet, hash::Hash};
+
+use aya::{
+    maps::{HashMap, IterableMap as _, MapData},
+    Pod,
+};
 use monitor_common::event::{FlowKey, FlowStats, IoKey, IoStats, SockOwner};
 
 use super::FlowMap;
@@ -23,7 +28,7 @@ impl FlowMap for KernelFlows {
     }
 
     fn entries(&self) -> Vec<(FlowKey, FlowStats)> {
-        self.flows.iter().filter_map(Result::ok).collect()
+        entries(&self.flows)
     }
 
     fn owner(&self, socket: u64) -> Option<SockOwner> {
@@ -34,11 +39,33 @@ impl FlowMap for KernelFlows {
 impl KernelFlows {
     /// Every (process, socket) activity record.
     pub fn io_entries(&self) -> Vec<(IoKey, IoStats)> {
-        self.io.iter().filter_map(Result::ok).collect()
+        entries(&self.io)
     }
 
     /// Records the owner of a socket that existed before the monitor.
     pub fn set_owner(&mut self, socket: u64, owner: SockOwner) -> Result<(), aya::maps::MapError> {
         self.owners.insert(socket, owner, 0)
     }
+}
+
+/// Every entry of a kernel hash map, each key once, walking at most as
+/// many keys as the map can hold.
+///
+/// The kernel's key walk (`BPF_MAP_GET_NEXT_KEY`) starts over from the
+/// first key when the key it stands on was deleted meanwhile, and under a
+/// connection flood flows are deleted all the time: an unbounded walk then
+/// revisits keys without end (one measured walk grew the daemon to 4 GiB and
+/// stalled the pipeline). The bound is the map's capacity, and keys seen
+/// twice are dropped; a walk cut short misses some entries until the next.
+pub fn entries<K: Pod + Hash + Eq, V: Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+    let limit = map
+        .map()
+        .info()
+        .map_or(usize::MAX, |i| i.max_entries() as usize);
+    let mut seen = HashSet::new();
+    map.iter()
+        .take(limit)
+        .filter_map(Result::ok)
+        .filter(|(k, _)| seen.insert(*k))
+        .collect()
 }
