@@ -9,9 +9,13 @@ use aya_ebpf::helpers::{
         bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
     },
 };
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    maps::RingBuf,
+};
 use monitor_common::{
     event::{counter, StdioFd, TaskInfo},
-    limits::{NAME_MAX, PATH_DEPTH_MAX, PATH_MAX, SCRATCH_BYTES, SCRATCH_HALF},
+    limits::{NAME_MAX, PATH_DEPTH_MAX, PATH_MAX, RING_WAKEUP_BYTES, SCRATCH_BYTES, SCRATCH_HALF},
     offsets::{KernelOffsets, OFFSET_MISSING},
 };
 
@@ -275,8 +279,28 @@ pub fn emit(buf: *mut u8, len: usize, kind: u32) {
     let len = len & (SCRATCH_BYTES - 1);
     // SAFETY: the slot is SCRATCH_BYTES long and `len` is masked below that.
     let record = unsafe { core::slice::from_raw_parts(buf as *const u8, len) };
-    if PROC_EVENTS.output::<[u8]>(record, 0).is_err() {
+    if PROC_EVENTS
+        .output::<[u8]>(record, wakeup(&PROC_EVENTS, len as u64))
+        .is_err()
+    {
         count(counter::LOST_BASE + kind);
+    }
+}
+
+/// The flags for adding a `len`-byte record to `ring`: wake the reader
+/// only when this record takes the unread bytes across
+/// `RING_WAKEUP_BYTES`, so a burst costs one wakeup rather than one per
+/// record. Above the mark the reader is awake already (it reads until the
+/// ring is empty); below it, its timed poll picks the records up. Two CPUs
+/// crossing the mark at once may both skip the wakeup; the poll covers
+/// that too.
+#[inline(always)]
+pub fn wakeup(ring: &RingBuf, len: u64) -> u64 {
+    let unread = ring.query(BPF_RB_AVAIL_DATA as u64);
+    if unread < RING_WAKEUP_BYTES && unread + len >= RING_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 

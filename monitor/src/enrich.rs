@@ -54,6 +54,7 @@ fn process_from(task: &Task, start_boot_ns: u64) -> Process {
     Process {
         pid: task.pid,
         ppid: task.ppid,
+        birth_ppid: task.ppid,
         start_boot_ns: Some(start_boot_ns),
         uid: task.uid,
         euid: task.euid,
@@ -106,7 +107,7 @@ impl Enricher {
                     argv: p.argv.to_vec(),
                     cwd: p.cwd.as_deref().map(str::to_owned),
                     stdio: p.stdio,
-                    ancestry: self.table.ancestry(p.ppid),
+                    ancestry: self.table.ancestry(p.pid, p.ppid),
                 }))
             })
             .collect()
@@ -157,7 +158,7 @@ impl Enricher {
                 let flags = fixed.flags;
                 Event::Exec(Box::new(ExecRecord {
                     ts: self.clock.rfc3339(h.ts_boot_ns),
-                    ancestry: self.table.ancestry(task.ppid),
+                    ancestry: self.table.ancestry(task.pid, task.ppid),
                     task,
                     exe,
                     exe_deleted: fixed.exe_nlink == 0,
@@ -184,7 +185,7 @@ impl Enricher {
                         .table
                         .get(task.pid)
                         .and_then(|p| p.exe.as_deref().map(str::to_owned)),
-                    ancestry: self.table.ancestry(task.ppid),
+                    ancestry: self.table.ancestry(task.pid, task.ppid),
                     task,
                     syscall: if fixed.syscall == SYSCALL_EXECVEAT {
                         "execveat"

@@ -152,6 +152,11 @@ fn is_tty_major(major: u32) -> bool {
 pub struct Ancestor {
     pub pid: u32,
     pub exe: Option<String>,
+    /// This ancestor forked the process before it in the chain (the event's
+    /// process, for the first), which has since been re-parented: the
+    /// ancestor exited and the kernel names a subreaper or init instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reparented: bool,
 }
 
 /// Identity and credentials common to process events.

@@ -14,6 +14,12 @@ use crate::{
 /// Most records taken from one ring in one go before handing them on.
 const BATCH: usize = 1024;
 
+/// How often the rings are read without a wakeup. The programs wake the
+/// reader only once a ring holds `limits::RING_WAKEUP_BYTES` (a wakeup per
+/// record costs every exec and connection an interrupt), so a quiet
+/// machine's records wait at most this long.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The rings, in the order their records are applied.
 pub struct Rings {
     pub process: RingBuf<MapData>,
@@ -45,10 +51,13 @@ pub async fn run(
     // SAFETY: as above.
     let mut net = unsafe { AsyncFd::register(rings.net) }?;
     let mut merge = Merge::default();
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             g = process.readable_mut() => { g?.clear_ready(); }
             g = net.readable_mut() => { g?.clear_ready(); }
+            _ = poll.tick() => {}
             _ = shutdown.changed() => break,
         }
         loop {

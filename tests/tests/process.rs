@@ -66,6 +66,45 @@ fn exec_event_is_exact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A process whose parent exits before its exec is adopted by the kernel
+/// (init or a subreaper), but its ancestry still goes through the process
+/// that forked it, marked `reparented`, and on to that one's ancestors.
+#[test]
+fn a_reparented_process_keeps_its_forking_parent_in_the_ancestry() {
+    if !is_root("a_reparented_process_keeps_its_forking_parent_in_the_ancestry") {
+        return;
+    }
+    let m = Monitor::start_with(QUIET);
+    let tag = format!("reparented-{}-{}", std::process::id(), unique());
+    let out = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("(sleep 0.5; exec /bin/echo {tag}) >/dev/null 2>&1 & echo $$"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    let sh: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sh prints its pid");
+    let echo = m.expect_event("exec of the detached echo", |v| {
+        v.kind() == "exec" && v["comm"] == "echo" && v["argv"][1] == tag.as_str()
+    });
+    assert_ne!(
+        echo["ppid"], sh,
+        "sh exited first, so the kernel re-parented"
+    );
+    let dash = std::fs::canonicalize("/bin/sh").expect("sh exists");
+    let mut expected = vec![json!({
+        "pid": sh,
+        "exe": dash.to_str().expect("utf8 path"),
+        "reparented": true,
+    })];
+    expected.extend(expected_ancestry_of_child());
+    assert_eq!(echo["ancestry"], Value::Array(expected));
+}
+
 #[test]
 fn stdio_socket_is_recognised() {
     if !is_root("stdio_socket_is_recognised") {

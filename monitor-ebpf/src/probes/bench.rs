@@ -14,7 +14,10 @@ use monitor_common::event::{
     counter, BenchEvent, EventHeader, BENCH_BURST_MAX, BENCH_MAGIC, KIND_BENCH,
 };
 
-use crate::maps::{count, PROC_EVENTS};
+use crate::{
+    kernel::wakeup,
+    maps::{count, PROC_EVENTS},
+};
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sched_get_priority_max")]
 pub fn bench_sys_enter_sched_get_priority_max(ctx: TracePointContext) -> i32 {
@@ -41,7 +44,13 @@ pub fn bench_sys_enter_sched_get_priority_max(ctx: TracePointContext) -> i32 {
             },
             seq,
         };
-        if PROC_EVENTS.output::<BenchEvent>(&ev, 0).is_err() {
+        if PROC_EVENTS
+            .output::<BenchEvent>(
+                &ev,
+                wakeup(&PROC_EVENTS, core::mem::size_of::<BenchEvent>() as u64),
+            )
+            .is_err()
+        {
             count(counter::LOST_BASE + KIND_BENCH);
         }
     }

@@ -30,8 +30,8 @@ use monitor_common::limits::{NET_SHARE_EVENTS, NET_SHARE_WINDOW_NS};
 
 use crate::{
     kernel::{
-        current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, ReadError, AF_INET,
-        AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
+        current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, wakeup, ReadError,
+        AF_INET, AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
     },
     maps::{
         count, Share, FLOWS, NET_EVENTS, NET_SHARES, PACKET_SCRATCH, SOCK_CALLS, SOCK_IO,
@@ -151,6 +151,8 @@ fn emit(
         count(counter::LOST_BASE + kind);
         return Ok(());
     }
+    // Decided before the reservation, which the query would count.
+    let wake = wakeup(&NET_EVENTS, core::mem::size_of::<NetEvent>() as u64);
     let Some(mut entry) = NET_EVENTS.reserve::<NetEvent>(0) else {
         count(counter::LOST_BASE + kind);
         return Ok(());
@@ -175,7 +177,7 @@ fn emit(
     ev.comm = owner.comm;
     match fill(ev) {
         Ok(()) => {
-            entry.submit(0);
+            entry.submit(wake);
             Ok(())
         }
         Err(e) => {

@@ -26,7 +26,7 @@ use monitor_common::{
 use crate::{
     kernel::{
         copy_user, copy_user_str, emit, off, offsets_ready, read, scratch, stdio, task_info,
-        walk_path, ReadError,
+        wakeup, walk_path, ReadError,
     },
     maps::{count, ExecAttempt, EXEC_ATTEMPTS, PROC_EVENTS},
 };
@@ -154,7 +154,13 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ReadError> {
         tgid,
         pid,
     );
-    if PROC_EVENTS.output::<ForkEvent>(&ev, 0).is_err() {
+    if PROC_EVENTS
+        .output::<ForkEvent>(
+            &ev,
+            wakeup(&PROC_EVENTS, core::mem::size_of::<ForkEvent>() as u64),
+        )
+        .is_err()
+    {
         count(counter::LOST_BASE + KIND_FORK);
     }
     Ok(())
@@ -195,7 +201,13 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), ReadError> {
         tgid,
         pid,
     );
-    if PROC_EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+    if PROC_EVENTS
+        .output::<ExitEvent>(
+            &ev,
+            wakeup(&PROC_EVENTS, core::mem::size_of::<ExitEvent>() as u64),
+        )
+        .is_err()
+    {
         count(counter::LOST_BASE + KIND_EXIT);
     }
     Ok(())

@@ -205,16 +205,27 @@ impl Engine {
     /// The lineage an event belongs to, for dedup: the nearest ancestor
     /// that is a network-facing service (so every request a web server
     /// hands to a shell is one lineage), else the parent, else the process.
+    /// A process that was re-parented starts a lineage of its own: the
+    /// search stops at the first `reparented` ancestor, and the parent is
+    /// then the one the kernel names (a detached process is not folded
+    /// into the alerts of the service that started it).
     fn lineage_of(&self, ev: &Value) -> u64 {
-        let chain: Vec<u64> = ancestry_of(ev)
+        let ancestry = ancestry_of(ev);
+        let chain: Vec<u64> = ancestry
             .iter()
+            .take_while(|a| a.get("reparented").and_then(Value::as_bool) != Some(true))
             .filter_map(|a| a.get("pid").and_then(Value::as_u64))
             .collect();
+        let parent = if chain.is_empty() && !ancestry.is_empty() {
+            process_of(ev).get("ppid").and_then(Value::as_u64)
+        } else {
+            chain.first().copied()
+        };
         chain
             .iter()
             .copied()
             .find(|p| self.is_listener(*p))
-            .or_else(|| chain.first().copied().filter(|p| *p > 1))
+            .or_else(|| parent.filter(|p| *p > 1))
             .or_else(|| pid_of(ev))
             // Forwarded flows have no process: each flow is its own lineage.
             .or_else(|| ev.get("flow_id").and_then(Value::as_u64))
@@ -289,6 +300,7 @@ impl Engine {
                             "pid": pid,
                             "exe": a.get("exe").cloned().unwrap_or(Value::Null),
                             "listener": self.is_listener(pid),
+                            "reparented": a.get("reparented").and_then(Value::as_bool).unwrap_or(false),
                         })
                     })
                     .collect();

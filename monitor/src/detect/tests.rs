@@ -917,3 +917,23 @@ fn the_monitors_own_events_raise_nothing() {
         "the same from another process alerts"
     );
 }
+
+#[test]
+fn a_detached_shell_keeps_its_service_in_the_ancestry_and_its_own_lineage() {
+    let mut e = builtin();
+    web_server(&mut e);
+    // The worker forked the shell and exited; init adopted it.
+    let mut chain = ancestry(&[WORKER, NGINX, INIT]);
+    chain[0]["reparented"] = json!(true);
+    let sh = exec(1, 300, "/usr/bin/dash", &["sh", "-c", "x"], &[]);
+    let sh = with(with(sh, "ancestry", chain), "ppid", json!(1));
+    let alerts = e.observe(&sh);
+    let web = alerts
+        .iter()
+        .find(|a| a.rule == "EW-PROC-001")
+        .expect("the service is still an ancestor");
+    assert_eq!(
+        web.lineage, 300,
+        "a detached process is a lineage of its own"
+    );
+}

@@ -146,7 +146,7 @@ impl NetTracker {
             auid: p.and_then(|p| p.auid),
             exe: p.and_then(|p| p.exe.as_deref().map(str::to_owned)),
             argv: p.map(|p| p.argv.to_vec()).unwrap_or_default(),
-            ancestry: p.map(|p| procs.ancestry(p.ppid)).unwrap_or_default(),
+            ancestry: p.map(|p| procs.ancestry(p.pid, p.ppid)).unwrap_or_default(),
         })
     }
 

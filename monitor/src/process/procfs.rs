@@ -68,6 +68,7 @@ pub fn read_process(dir: &Path, pid: u32) -> Option<Process> {
     Some(Process {
         pid,
         ppid,
+        birth_ppid: ppid,
         start_boot_ns: None,
         uid,
         euid,

@@ -18,7 +18,13 @@ pub const TABLE_ARGV_BYTES: usize = 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Process {
     pub pid: u32,
+    /// The parent the kernel names now (`real_parent`).
     pub ppid: u32,
+    /// The process that forked this one, from the fork record. It differs
+    /// from `ppid` once the process was re-parented (its parent exited and
+    /// a subreaper or init adopted it); the same as `ppid` when the fork was
+    /// not seen (seeded processes, lost records).
+    pub birth_ppid: u32,
     /// Start time in ns since boot, when known exactly (from the kernel).
     pub start_boot_ns: Option<u64>,
     pub uid: u32,
@@ -108,10 +114,14 @@ impl ProcessTable {
         self.compact_order();
     }
 
-    /// Applies an exec to a known process, or inserts it when unknown.
-    pub fn exec(&mut self, process: Process) {
+    /// Applies an exec to a known process, or inserts it when unknown. The
+    /// process keeps the parent that forked it.
+    pub fn exec(&mut self, mut process: Process) {
         match self.entries.get_mut(&process.pid) {
-            Some(entry) if entry.exited.is_none() => entry.process = process,
+            Some(entry) if entry.exited.is_none() => {
+                process.birth_ppid = entry.process.birth_ppid;
+                entry.process = process;
+            }
             _ => self.insert(process),
         }
     }
@@ -166,23 +176,57 @@ impl ProcessTable {
         self.compact_order();
     }
 
-    /// The chain of ancestors starting at `ppid`, nearest first, up to pid 1
-    /// or the first ancestor the table does not know.
-    pub fn ancestry(&self, ppid: u32) -> Vec<Ancestor> {
+    /// The ancestors of process `pid`, whose kernel parent is `ppid`,
+    /// nearest first, up to pid 1 or the first ancestor the table does not
+    /// know.
+    ///
+    /// The chain follows who forked whom. A process whose parent exited
+    /// before it (a daemon's double fork, `setsid -f`, a shell whose
+    /// launcher quit) is adopted by a subreaper or init, but its ancestry
+    /// still goes through the process that forked it, marked `reparented`:
+    /// a backdoor that detaches from a web server keeps the web server in
+    /// its ancestry.
+    pub fn ancestry(&self, pid: u32, ppid: u32) -> Vec<Ancestor> {
         let mut chain = Vec::new();
-        let mut pid = ppid;
-        while pid != 0 && chain.len() < ANCESTRY_MAX {
-            let process = self.get(pid);
+        let (mut next, mut reparented) = self.get(pid).map_or((ppid, false), |p| self.parent_of(p));
+        while next != 0 && chain.len() < ANCESTRY_MAX {
+            let process = self.get(next);
             chain.push(Ancestor {
-                pid,
+                pid: next,
                 exe: process.and_then(|p| p.exe.as_deref().map(str::to_owned)),
+                reparented,
             });
             match process {
-                Some(p) if pid != 1 && p.ppid != pid => pid = p.ppid,
+                Some(p) if next != 1 => {
+                    let (parent, adopted) = self.parent_of(p);
+                    if parent == next {
+                        break;
+                    }
+                    (next, reparented) = (parent, adopted);
+                }
                 _ => break,
             }
         }
         chain
+    }
+
+    /// The next step up from `p`: the process that forked it when that is
+    /// still known and is not the kernel's parent (then `true`: `p` was
+    /// re-parented), else the kernel's parent. The forking process must have
+    /// started before `p`, so a reused pid is never taken for it.
+    fn parent_of(&self, p: &Process) -> (u32, bool) {
+        if p.birth_ppid != p.ppid && p.birth_ppid != 0 {
+            let born_after_parent =
+                self.get(p.birth_ppid)
+                    .is_some_and(|b| match (b.start_boot_ns, p.start_boot_ns) {
+                        (Some(b), Some(c)) => b <= c,
+                        _ => false,
+                    });
+            if born_after_parent {
+                return (p.birth_ppid, true);
+            }
+        }
+        (p.ppid, false)
     }
 
     fn enforce_capacity(&mut self) {
@@ -256,6 +300,7 @@ impl Process {
         Process {
             pid,
             ppid,
+            birth_ppid: ppid,
             start_boot_ns: None,
             uid: 0,
             euid: 0,
@@ -287,7 +332,7 @@ mod tests {
         t.insert(proc(1, 0, "/sbin/init"));
         t.insert(proc(10, 1, "/usr/sbin/sshd"));
         t.insert(proc(20, 10, "/bin/bash"));
-        let chain = t.ancestry(20);
+        let chain = t.ancestry(30, 20);
         let pids: Vec<u32> = chain.iter().map(|a| a.pid).collect();
         assert_eq!(pids, vec![20, 10, 1]);
         assert_eq!(chain[1].exe.as_deref(), Some("/usr/sbin/sshd"));
@@ -298,9 +343,61 @@ mod tests {
         let mut t = ProcessTable::new(100, Duration::from_secs(60));
         t.insert(proc(5, 6, "/a"));
         t.insert(proc(6, 5, "/b"));
-        assert!(t.ancestry(5).len() <= ANCESTRY_MAX);
-        let chain = ProcessTable::new(10, Duration::ZERO).ancestry(77);
-        assert_eq!(chain, vec![Ancestor { pid: 77, exe: None }]);
+        assert!(t.ancestry(5, 6).len() <= ANCESTRY_MAX);
+        let chain = ProcessTable::new(10, Duration::ZERO).ancestry(78, 77);
+        assert_eq!(
+            chain,
+            vec![Ancestor {
+                pid: 77,
+                exe: None,
+                reparented: false
+            }]
+        );
+    }
+
+    /// `p` with a start time, forked by `birth` and now the kernel's child
+    /// of `ppid`.
+    fn born(pid: u32, birth: u32, ppid: u32, start: u64, exe: &str) -> Process {
+        let mut p = proc(pid, ppid, exe);
+        p.birth_ppid = birth;
+        p.start_boot_ns = Some(start);
+        p
+    }
+
+    #[test]
+    fn a_reparented_process_keeps_the_process_that_forked_it() {
+        let mut t = ProcessTable::new(100, Duration::from_secs(60));
+        t.insert(born(1, 0, 0, 0, "/sbin/init"));
+        t.insert(born(10, 1, 1, 10, "/usr/sbin/nginx"));
+        t.insert(born(20, 10, 10, 20, "/usr/bin/ncat"));
+        // ncat forked 30 and exited; init adopted 30, which then ran sh.
+        let mut child = born(30, 20, 20, 30, "/usr/bin/ncat");
+        t.fork(child.clone());
+        t.exit(20, Instant::now());
+        child.ppid = 1;
+        child.exe = Some("/bin/sh".into());
+        child.birth_ppid = 1;
+        t.exec(child);
+        assert_eq!(t.get(30).map(|p| (p.ppid, p.birth_ppid)), Some((1, 20)));
+        let chain = t.ancestry(30, 1);
+        let got: Vec<(u32, bool)> = chain.iter().map(|a| (a.pid, a.reparented)).collect();
+        assert_eq!(got, vec![(20, true), (10, false), (1, false)]);
+        assert_eq!(chain[0].exe.as_deref(), Some("/usr/bin/ncat"));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_taken_for_the_forking_process() {
+        let mut t = ProcessTable::new(100, Duration::from_secs(60));
+        t.insert(born(1, 0, 0, 0, "/sbin/init"));
+        // Pid 20 forked 30 and is gone; a later process now has pid 20.
+        t.insert(born(20, 1, 1, 50, "/usr/bin/later"));
+        t.insert(born(30, 20, 1, 30, "/bin/sh"));
+        let got: Vec<(u32, bool)> = t
+            .ancestry(30, 1)
+            .iter()
+            .map(|a| (a.pid, a.reparented))
+            .collect();
+        assert_eq!(got, vec![(1, false)]);
     }
 
     #[test]
