@@ -262,6 +262,10 @@ pub struct FlowStats {
     pub fp_out: u8,
     pub _pad: [u8; 4],
     pub first_ns: u64,
+    /// Last packet, in `CLOCK_MONOTONIC` at tick resolution
+    /// (`bpf_ktime_get_coarse_ns`: a precise clock read costs each packet
+    /// about 25 ns); the daemon adds `BOOTTIME - MONOTONIC` when it reads
+    /// the map (`clock::last_seen_to_boot`). `first_ns` is boot time.
     pub last_ns: u64,
     pub bytes_out: u64,
     pub bytes_in: u64,
@@ -304,6 +308,8 @@ assert_size!(IoKey, 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoStats {
     pub first_ns: u64,
+    /// Last call, boot time: a tracing program may not read the coarse
+    /// clock the packet counters use.
     pub last_ns: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -444,6 +450,10 @@ pub struct FwdStats {
     /// Index 0: the original direction; 1: replies.
     pub dir: [FwdDir; 2],
     pub first_ns: u64,
+    /// Last packet, in `CLOCK_MONOTONIC` at tick resolution
+    /// (`bpf_ktime_get_coarse_ns`: a precise clock read costs each packet
+    /// about 25 ns); the daemon adds `BOOTTIME - MONOTONIC` when it reads
+    /// the map (`clock::last_seen_to_boot`). `first_ns` is boot time.
     pub last_ns: u64,
     /// `FWD_*` flags.
     pub flags: u32,

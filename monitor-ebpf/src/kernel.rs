@@ -48,6 +48,16 @@ pub fn read<T>(base: u64, offset: u64) -> Result<T, ReadError> {
     })
 }
 
+/// The time a counter was last touched, for the per-packet and per-call
+/// paths: `CLOCK_MONOTONIC` at tick resolution, a plain read where the
+/// precise boot clock costs each packet about 25 ns. The daemon converts it
+/// to boot time when it reads the maps.
+#[inline(always)]
+pub fn last_seen() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
+}
+
 /// Whether userspace supplied the offsets (it always does; a zero here
 /// means the object was loaded by something else).
 #[inline(always)]

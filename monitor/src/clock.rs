@@ -9,6 +9,29 @@ pub fn secs_to_ns(secs: u64) -> u64 {
     secs.saturating_mul(1_000_000_000)
 }
 
+/// How far `CLOCK_BOOTTIME` runs ahead of `CLOCK_MONOTONIC` (the time spent
+/// suspended): what turns the kernel's last-seen stamps (monotonic, see
+/// `monitor_common::event::FlowStats::last_ns`) into boot time.
+pub fn monotonic_to_boot_ns() -> u64 {
+    (now_ns(libc::CLOCK_BOOTTIME) - now_ns(libc::CLOCK_MONOTONIC)).max(0) as u64
+}
+
+/// The kernel's last-seen stamp `mono_ns` in boot time, given
+/// [`monotonic_to_boot_ns`]. The stamp has tick resolution (up to a few ms
+/// behind the precise clock), so comparisons with precise times allow
+/// [`LAST_SEEN_SLACK_NS`].
+pub fn last_seen_to_boot(mono_ns: u64, offset: u64) -> u64 {
+    if mono_ns == 0 {
+        0
+    } else {
+        mono_ns.saturating_add(offset)
+    }
+}
+
+/// How far a last-seen stamp may lag the precise clock: a tick is 1 to
+/// 10 ms (`CONFIG_HZ` 1000 to 100); twice the longest.
+pub const LAST_SEEN_SLACK_NS: u64 = 20_000_000;
+
 /// Maps `CLOCK_BOOTTIME` nanoseconds to wall-clock time. The offset is
 /// taken once; [`BootClock::refresh`] follows wall-clock steps (NTP).
 #[derive(Debug, Clone, Copy)]
@@ -71,5 +94,18 @@ mod tests {
         let drift = SystemTime::now().duration_since(t).unwrap_or_default();
         assert!(drift < Duration::from_secs(1), "{drift:?}");
         assert!(c.rfc3339(0).ends_with('Z'));
+    }
+
+    #[test]
+    fn last_seen_stamps_move_to_boot_time_and_unset_stays_unset() {
+        assert_eq!(last_seen_to_boot(5_000, 2_000), 7_000);
+        assert_eq!(last_seen_to_boot(0, 2_000), 0);
+        assert_eq!(last_seen_to_boot(u64::MAX, 1), u64::MAX);
+        // A coarse monotonic stamp taken now, moved to boot time, is close
+        // to the boot clock now.
+        let mono = now_ns(libc::CLOCK_MONOTONIC_COARSE) as u64;
+        let boot = last_seen_to_boot(mono, monotonic_to_boot_ns());
+        let now = BootClock::boot_now_ns();
+        assert!(now.abs_diff(boot) < LAST_SEEN_SLACK_NS, "{now} vs {boot}");
     }
 }

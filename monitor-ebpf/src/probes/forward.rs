@@ -25,7 +25,8 @@ use monitor_common::{
 
 use crate::{
     kernel::{
-        off, offsets_ready, read, v4_mapped, ReadError, AF_INET, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
+        last_seen, off, offsets_ready, read, v4_mapped, ReadError, AF_INET, BPF_NOEXIST, ETH_P_IP,
+        ETH_P_IPV6,
     },
     maps::{count, FWD_FLOWS, FWD_SCRATCH, IFACES},
     probes::atomic_add,
@@ -216,15 +217,15 @@ fn account(ctx: &TcContext) {
     let segs = segs.max(1) as u64;
     let payload = (len.saturating_sub(l2) as u64).saturating_sub(headers as u64);
     let ip_bytes = payload + segs * headers as u64;
-    // SAFETY: helper without arguments.
-    let ts = unsafe { bpf_ktime_get_boot_ns() };
+    let seen = last_seen();
     let stats = match FWD_FLOWS.get_ptr_mut(&w.key) {
         Some(s) => s,
         None => {
             let f = &mut w.fresh;
             f.dir = Default::default();
-            f.first_ns = ts;
-            f.last_ns = ts;
+            // SAFETY: helper without arguments.
+            f.first_ns = unsafe { bpf_ktime_get_boot_ns() };
+            f.last_ns = seen;
             f.flags = if tracked { FWD_CONNTRACK } else { 0 };
             // Fails when the map is full or another CPU inserted it first;
             // the lookup below tells which.
@@ -258,7 +259,7 @@ fn account(ctx: &TcContext) {
         atomic_add(&raw mut (*d).bytes, ip_bytes);
         atomic_add(&raw mut (*d).payload, payload);
         atomic_add(&raw mut (*d).packets, segs);
-        (*stats).last_ns = ts;
+        (*stats).last_ns = seen;
         if flags != 0 {
             (*stats).flags |= flags;
         }

@@ -30,8 +30,8 @@ use monitor_common::limits::{NET_SHARE_EVENTS, NET_SHARE_WINDOW_NS};
 
 use crate::{
     kernel::{
-        current_netns, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, wakeup, ReadError,
-        AF_INET, AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
+        current_netns, last_seen, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, wakeup,
+        ReadError, AF_INET, AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
     },
     maps::{
         count, Share, FLOWS, NET_EVENTS, NET_SHARES, PACKET_SCRATCH, SOCK_CALLS, SOCK_IO,
@@ -585,12 +585,12 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     let (len, segs) = unsafe { ((*skb).len, (*skb).gso_segs) };
     let segs = segs.max(1) as u64;
     let payload = len.saturating_sub(headers) as u64;
-    let ts = now();
+    let seen = last_seen();
     let stats = match FLOWS.get_ptr_mut(&w.key) {
         Some(s) => s,
         None => {
-            w.fresh.first_ns = ts;
-            w.fresh.last_ns = ts;
+            w.fresh.first_ns = now();
+            w.fresh.last_ns = seen;
             w.fresh.bytes_out = 0;
             w.fresh.bytes_in = 0;
             w.fresh.pkts_out = 0;
@@ -646,7 +646,7 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     // SAFETY: a map value; other CPUs update it concurrently, hence the
     // atomic adds (BPF_XADD).
     unsafe {
-        (*stats).last_ns = ts;
+        (*stats).last_ns = seen;
         if egress {
             atomic_add(&raw mut (*stats).bytes_out, payload);
             atomic_add(&raw mut (*stats).pkts_out, segs);
@@ -749,6 +749,7 @@ fn record_io(ctx: &BtfTracePointContext, sent: bool) -> Result<(), ReadError> {
         _pad: 0,
         cookie,
     };
+    // Tracing programs may not read the coarse clock (`last_seen`).
     let ts = now();
     let stats = match SOCK_IO.get_ptr_mut(&key) {
         Some(s) => s,

@@ -360,8 +360,11 @@ impl RelayDetector {
         // that ended before the other began is another client's (a forking
         // listener's clients, told apart only by time without the activity
         // tracepoints). A last time of 0 is unknown.
+        // Last-seen stamps have tick resolution: allow for their lag.
+        let slack = crate::clock::LAST_SEEN_SLACK_NS;
         let (al, bl) = (a.stats.last_ns, b.stats.last_ns);
-        if (bl != 0 && a.stats.first_ns > bl) || (al != 0 && b.stats.first_ns > al) {
+        if (bl != 0 && a.stats.first_ns > bl + slack) || (al != 0 && b.stats.first_ns > al + slack)
+        {
             return None;
         }
         let since = a.stats.first_ns.max(b.stats.first_ns);

@@ -438,7 +438,7 @@ impl NetTracker {
                     // probably still on the way, so it waits.
                     None => {
                         now / interval != previous / interval
-                            && stats.last_ns > previous
+                            && stats.last_ns + crate::clock::LAST_SEEN_SLACK_NS > previous
                             && now.saturating_sub(stats.first_ns) >= interval
                     }
                 };
