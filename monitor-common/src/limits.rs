@@ -4,6 +4,9 @@
 pub const MAP_PROC_EVENTS: &str = "PROC_EVENTS";
 /// Name of the per-CPU counter array of kernel-side losses and errors.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the one-slot map where the reader says it is parked (waiting
+/// for a wakeup with no timed poll running); see `RING_WAKEUP_BYTES`.
+pub const MAP_READER: &str = "READER";
 /// Name of the per-CPU scratch array where variable records are built.
 pub const MAP_SCRATCH: &str = "SCRATCH";
 /// Name of the map of exec attempts in flight (syscall entry to exit).
@@ -32,9 +35,12 @@ pub const PROC_RING_BYTES: u32 = 4 << 20;
 
 /// Default size of the socket-event ring buffer, in bytes (power of two).
 pub const NET_RING_BYTES: u32 = 4 << 20;
-/// The programs wake the reader only when a record takes a ring's unread
-/// bytes across this mark; otherwise they add records silently and the reader finds them at
-/// its next timed poll (`read::POLL_INTERVAL` in the daemon). A wakeup per
+/// The programs wake the reader when a record takes a ring's unread bytes
+/// across this mark, or when the reader is parked (a quiet machine: it
+/// waits with no timed poll running, and the first record wakes it);
+/// otherwise they add records silently and the reader finds them at its
+/// next timed poll (`read::POLL_INTERVAL` in the daemon), which runs only
+/// while records keep coming. A wakeup per
 /// record costs the producing task an interrupt and, on a preemptible
 /// kernel, often a switch to the reader in the middle of the program: a
 /// fork or exit record cost 12 to 16 µs that way, against under 1 µs

@@ -19,7 +19,7 @@ use monitor_common::{
     offsets::{KernelOffsets, OFFSET_MISSING},
 };
 
-use crate::maps::{count, PATH_WALK, PROC_EVENTS, SCRATCH};
+use crate::maps::{count, PATH_WALK, PROC_EVENTS, READER, SCRATCH};
 
 /// Filled in by userspace before load; all zero means "not set".
 #[unsafe(no_mangle)]
@@ -297,15 +297,25 @@ pub fn emit(buf: *mut u8, len: usize, kind: u32) {
     }
 }
 
-/// The flags for adding a `len`-byte record to `ring`: wake the reader
-/// only when this record takes the unread bytes across
-/// `RING_WAKEUP_BYTES`, so a burst costs one wakeup rather than one per
-/// record. Above the mark the reader is awake already (it reads until the
-/// ring is empty); below it, its timed poll picks the records up. Two CPUs
-/// crossing the mark at once may both skip the wakeup; the poll covers
-/// that too.
+/// The flags for adding a `len`-byte record to `ring`. The reader is woken
+/// when it is parked (the first record after a quiet spell), or when this
+/// record takes the unread bytes across `RING_WAKEUP_BYTES` (a burst); the
+/// records in between wait for its timed poll, which runs while records
+/// keep coming. So a burst costs a wakeup or two rather than one per
+/// record, and a quiet machine no timer at all. Two CPUs may both wake it,
+/// or both miss the mark; the poll covers the miss.
 #[inline(always)]
 pub fn wakeup(ring: &RingBuf, len: u64) -> u64 {
+    if let Some(parked) = READER.get_ptr_mut(0) {
+        // SAFETY: a live map value; the race with userspace and other CPUs
+        // only costs an extra wakeup (see above).
+        unsafe {
+            if core::ptr::read_volatile(parked) != 0 {
+                core::ptr::write_volatile(parked, 0);
+                return BPF_RB_FORCE_WAKEUP as u64;
+            }
+        }
+    }
     let unread = ring.query(BPF_RB_AVAIL_DATA as u64);
     if unread < RING_WAKEUP_BYTES && unread + len >= RING_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64

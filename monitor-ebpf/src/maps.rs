@@ -17,6 +17,12 @@ use monitor_common::{
 #[map(name = "PROC_EVENTS")]
 pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(PROC_RING_BYTES, 0);
 
+/// Slot 0 is 1 while the reader is parked: waiting for a wakeup with no
+/// timed poll running. The first program to add a record clears it and
+/// wakes the reader. Written by userspace and the programs.
+#[map(name = "READER")]
+pub static READER: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Losses and errors, per CPU, indexed by `monitor_common::event::counter`.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

@@ -8,9 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::limits::{
-    MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_SOCK_IO, MAP_SOCK_OWNERS,
+    MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_READER, MAP_SOCK_IO,
+    MAP_SOCK_OWNERS,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -121,6 +122,7 @@ pub async fn run(
     let ebpf = &mut loaded.ebpf;
     let proc_ring = take_map(ebpf, MAP_PROC_EVENTS, RingBuf::try_from)?;
     let net_ring = take_map(ebpf, MAP_NET_EVENTS, RingBuf::try_from)?;
+    let parked = take_map(ebpf, MAP_READER, Array::<_, u32>::try_from)?;
     let counters = take_map(ebpf, MAP_COUNTERS, PerCpuArray::<_, u64>::try_from)?;
     let mut kernel_flows = KernelFlows {
         flows: take_map(ebpf, MAP_FLOWS, HashMap::<MapData, _, _>::try_from)?,
@@ -168,6 +170,7 @@ pub async fn run(
     let rings = read::Rings {
         process: proc_ring,
         net: net_ring,
+        parked,
     };
     let reader = tokio::spawn(read::run(rings, tx, metrics.clone(), shutdown_rx));
     let shared_metrics = Arc::new(metrics.clone());

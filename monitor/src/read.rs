@@ -2,7 +2,7 @@
 //! and hands the batch to the next stage; polls the kernel's per-CPU loss
 //! and error counters into metrics.
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use monitor_common::event::counter;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
@@ -14,16 +14,18 @@ use crate::{
 /// Most records taken from one ring in one go before handing them on.
 const BATCH: usize = 1024;
 
-/// How often the rings are read without a wakeup. The programs wake the
-/// reader only once a ring holds `limits::RING_WAKEUP_BYTES` (a wakeup per
-/// record costs every exec and connection an interrupt), so a quiet
-/// machine's records wait at most this long.
+/// How often the rings are read while records keep coming. The programs
+/// wake the reader only when it is parked or a ring crosses
+/// `limits::RING_WAKEUP_BYTES` (a wakeup per record costs every exec and
+/// connection an interrupt), so a record waits at most this long.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The rings, in the order their records are applied.
 pub struct Rings {
     pub process: RingBuf<MapData>,
     pub net: RingBuf<MapData>,
+    /// The parked flag the programs read (`limits::MAP_READER`).
+    pub parked: Array<MapData, u32>,
 }
 
 /// Reads both rings until `shutdown` fires or the next stage goes away.
@@ -50,29 +52,83 @@ pub async fn run(
     let mut process = unsafe { AsyncFd::register(rings.process) }?;
     // SAFETY: as above.
     let mut net = unsafe { AsyncFd::register(rings.net) }?;
+    let mut parked = rings.parked;
     let mut merge = Merge::default();
     let mut poll = tokio::time::interval(POLL_INTERVAL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Polling while records come; parked (no timer, woken by the first
+    // record) once a poll finds the rings empty.
+    let mut polling = true;
     loop {
         tokio::select! {
             g = process.readable_mut() => { g?.clear_ready(); }
             g = net.readable_mut() => { g?.clear_ready(); }
-            _ = poll.tick() => {}
+            _ = poll.tick(), if polling => {}
             _ = shutdown.changed() => break,
         }
-        loop {
-            let process_more = drain(process.get_mut(), &mut merge.process, &metrics);
-            let net_more = drain(net.get_mut(), &mut merge.net, &metrics);
-            let batch = merge.take(process_more, net_more);
-            if !batch.is_empty() && tx.send(batch).await.is_err() {
-                return Ok(());
+        let Some(read) = read_all(&mut process, &mut net, &mut merge, &tx, &metrics).await else {
+            return Ok(());
+        };
+        if read > 0 {
+            if !polling {
+                polling = true;
+                poll.reset();
             }
-            if !net_more && !process_more {
-                break;
+            continue;
+        }
+        if polling {
+            // Quiet: park, then look once more for a record added before
+            // the programs could see the flag.
+            set_parked(&mut parked, true);
+            let Some(read) = read_all(&mut process, &mut net, &mut merge, &tx, &metrics).await
+            else {
+                return Ok(());
+            };
+            if read > 0 {
+                set_parked(&mut parked, false);
+            } else {
+                polling = false;
             }
         }
     }
     Ok(())
+}
+
+/// Reads both rings until both are empty, handing records on in batches;
+/// returns how many were read, or `None` when the next stage is gone.
+async fn read_all(
+    process: &mut AsyncFd<RingBuf<MapData>>,
+    net: &mut AsyncFd<RingBuf<MapData>>,
+    merge: &mut Merge,
+    tx: &mpsc::Sender<Vec<KernelEvent>>,
+    metrics: &Metrics,
+) -> Option<usize> {
+    let mut read = 0;
+    loop {
+        let before = merge.process.len() + merge.net.len();
+        let process_more = drain(process.get_mut(), &mut merge.process, metrics);
+        let net_more = drain(net.get_mut(), &mut merge.net, metrics);
+        read += merge.process.len() + merge.net.len() - before;
+        let batch = merge.take(process_more, net_more);
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            return None;
+        }
+        if !net_more && !process_more {
+            return Some(read);
+        }
+    }
+}
+
+/// Tells the programs whether the reader is parked. A failed write only
+/// costs latency (records wait for a ring to cross the wakeup mark), so it
+/// is logged, once.
+fn set_parked(flag: &mut Array<MapData, u32>, parked: bool) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = flag.set(0, u32::from(parked), 0) {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %e, "cannot set the reader's parked flag; quiet records may wait");
+        }
+    }
 }
 
 /// Records read from the two rings and not yet handed on.
