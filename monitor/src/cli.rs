@@ -103,3 +103,66 @@ pub enum ConfigCommand {
         path: PathBuf,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every visible command, as its path of names (`["config", "check"]`).
+    fn commands(
+        cmd: &clap::Command,
+        path: Vec<String>,
+        out: &mut Vec<(Vec<String>, clap::Command)>,
+    ) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let mut p = path.clone();
+            p.push(sub.get_name().to_owned());
+            out.push((p.clone(), sub.clone()));
+            commands(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_says_what_it_is_for() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut all = Vec::new();
+        commands(&cli, Vec::new(), &mut all);
+        assert!(all.len() >= 8, "{} commands", all.len());
+        for (path, cmd) in &all {
+            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(
+                about.len() > 10,
+                "`monitor {}` has no description",
+                path.join(" ")
+            );
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some_and(|h| h.to_string().len() > 10),
+                    "`monitor {}`: argument {id} has no help",
+                    path.join(" ")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_command() {
+        let readme = include_str!("../../README.md");
+        let mut all = Vec::new();
+        commands(&Cli::command(), Vec::new(), &mut all);
+        for (path, cmd) in all {
+            if cmd.has_subcommands() {
+                continue;
+            }
+            let line = format!("monitor {}", path.join(" "));
+            assert!(readme.contains(&line), "README lacks `{line}`");
+        }
+    }
+}
