@@ -64,6 +64,9 @@ pub struct EngineStats {
     pub deduplicated: HashMap<String, u64>,
     /// Alerts dropped by a rate limit, by rule id.
     pub rate_limited: HashMap<String, u64>,
+    /// Bumped by every change above, so the metrics are only updated (and
+    /// these maps only copied) when something changed, not per event.
+    pub changes: u64,
 }
 
 struct Window {
@@ -100,6 +103,9 @@ pub struct Engine {
     /// The monitor's own pid: its metrics listener is not a service.
     self_pid: u64,
     windows: HashMap<(usize, u64), Window>,
+    /// No window ends before this (a lower bound): `expire` skips its scan
+    /// of every window until then, instead of scanning per event.
+    next_expiry_ns: u64,
     rates: HashMap<usize, (u64, u32)>,
     sequences: HashMap<(usize, u64), SeqState>,
     seq_order: VecDeque<(usize, u64)>,
@@ -181,6 +187,7 @@ impl Engine {
             listeners: HashMap::new(),
             self_pid: u64::from(std::process::id()),
             windows: HashMap::new(),
+            next_expiry_ns: u64::MAX,
             rates: HashMap::new(),
             sequences: HashMap::new(),
             seq_order: VecDeque::new(),
@@ -436,6 +443,7 @@ impl Engine {
             if now <= w.ends_ns {
                 w.alert.count += 1;
                 *self.stats.deduplicated.entry(rule.id.clone()).or_default() += 1;
+                self.stats.changes += 1;
                 return None;
             }
         }
@@ -448,6 +456,7 @@ impl Engine {
             }
             if *n >= max {
                 *self.stats.rate_limited.entry(rule.id.clone()).or_default() += 1;
+                self.stats.changes += 1;
                 return None;
             }
             *n += 1;
@@ -523,11 +532,12 @@ impl Engine {
             .raised
             .entry((rule.id.clone(), rule.severity))
             .or_default() += 1;
+        self.stats.changes += 1;
         if rule.dedup_secs > 0 {
             if self.windows.len() >= WINDOWS_MAX {
                 self.windows.retain(|_, w| w.ends_ns >= now);
             }
-            self.windows.insert(
+            self.open_window(
                 (i, lineage),
                 Window {
                     alert: alert.clone(),
@@ -541,6 +551,16 @@ impl Engine {
     /// Closes dedup windows that ended by `now`; a window that folded
     /// repeats yields one more line with the final count.
     pub fn expire(&mut self, now: u64) -> Vec<AlertRecord> {
+        if now <= self.next_expiry_ns {
+            return Vec::new();
+        }
+        self.next_expiry_ns = self
+            .windows
+            .values()
+            .map(|w| w.ends_ns)
+            .filter(|&end| end >= now)
+            .min()
+            .unwrap_or(u64::MAX);
         let ended: Vec<(usize, u64)> = self
             .windows
             .iter()
@@ -558,6 +578,11 @@ impl Engine {
             }
         }
         out
+    }
+
+    fn open_window(&mut self, key: (usize, u64), window: Window) {
+        self.next_expiry_ns = self.next_expiry_ns.min(window.ends_ns);
+        self.windows.insert(key, window);
     }
 
     /// The open dedup windows, to save across a restart.
@@ -586,7 +611,7 @@ impl Engine {
             if s.ends_ns < now || self.windows.len() >= WINDOWS_MAX {
                 continue;
             }
-            self.windows.insert(
+            self.open_window(
                 (i, s.lineage),
                 Window {
                     alert: s.alert,

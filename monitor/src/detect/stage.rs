@@ -148,6 +148,9 @@ impl Detect {
     fn export(&mut self) {
         let Some(m) = &self.metrics else { return };
         let now = &self.engine.stats;
+        if now.changes == self.exported.changes {
+            return;
+        }
         for (key @ (rule, severity), n) in &now.raised {
             let before = self.exported.raised.get(key).copied().unwrap_or(0);
             m.alerts

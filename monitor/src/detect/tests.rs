@@ -937,3 +937,38 @@ fn a_detached_shell_keeps_its_service_in_the_ancestry_and_its_own_lineage() {
         "a detached process is a lineage of its own"
     );
 }
+
+#[test]
+fn windows_end_on_later_events_each_at_its_own_time() {
+    let mut e = builtin();
+    let a = |t, pid| exec(t, pid, "/tmp/a", &["/tmp/a"], &[(5, "/usr/bin/bash"), INIT]);
+    let b = |t, pid| exec(t, pid, "/tmp/b", &["/tmp/b"], &[(6, "/usr/bin/bash"), INIT]);
+    // Two lineages, each with a repeat: windows end at 60 s and 90 s.
+    fired(&mut e, &[a(0, 10), a(1, 11), b(30, 20), b(31, 21)]);
+    let quiet = |t| {
+        exec(
+            t,
+            30,
+            "/usr/bin/true",
+            &["true"],
+            &[(7, "/usr/bin/bash"), INIT],
+        )
+    };
+    let repeats = |alerts: Vec<super::AlertRecord>| -> Vec<(String, u64)> {
+        alerts
+            .into_iter()
+            .filter(|x| x.repeat)
+            .map(|x| {
+                (
+                    x.process["exe"].as_str().unwrap_or_default().to_owned(),
+                    x.count,
+                )
+            })
+            .collect()
+    };
+    assert!(repeats(e.observe(&quiet(50))).is_empty());
+    assert_eq!(repeats(e.observe(&quiet(70))), [("/tmp/a".to_owned(), 2)]);
+    assert!(repeats(e.observe(&quiet(80))).is_empty());
+    assert_eq!(repeats(e.observe(&quiet(100))), [("/tmp/b".to_owned(), 2)]);
+    assert!(e.flush().is_empty());
+}
