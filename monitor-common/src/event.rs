@@ -77,8 +77,8 @@ pub struct TaskInfo {
 }
 assert_size!(TaskInfo, 56);
 
-/// What one of fds 0, 1 and 2 refers to: the inode's mode and device.
-/// `mode == 0` means the descriptor is closed.
+/// What one of fds 0, 1 and 2 refers to: the inode's mode, device and
+/// number. `mode == 0` means the descriptor is closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StdioFd {
@@ -86,8 +86,11 @@ pub struct StdioFd {
     pub mode: u32,
     /// `inode->i_rdev` in the kernel's encoding: major `>> 20`, minor `& 0xfffff`.
     pub rdev: u32,
+    /// `inode->i_ino`: for a pipe or fifo, what joins the process to the
+    /// process at its other end (one's stdout is the other's stdin).
+    pub ino: u64,
 }
-assert_size!(StdioFd, 8);
+assert_size!(StdioFd, 16);
 
 /// The argument block was longer than [`crate::limits::ARGV_MAX`] and was cut.
 pub const EXEC_ARGV_TRUNCATED: u32 = 1 << 0;
@@ -123,7 +126,7 @@ pub struct ExecEvent {
     pub argv_len: u32,
     pub _pad: u32,
 }
-assert_size!(ExecEvent, 128);
+assert_size!(ExecEvent, 152);
 
 /// `ExecFailedEvent::syscall` for `execve`.
 pub const SYSCALL_EXECVE: u32 = 0;
@@ -218,10 +221,31 @@ pub struct NetEvent {
     pub bytes_in: u64,
     pub pkts_out: u64,
     pub pkts_in: u64,
+    /// For `KIND_NET_CLOSE`: the first payload byte received and sent,
+    /// boot ns (0: none).
+    pub first_in_ns: u64,
+    pub first_out_ns: u64,
+    /// For `KIND_NET_CONNECT` and `KIND_NET_ACCEPT`: the socket the
+    /// process last received data on before this call (cookie 0: none
+    /// known), and what the process had received from and sent to it
+    /// until then. A proxy reads a request and then dials; this names the
+    /// request's connection and how much of it came before the dial.
+    pub trigger: Trigger,
     /// `comm` of the owner.
     pub comm: [u8; 16],
 }
-assert_size!(NetEvent, 136);
+assert_size!(NetEvent, 176);
+
+/// The connection a process last received data on, with its byte counts
+/// as the process saw them (`sock_recv_length`/`sock_send_length`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trigger {
+    pub cookie: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+assert_size!(Trigger, 24);
 
 /// Owner of a socket, by cookie, as the kernel learnt it (creation,
 /// connect, listen, accept, bind). Userspace seeds it for sockets that
@@ -276,8 +300,13 @@ pub struct FlowStats {
     /// counted once. Meaningful once `bytes_out`/`bytes_in` is not 0.
     pub next_seq_out: u32,
     pub next_seq_in: u32,
+    /// First payload byte received and sent, boot ns (0: none yet). A
+    /// relay cannot pass on data before it arrived: the order of these
+    /// tells a relay from two unrelated exchanges of equal size.
+    pub first_in_ns: u64,
+    pub first_out_ns: u64,
 }
-assert_size!(FlowStats, 80);
+assert_size!(FlowStats, 96);
 
 /// No known proxy protocol in the first payload.
 pub const FP_NONE: u8 = 0;
@@ -289,6 +318,51 @@ pub const FP_SOCKS4A: u8 = 2;
 pub const FP_SOCKS5: u8 = 3;
 /// HTTP `CONNECT host:port` request.
 pub const FP_HTTP_CONNECT: u8 = 4;
+/// HTTP request in absolute form (`GET http://host/ ...`): a request to
+/// a forward proxy.
+pub const FP_HTTP_PROXY: u8 = 5;
+/// Mask of the protocol in `FlowStats::fp_in`/`fp_out`.
+pub const FP_PROTO_MASK: u8 = 0x0f;
+/// Set in `fp_in`/`fp_out` while the next payload of that direction is
+/// still to be captured into `ProxyHead` (a SOCKS5 greeting comes before
+/// the request that names the target).
+pub const FP_CAPTURE_MORE: u8 = 0x80;
+
+/// Bytes of a connection's first payload kept per direction when it looks
+/// like a proxy request (see [`ProxyHead`]).
+pub const PROXY_HEAD_BYTES: usize = 64;
+
+/// The first payload bytes of a connection whose first payload looked
+/// like a proxy request, each direction that did, for the daemon to read
+/// the address it names. Never written out: events carry the protocol and
+/// the address only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyHead {
+    /// Bytes captured so far, received and sent.
+    pub len_in: u16,
+    pub len_out: u16,
+    pub _pad: u32,
+    /// Twice the kept size: the programs write at a bounded offset below
+    /// `PROXY_HEAD_BYTES` with a length of at most `PROXY_HEAD_BYTES`, and
+    /// the verifier must see room for both.
+    pub data_in: [u8; 2 * PROXY_HEAD_BYTES],
+    pub data_out: [u8; 2 * PROXY_HEAD_BYTES],
+}
+
+assert_size!(ProxyHead, 8 + 4 * PROXY_HEAD_BYTES);
+
+impl Default for ProxyHead {
+    fn default() -> Self {
+        Self {
+            len_in: 0,
+            len_out: 0,
+            _pad: 0,
+            data_in: [0; 2 * PROXY_HEAD_BYTES],
+            data_out: [0; 2 * PROXY_HEAD_BYTES],
+        }
+    }
+}
 
 /// Key of the per-process socket activity map: a thread group and a
 /// socket it sent or received on.

@@ -19,6 +19,11 @@ pub const MAP_SOCK_OWNERS: &str = "SOCK_OWNERS";
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Name of the map of per-process socket activity.
 pub const MAP_SOCK_IO: &str = "SOCK_IO";
+/// Name of the map of first payload bytes of connections that look like
+/// proxy requests.
+pub const MAP_PROXY_HEADS: &str = "PROXY_HEADS";
+/// Name of the map of the socket each process last received data on.
+pub const MAP_LAST_RECV: &str = "LAST_RECV";
 /// Name of the map of `bind`/`accept` calls in flight.
 pub const MAP_SOCK_CALLS: &str = "SOCK_CALLS";
 /// Name of the map of forwarded-flow counters.
@@ -63,6 +68,12 @@ pub const FLOWS_MAX: u32 = 65536;
 /// (process, socket) pairs whose activity is tracked at once. An LRU: a
 /// busy machine forgets the pairs idle longest.
 pub const SOCK_IO_MAX: u32 = 65536;
+/// Connections whose first bytes looked like a proxy request, kept at
+/// once (LRU: the daemon reads them when the connection's process dials
+/// out, within a second or so).
+pub const PROXY_HEADS_MAX: u32 = 4096;
+/// Processes whose last-received socket is kept at once (LRU).
+pub const LAST_RECV_MAX: u32 = 16384;
 /// Forwarded flows counted at once.
 pub const FWD_FLOWS_MAX: u32 = 65536;
 /// Interfaces the TC programs watch at once.

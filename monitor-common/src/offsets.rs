@@ -52,6 +52,7 @@ pub struct KernelOffsets {
     pub inode_i_mode: u32,
     pub inode_i_rdev: u32,
     pub inode_i_nlink: u32,
+    pub inode_i_ino: u32,
     pub cred_uid: u32,
     pub cred_euid: u32,
     pub cred_gid: u32,
@@ -84,7 +85,7 @@ pub struct KernelOffsets {
     /// `sizeof(struct nf_conntrack_tuple_hash)`.
     pub nf_conntrack_tuple_hash_size: u32,
 }
-assert_size!(KernelOffsets, 60 * 4);
+assert_size!(KernelOffsets, 61 * 4);
 
 impl KernelOffsets {
     /// All offsets zero: the value the eBPF object is built with, replaced
@@ -103,7 +104,7 @@ mod tests {
     fn zeroed_is_all_zero_and_has_no_padding() {
         let z = KernelOffsets::zeroed();
         // SAFETY: plain u32 fields, size asserted above.
-        let words: [u32; 60] = unsafe { core::mem::transmute(z) };
+        let words: [u32; 61] = unsafe { core::mem::transmute(z) };
         assert!(words.iter().all(|&w| w == 0));
     }
 }

@@ -16,6 +16,8 @@ unsafe impl aya::Pod for crate::event::FlowStats {}
 unsafe impl aya::Pod for crate::event::IoKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::event::IoStats {}
+// SAFETY: repr(C) byte arrays and integers, no padding.
+unsafe impl aya::Pod for crate::event::ProxyHead {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::event::FwdKey {}
 // SAFETY: as above.

@@ -111,6 +111,7 @@ pub fn stdio(task: u64, out: &mut [StdioFd; 3]) -> Result<(), ReadError> {
         let mode: u16 = read(inode, off!(inode_i_mode))?;
         slot.mode = mode as u32;
         slot.rdev = read(inode, off!(inode_i_rdev))?;
+        slot.ino = read(inode, off!(inode_i_ino))?;
     }
     Ok(())
 }

@@ -6,10 +6,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    event::{counter, FlowKey, FlowStats, FwdKey, FwdStats, IfaceInfo, IoKey, IoStats, SockOwner},
+    event::{
+        counter, FlowKey, FlowStats, FwdKey, FwdStats, IfaceInfo, IoKey, IoStats, ProxyHead,
+        SockOwner,
+    },
     limits::{
-        EXEC_ATTEMPTS_MAX, FLOWS_MAX, FWD_FLOWS_MAX, IFACES_MAX, NET_RING_BYTES, NET_SHARES_MAX,
-        PROC_RING_BYTES, SCRATCH_BYTES, SOCK_CALLS_MAX, SOCK_IO_MAX, SOCK_OWNERS_MAX,
+        EXEC_ATTEMPTS_MAX, FLOWS_MAX, FWD_FLOWS_MAX, IFACES_MAX, LAST_RECV_MAX, NET_RING_BYTES,
+        NET_SHARES_MAX, PROC_RING_BYTES, PROXY_HEADS_MAX, SCRATCH_BYTES, SOCK_CALLS_MAX,
+        SOCK_IO_MAX, SOCK_OWNERS_MAX,
     },
 };
 
@@ -107,6 +111,19 @@ pub static PACKET_SCRATCH: PerCpuArray<crate::probes::net::PacketScratch> =
 /// for relay detection, and the pairs idle longest matter least.
 #[map(name = "SOCK_IO")]
 pub static SOCK_IO: LruHashMap<IoKey, IoStats> = LruHashMap::with_max_entries(SOCK_IO_MAX, 0);
+
+/// The first payload bytes of flows whose first payload looked like a
+/// proxy request, by flow (see `probes::net::capture_head`). An LRU: the
+/// daemon reads an entry when the flow's process dials out, at once.
+#[map(name = "PROXY_HEADS")]
+pub static PROXY_HEADS: LruHashMap<FlowKey, ProxyHead> =
+    LruHashMap::with_max_entries(PROXY_HEADS_MAX, 0);
+
+/// The socket each process last received data on, by tgid: what a
+/// connect or accept that follows was triggered by (a proxy reads the
+/// request, then dials). An LRU of recent receivers.
+#[map(name = "LAST_RECV")]
+pub static LAST_RECV: LruHashMap<u32, u64> = LruHashMap::with_max_entries(LAST_RECV_MAX, 0);
 
 /// Counters of forwarded flows, by original tuple. Entries leave when
 /// userspace reports the flow ended (see `probes::forward`).

@@ -85,6 +85,8 @@ pub struct RelayConfig {
     pub volume_bytes: u64,
     /// How often connection counters are sampled for relays, in ms.
     pub sample_ms: Spanned<u64>,
+    /// How often pairs of connections under watch are judged, in ms.
+    pub check_ms: Spanned<u64>,
     /// Correlated samples each way that make a low-volume pair a relay.
     pub interactive_samples: u32,
     /// A connection belongs to a process's candidate legs if it used it
@@ -100,6 +102,7 @@ impl Default for RelayConfig {
             enabled: true,
             volume_bytes: 16 * 1024,
             sample_ms: Spanned::new(0..0, 1000),
+            check_ms: Spanned::new(0..0, 250),
             interactive_samples: 3,
             active_secs: 30,
             allowed_proxies: Vec::new(),
@@ -414,6 +417,14 @@ impl Config {
                 src,
                 sample.span().start,
                 "relay.sample_ms must be at least 100",
+            ));
+        }
+        let check = &self.relay.check_ms;
+        if !(50..=1000).contains(check.get_ref()) {
+            return Err(invalid(
+                src,
+                check.span().start,
+                "relay.check_ms must be between 50 and 1000",
             ));
         }
         let sweep = &self.network.sweep_secs;

@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::limits::{
-    MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_READER, MAP_SOCK_IO,
-    MAP_SOCK_OWNERS,
+    MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_PROXY_HEADS, MAP_READER,
+    MAP_SOCK_IO, MAP_SOCK_OWNERS,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -128,6 +128,7 @@ pub async fn run(
         flows: take_map(ebpf, MAP_FLOWS, HashMap::<MapData, _, _>::try_from)?,
         owners: take_map(ebpf, MAP_SOCK_OWNERS, HashMap::<MapData, _, _>::try_from)?,
         io: take_map(ebpf, MAP_SOCK_IO, HashMap::<MapData, _, _>::try_from)?,
+        heads: take_map(ebpf, MAP_PROXY_HEADS, HashMap::<MapData, _, _>::try_from)?,
     };
     let relay_settings = config.relay.settings();
     let mut relays = RelayDetector::default();
@@ -198,6 +199,9 @@ pub async fn run(
     let mut sweep = tokio::time::interval(Duration::from_secs(*net.sweep_secs.get_ref()));
     let mut relay_tick =
         tokio::time::interval(Duration::from_millis(*config.relay.sample_ms.get_ref()));
+    let mut relay_check =
+        tokio::time::interval(Duration::from_millis(*config.relay.check_ms.get_ref()));
+    let mut relay_stats = crate::net::relay::RelayStats::default();
     let mut dataplane_tick =
         tokio::time::interval(Duration::from_millis(*config.dataplane.scan_ms.get_ref()));
     let canary_secs = config.selfcheck.canary_secs;
@@ -214,6 +218,30 @@ pub async fn run(
                 let Some(batch) = batch else { break };
                 handle(&mut enricher, &mut kernel_flows, &metrics, &mut selfcheck, batch, &mut out);
                 count_changes(&metrics, &out);
+                if config.relay.enabled {
+                    let ctx = RelayContext {
+                        net: &enricher.net,
+                        map: &kernel_flows,
+                        procs: &enricher.table,
+                        clock: &enricher.clock,
+                        sides: dataplane.as_ref().map(DataplaneStage::sides),
+                    };
+                    let found = relays.observe(&out, &ctx, &relay_settings, BootClock::boot_now_ns());
+                    push_relays(&metrics, found, &mut out);
+                }
+                write_out(&mut output, kinds, &mut detect, &mut out);
+            }
+            _ = relay_check.tick(), if config.relay.enabled => {
+                let ctx = RelayContext {
+                    net: &enricher.net,
+                    map: &kernel_flows,
+                    procs: &enricher.table,
+                    clock: &enricher.clock,
+                    sides: dataplane.as_ref().map(DataplaneStage::sides),
+                };
+                let found = relays.tick(&ctx, &relay_settings, BootClock::boot_now_ns());
+                push_relays(&metrics, found, &mut out);
+                count_relay_work(&metrics, relays.stats(), &mut relay_stats);
                 write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = canary_tick.tick(), if canary_secs > 0 => {
@@ -248,13 +276,11 @@ pub async fn run(
                         map: &kernel_flows,
                         procs: &enricher.table,
                         clock: &enricher.clock,
+                        sides: dataplane.as_ref().map(DataplaneStage::sides),
                     };
                     relays.sample(BootClock::boot_now_ns(), &io, &ctx, &relay_settings)
                 });
-                for r in found {
-                    metrics.relays.with_label_values(&[r.pattern.as_str()]).inc();
-                    out.push(Event::Relay(Box::new(r)));
-                }
+                push_relays(&metrics, found, &mut out);
                 write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = tick.tick() => {
@@ -327,6 +353,36 @@ pub async fn run(
 fn release_startup_memory() {
     // SAFETY: malloc_trim only releases free memory.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// Counts relays found and adds them to the events to write.
+fn push_relays(
+    metrics: &Metrics,
+    found: Vec<crate::net::relay::RelayRecord>,
+    out: &mut Vec<Event>,
+) {
+    for r in found {
+        metrics
+            .relays
+            .with_label_values(&[r.method.as_str(), if r.allowed { "true" } else { "false" }])
+            .inc();
+        out.push(Event::Relay(Box::new(r)));
+    }
+}
+
+/// Moves the relay detector's work counts into the metrics.
+fn count_relay_work(
+    metrics: &Metrics,
+    now: &crate::net::relay::RelayStats,
+    seen: &mut crate::net::relay::RelayStats,
+) {
+    metrics
+        .relay_pairs_examined
+        .inc_by(now.examined - seen.examined);
+    metrics
+        .relay_pairs_dropped
+        .inc_by(now.dropped - seen.dropped);
+    *seen = now.clone();
 }
 
 /// Counts the configuration changes among `events`, whatever the output

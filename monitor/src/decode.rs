@@ -262,12 +262,14 @@ pub(crate) mod tests {
                 StdioFd {
                     mode: 0o020620,
                     rdev: 136 << 20,
+                    ino: 3,
                 },
                 StdioFd {
                     mode: 0o010600,
                     rdev: 0,
+                    ino: 4242,
                 },
-                StdioFd { mode: 0, rdev: 0 },
+                StdioFd::default(),
             ],
             exe_len: exe.len() as u16,
             cwd_len: cwd.len() as u16,

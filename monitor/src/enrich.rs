@@ -67,6 +67,7 @@ fn process_from(task: &Task, start_boot_ns: u64) -> Process {
         argv: Arc::from(Vec::new()),
         cwd: None,
         stdio: [FdKind::None; 3],
+        pipes: crate::process::Pipes::default(),
         seeded: false,
     }
 }
@@ -154,6 +155,17 @@ impl Enricher {
                 p.argv = crate::process::bounded_argv(&argv);
                 p.cwd = Some(Arc::from(cwd.as_str()));
                 p.stdio = stdio;
+                let pipe = |fd: &monitor_common::event::StdioFd| {
+                    if fd.mode & libc::S_IFMT == libc::S_IFIFO {
+                        fd.ino
+                    } else {
+                        0
+                    }
+                };
+                p.pipes = crate::process::Pipes {
+                    stdin: pipe(&fixed.stdio[0]),
+                    stdout: pipe(&fixed.stdio[1]),
+                };
                 self.table.exec(p);
                 let flags = fixed.flags;
                 Event::Exec(Box::new(ExecRecord {

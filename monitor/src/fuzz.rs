@@ -22,7 +22,10 @@ use crate::{
     enrich::Enricher,
     event::Event,
     metrics::Metrics,
-    net::{MemFlows, NetSettings, NetTracker},
+    net::{
+        relay::{self, RelayDetector, RelaySettings},
+        MemFlows, NetSettings, NetTracker,
+    },
     process::ProcessTable,
 };
 
@@ -110,14 +113,36 @@ pub fn kernel_records(data: &[u8]) {
     );
     let mut flows = MemFlows::default();
     let mut detect = Detect::new(builtin_rules().to_vec(), None);
+    let mut relays = RelayDetector::default();
+    let relay_settings = RelaySettings {
+        volume_bytes: 1024,
+        active_ns: 30_000_000_000,
+        interactive_samples: 2,
+        allowed: Vec::new(),
+    };
     let now = Instant::now();
     let mut out = Vec::new();
+    let mut last_ns = 0;
     for record in records(data) {
         let Ok(ev) = decode(record) else { continue };
+        last_ns = last_ns.max(ev.ts_boot_ns());
         if let KernelEvent::Net(n) = &ev {
             count(&mut flows, n);
         }
         enricher.apply(ev, now, &mut flows, &mut out);
+        // The relay detector sees the same events, and judges its pairs
+        // after each record, as the daemon's batches and ticks do.
+        let ctx = relay::Context {
+            net: &enricher.net,
+            map: &flows,
+            procs: &enricher.table,
+            clock: &enricher.clock,
+            sides: None,
+        };
+        let mut found = relays.observe(&out, &ctx, &relay_settings, last_ns);
+        found.extend(relays.tick(&ctx, &relay_settings, last_ns));
+        found.extend(relays.sample(last_ns, &[], &ctx, &relay_settings));
+        out.extend(found.into_iter().map(|r| Event::Relay(Box::new(r))));
         emit(&mut detect, &out);
         out.clear();
     }

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub rules_loaded: IntGauge,
     pub rule_reloads: IntCounterVec,
     pub relays: IntCounterVec,
+    pub relay_pairs_examined: IntCounter,
+    pub relay_pairs_dropped: IntCounter,
     pub forwarded_bytes: IntCounterVec,
     pub forwarded_packets: IntCounterVec,
     pub forward_flows: IntGauge,
@@ -166,8 +168,8 @@ impl Metrics {
         );
         let relays = counter_vec(
             "net_relays_total",
-            "Relays detected (pairs of connections one process forwards between), by pattern (bulk, interactive).",
-            &["pattern"],
+            "Relays detected (pairs of connections whose bytes pass from one to the other), by method (fingerprint, exchange, bulk, interactive, tunnel) and whether the proxy was declared (allowed).",
+            &["method", "allowed"],
         );
         let forwarded_bytes = counter_vec(
             "forwarded_bytes_total",
@@ -219,6 +221,14 @@ impl Metrics {
             "Connections and UDP flows in the flow table.",
         );
         let rules_loaded = gauge("rules_loaded", "Detection rules in use.");
+        let relay_pairs_examined = counter(
+            "relay_pairs_examined_total",
+            "Pairs of connections the relay detector judged.",
+        );
+        let relay_pairs_dropped = counter(
+            "relay_pairs_dropped_total",
+            "New pairs of connections not watched because the relay detector's watch list was full.",
+        );
         let net_kernel_flows = gauge(
             "net_kernel_flows",
             "Flows in the kernel's counter map at the last sweep.",
@@ -313,8 +323,10 @@ impl Metrics {
         for s in SINKS {
             output_errors.with_label_values(&[s]);
         }
-        for p in ["bulk", "interactive"] {
-            relays.with_label_values(&[p]);
+        for m in crate::net::relay::Method::ALL {
+            for allowed in ["false", "true"] {
+                relays.with_label_values(&[m.as_str(), allowed]);
+            }
         }
         for r in ["ok", "failed"] {
             rule_reloads.with_label_values(&[r]);
@@ -359,6 +371,8 @@ impl Metrics {
             rules_loaded,
             rule_reloads,
             relays,
+            relay_pairs_examined,
+            relay_pairs_dropped,
             forwarded_bytes,
             forwarded_packets,
             forward_flows,

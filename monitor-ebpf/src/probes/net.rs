@@ -21,10 +21,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use monitor_common::event::{
-    counter, EventHeader, FlowKey, FlowStats, IoKey, IoStats, NetEvent, SockOwner, FP_HTTP_CONNECT,
-    FP_NONE, FP_SOCKS4, FP_SOCKS4A, FP_SOCKS5, KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE,
-    KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
-    KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
+    counter, EventHeader, FlowKey, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, SockOwner,
+    Trigger, FP_CAPTURE_MORE, FP_HTTP_CONNECT, FP_HTTP_PROXY, FP_NONE, FP_SOCKS4, FP_SOCKS4A,
+    FP_SOCKS5, KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT,
+    KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE, KIND_NET_UDP_FLOW, PROTO_TCP,
+    PROTO_UDP, PROXY_HEAD_BYTES,
 };
 use monitor_common::limits::{NET_SHARE_EVENTS, NET_SHARE_WINDOW_NS};
 
@@ -34,8 +35,8 @@ use crate::{
         ReadError, AF_INET, AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
     },
     maps::{
-        count, Share, FLOWS, NET_EVENTS, NET_SHARES, PACKET_SCRATCH, SOCK_CALLS, SOCK_IO,
-        SOCK_OWNERS,
+        count, Share, FLOWS, LAST_RECV, NET_EVENTS, NET_SHARES, PACKET_SCRATCH, PROXY_HEADS,
+        SOCK_CALLS, SOCK_IO, SOCK_OWNERS,
     },
     probes::atomic_add,
 };
@@ -94,6 +95,34 @@ fn owner_of(cookie: u64) -> SockOwner {
     unsafe { SOCK_OWNERS.get(cookie) }
         .copied()
         .unwrap_or_default()
+}
+
+/// The socket process `tgid` last received data on, with what it had
+/// received from and sent to it so far (all zero when unknown: kernels
+/// without the activity tracepoints, or a process that received nothing).
+#[inline(always)]
+fn trigger_of(tgid: u32) -> Trigger {
+    // SAFETY: values are copied out at once.
+    let Some(cookie) = (unsafe { LAST_RECV.get(&tgid) }).copied() else {
+        return Trigger::default();
+    };
+    let key = IoKey {
+        tgid,
+        _pad: 0,
+        cookie,
+    };
+    // SAFETY: as above.
+    match unsafe { SOCK_IO.get(&key) } {
+        Some(io) => Trigger {
+            cookie,
+            bytes_received: io.bytes_received,
+            bytes_sent: io.bytes_sent,
+        },
+        None => Trigger {
+            cookie,
+            ..Trigger::default()
+        },
+    }
 }
 
 /// Whether an event of process `tgid` is to be shed: only while the ring
@@ -275,6 +304,9 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
         ev.netns = sk_netns(sk)?;
         ev.old_state = old as u8;
         ev.new_state = new as u8;
+        if kind == KIND_NET_CONNECT {
+            ev.trigger = trigger_of(owner.tgid);
+        }
         let (local, lport, remote, rport) = sk_tuple(sk)?;
         ev.local_addr = local;
         ev.local_port = lport;
@@ -294,7 +326,9 @@ fn try_set_state(ctx: &BtfTracePointContext) -> Result<(), ReadError> {
                     ev.local_port = stats.local_port;
                 }
                 ev.first_ns = stats.first_ns;
-                ev.fingerprints = (stats.fp_in & 0x0f) | (stats.fp_out << 4);
+                ev.first_in_ns = stats.first_in_ns;
+                ev.first_out_ns = stats.first_out_ns;
+                ev.fingerprints = (stats.fp_in & 0x0f) | ((stats.fp_out & 0x0f) << 4);
                 ev.bytes_out = stats.bytes_out;
                 ev.bytes_in = stats.bytes_in;
                 ev.pkts_out = stats.pkts_out;
@@ -351,6 +385,7 @@ fn accepted(ctx: &TracePointContext) -> Result<(), ReadError> {
     set_owner(cookie, &owner);
     emit(KIND_NET_ACCEPT, cookie, PROTO_TCP, &owner, |ev| {
         ev.netns = sk_netns(sk)?;
+        ev.trigger = trigger_of(owner.tgid);
         let (local, lport, remote, rport) = sk_tuple(sk)?;
         ev.local_addr = local;
         ev.local_port = lport;
@@ -465,6 +500,11 @@ pub struct PacketScratch {
     fresh: FlowStats,
     header: [u8; 40],
     l4: [u8; 16],
+    /// The first payload bytes of a flow's first payload each way.
+    first: [u8; 16],
+    /// Never written: the initial value of a `PROXY_HEADS` entry (too big
+    /// for the stack).
+    blank: ProxyHead,
 }
 
 /// Fills `w.key` and `w.fresh` local fields from the packet headers;
@@ -597,6 +637,10 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             w.fresh.pkts_in = 0;
             w.fresh.next_seq_out = 0;
             w.fresh.next_seq_in = 0;
+            w.fresh.first_in_ns = 0;
+            w.fresh.first_out_ns = 0;
+            w.fresh.fp_in = 0;
+            w.fresh.fp_out = 0;
             // Fails when the map is full or another CPU inserted it first;
             // the lookup below tells which.
             if FLOWS.insert(&w.key, &w.fresh, BPF_NOEXIST).is_ok() && w.key.proto == PROTO_UDP {
@@ -611,32 +655,8 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             }
         }
     };
-    // The first payload each way: is it a proxy protocol?
-    // SAFETY: reading a live map value.
-    let first = unsafe {
-        if egress {
-            (*stats).bytes_out == 0
-        } else {
-            (*stats).bytes_in == 0
-        }
-    };
-    if first && payload >= 3 {
-        let mut b = [0u8; 8];
-        // A SOCKS5 greeting can be as short as three bytes (`05 01 00`).
-        let n: u32 = if payload >= 8 { 8 } else { 3 };
-        // SAFETY: at most 8 bytes into an 8-byte stack buffer.
-        if unsafe { bpf_skb_load_bytes(skb.cast(), headers & 0x3ff, b.as_mut_ptr().cast(), n) } == 0
-        {
-            let fp = fingerprint(&b, payload as u32);
-            // SAFETY: a live map value.
-            unsafe {
-                if egress {
-                    (*stats).fp_out = fp;
-                } else {
-                    (*stats).fp_in = fp;
-                }
-            }
-        }
+    if payload > 0 {
+        first_payload(skb, w, stats, egress, headers, payload);
     }
     let payload = if w.key.proto == PROTO_TCP {
         new_tcp_payload(w, stats, egress, payload)
@@ -653,6 +673,156 @@ fn account(ctx: &SkBuffContext, egress: bool) {
         } else {
             atomic_add(&raw mut (*stats).bytes_in, payload);
             atomic_add(&raw mut (*stats).pkts_in, segs);
+        }
+    }
+}
+
+/// A flow's first payload each way: stamps it, and reads its first bytes
+/// for a proxy protocol; a flow whose first payload was a SOCKS5 greeting
+/// also has its next payload read (the request naming the target). Every
+/// other packet returns at the first test.
+#[inline(always)]
+fn first_payload(
+    skb: *mut __sk_buff,
+    w: &mut PacketScratch,
+    stats: *mut FlowStats,
+    egress: bool,
+    headers: u32,
+    payload: u64,
+) {
+    // SAFETY: reading a live map value.
+    let (counted, fp) = unsafe {
+        if egress {
+            ((*stats).bytes_out, (*stats).fp_out)
+        } else {
+            ((*stats).bytes_in, (*stats).fp_in)
+        }
+    };
+    if counted != 0 {
+        if fp & FP_CAPTURE_MORE != 0 {
+            capture_more(skb, w, stats, egress, headers, payload);
+        }
+        return;
+    }
+    // SAFETY: a live map value; one writer per direction in practice.
+    unsafe {
+        if egress {
+            (*stats).first_out_ns = now();
+        } else {
+            (*stats).first_in_ns = now();
+        }
+    }
+    // A SOCKS5 greeting can be as short as three bytes (`05 01 00`).
+    if payload < 3 {
+        return;
+    }
+    let n = if payload >= 16 { 16 } else { payload as u32 };
+    // In [1, 16] in a form the verifier follows.
+    let n = ((n - 1) & 15) + 1;
+    let b = &mut w.first;
+    *b = [0; 16];
+    // SAFETY: at most 16 bytes into a 16-byte buffer.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), headers & 0x3ff, b.as_mut_ptr().cast(), n) } != 0 {
+        return;
+    }
+    let mut fp = fingerprint(b, payload as u32);
+    if fp == FP_NONE {
+        return;
+    }
+    let more = fp == FP_SOCKS5 && socks5_greeting_only(b, payload);
+    if capture_head(skb, w, egress, headers, payload, 0) && more {
+        fp |= FP_CAPTURE_MORE;
+    }
+    // SAFETY: a live map value.
+    unsafe {
+        if egress {
+            (*stats).fp_out = fp;
+        } else {
+            (*stats).fp_in = fp;
+        }
+    }
+}
+
+/// Whether a SOCKS5 first payload is the greeting alone, the request that
+/// names the target still to come.
+#[inline(always)]
+fn socks5_greeting_only(b: &[u8; 16], payload: u64) -> bool {
+    payload == 2 + b[1] as u64
+}
+
+/// Copies up to `PROXY_HEAD_BYTES - at` payload bytes of this packet into
+/// the flow's `PROXY_HEADS` entry at `at`, creating the entry when `at` is
+/// 0. Returns whether the bytes were kept.
+#[inline(always)]
+fn capture_head(
+    skb: *mut __sk_buff,
+    w: &mut PacketScratch,
+    egress: bool,
+    headers: u32,
+    payload: u64,
+    at: u32,
+) -> bool {
+    if at == 0 && PROXY_HEADS.insert(&w.key, &w.blank, 0).is_err() {
+        return false;
+    }
+    let Some(head) = PROXY_HEADS.get_ptr_mut(&w.key) else {
+        return false;
+    };
+    let at = at & (PROXY_HEAD_BYTES as u32 - 1);
+    let room = PROXY_HEAD_BYTES as u64 - at as u64;
+    let n = if payload < room { payload } else { room } as u32;
+    if n == 0 {
+        return false;
+    }
+    // In [1, PROXY_HEAD_BYTES] in a form the verifier follows.
+    let n = ((n - 1) & (PROXY_HEAD_BYTES as u32 - 1)) + 1;
+    // SAFETY: `at` < PROXY_HEAD_BYTES and `n` <= PROXY_HEAD_BYTES, inside
+    // a buffer of twice that size.
+    unsafe {
+        let (buf, len) = if egress {
+            ((*head).data_out.as_mut_ptr(), &raw mut (*head).len_out)
+        } else {
+            ((*head).data_in.as_mut_ptr(), &raw mut (*head).len_in)
+        };
+        if bpf_skb_load_bytes(skb.cast(), headers & 0x3ff, buf.add(at as usize).cast(), n) != 0 {
+            return false;
+        }
+        *len = (at + n) as u16;
+    }
+    true
+}
+
+/// The payload after a SOCKS5 greeting: appended to the flow's head, then
+/// the capture of that direction is done.
+#[inline(always)]
+fn capture_more(
+    skb: *mut __sk_buff,
+    w: &mut PacketScratch,
+    stats: *mut FlowStats,
+    egress: bool,
+    headers: u32,
+    payload: u64,
+) {
+    // SAFETY: values copied out at once.
+    let at = match unsafe { PROXY_HEADS.get(&w.key) } {
+        Some(h) => {
+            if egress {
+                h.len_out
+            } else {
+                h.len_in
+            }
+        }
+        None => 0,
+    } as u32;
+    if at > 0 && at < PROXY_HEAD_BYTES as u32 {
+        capture_head(skb, w, egress, headers, payload, at);
+    }
+    // SAFETY: a live map value.
+    unsafe {
+        if egress {
+            (*stats).fp_out &= !FP_CAPTURE_MORE;
+        } else {
+            (*stats).fp_in &= !FP_CAPTURE_MORE;
         }
     }
 }
@@ -781,14 +951,39 @@ fn record_io(ctx: &BtfTracePointContext, sent: bool) -> Result<(), ReadError> {
             atomic_add(&raw mut (*stats).bytes_received, ret as u64);
         }
     }
+    if !sent {
+        note_last_recv(key.tgid, cookie);
+    }
     Ok(())
+}
+
+/// Remembers the socket `tgid` received on last (see `LAST_RECV`).
+#[inline(always)]
+fn note_last_recv(tgid: u32, cookie: u64) {
+    match LAST_RECV.get_ptr_mut(&tgid) {
+        // SAFETY: a live map value; a racing thread of the same process
+        // writes another socket of its own, either is a fair answer.
+        Some(last) => unsafe {
+            if *last != cookie {
+                *last = cookie;
+            }
+        },
+        None => {
+            let _ = LAST_RECV.insert(&tgid, &cookie, 0);
+        }
+    }
 }
 
 /// Recognises a proxy protocol in the first payload bytes of a flow.
 #[inline(always)]
-fn fingerprint(b: &[u8; 8], len: u32) -> u8 {
-    if len >= 3 && b[0] == 5 && b[1] >= 1 && b[1] <= 16 && len == 2 + b[1] as u32 {
-        return FP_SOCKS5;
+fn fingerprint(b: &[u8; 16], len: u32) -> u8 {
+    // A SOCKS5 greeting: version, method count, methods; alone, or with
+    // the request (version 5 again) right behind it.
+    if len >= 3 && b[0] == 5 && b[1] >= 1 && b[1] <= 8 {
+        let end = 2 + b[1] as u32;
+        if len == end || (len > end + 3 && b[(end & 15) as usize] == 5) {
+            return FP_SOCKS5;
+        }
     }
     if len >= 9 && b[0] == 4 && (b[1] == 1 || b[1] == 2) {
         return if b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] != 0 {
@@ -797,8 +992,38 @@ fn fingerprint(b: &[u8; 8], len: u32) -> u8 {
             FP_SOCKS4
         };
     }
-    if len >= 8 && b == b"CONNECT " {
+    if len >= 8 && b[..8] == *b"CONNECT " {
         return FP_HTTP_CONNECT;
     }
+    if len >= 12 && absolute_form(b) {
+        return FP_HTTP_PROXY;
+    }
     FP_NONE
+}
+
+/// An HTTP request line in absolute form: a method of 3 to 7 capitals,
+/// a space, then `http://` (what a forward proxy is sent).
+#[inline(always)]
+fn absolute_form(b: &[u8; 16]) -> bool {
+    let mut k = 0;
+    while k < 8 {
+        let c = b[k];
+        if c == b' ' {
+            break;
+        }
+        if !c.is_ascii_uppercase() {
+            return false;
+        }
+        k += 1;
+    }
+    if !(3..=7).contains(&k) {
+        return false;
+    }
+    b[k + 1] == b'h'
+        && b[k + 2] == b't'
+        && b[k + 3] == b't'
+        && b[k + 4] == b'p'
+        && b[k + 5] == b':'
+        && b[k + 6] == b'/'
+        && b[k + 7] == b'/'
 }

@@ -11,6 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::sides::{Side, SideMap, Subnet};
+
 /// What an interface is for. A closed set: also a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +105,46 @@ pub fn assign(links: &[Link], configured: &[IfaceRole]) -> Vec<Iface> {
             }
         })
         .collect()
+}
+
+impl Role {
+    /// The side of the gateway an interface of this role faces.
+    pub fn side(self) -> Side {
+        match self {
+            Role::Wan => Side::Wan,
+            Role::Lan => Side::Lan,
+            Role::Mgmt => Side::Mgmt,
+            Role::Tunnel => Side::Tunnel,
+        }
+    }
+}
+
+/// The sides of the calling thread's namespace (inode `netns`): each
+/// interface's subnets with its role, its own addresses, and the role of
+/// the default route.
+pub fn sides(netns: u32, configured: &[IfaceRole]) -> io::Result<SideMap> {
+    let links = list()?;
+    let ifaces = assign(&links, configured);
+    let role_of = |name: &str| ifaces.iter().find(|i| i.link.name == name).map(|i| i.role);
+    let mut map = SideMap {
+        netns,
+        default: ifaces
+            .iter()
+            .find(|i| i.link.default_route)
+            .map(|i| i.role.side()),
+        ..SideMap::default()
+    };
+    for (name, addr, prefix) in crate::net::sides::addresses()? {
+        map.local.push(addr);
+        if let Some(role) = role_of(&name) {
+            map.subnets.push(Subnet {
+                addr,
+                prefix,
+                side: role.side(),
+            });
+        }
+    }
+    Ok(map)
 }
 
 /// Runs `f` with this thread in the network namespace at `path` (the

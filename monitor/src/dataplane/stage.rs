@@ -12,7 +12,9 @@ use super::{
     netlink::{Notice, Watcher},
     DataPlane, DataPlaneError, Settings,
 };
-use crate::{clock::BootClock, enrich::Enricher, event::Event, metrics::Metrics};
+use crate::{
+    clock::BootClock, enrich::Enricher, event::Event, metrics::Metrics, net::sides::SideMap,
+};
 
 /// Scans between two interface rescans when no link was announced.
 const RESCAN_EVERY: u64 = 10;
@@ -32,6 +34,9 @@ pub struct DataplaneStage {
     /// Notices waiting for their process to be known: each with when it
     /// was read (as an instant, and on the boot clock).
     pending: Vec<(Notice, Instant, u64)>,
+    /// The sides of the watched namespace, for rating relays.
+    sides: SideMap,
+    roles: Vec<iface::IfaceRole>,
     metrics: Metrics,
 }
 
@@ -43,6 +48,7 @@ impl DataplaneStage {
         metrics: Metrics,
     ) -> Result<Self, DataPlaneError> {
         let netns_path = settings.netns.clone();
+        let roles = settings.roles.clone();
         let watcher = match iface::in_netns(netns_path.as_deref(), Watcher::open)? {
             Ok(w) => Some(w),
             Err(e) => {
@@ -62,7 +68,7 @@ impl DataplaneStage {
             Some(p) => p.netns(),
             None => iface::in_netns(netns_path.as_deref(), super::netns_inode)??,
         };
-        Ok(Self {
+        let mut stage = Self {
             plane,
             watcher,
             netns_path,
@@ -70,8 +76,27 @@ impl DataplaneStage {
             scans: 0,
             overruns_seen: 0,
             pending: Vec::new(),
+            sides: SideMap::default(),
+            roles,
             metrics,
-        })
+        };
+        stage.read_sides();
+        Ok(stage)
+    }
+
+    /// The sides of the watched namespace, as of the last rescan.
+    pub fn sides(&self) -> &SideMap {
+        &self.sides
+    }
+
+    fn read_sides(&mut self) {
+        let (netns, roles) = (self.netns, &self.roles);
+        match iface::in_netns(self.netns_path.as_deref(), || iface::sides(netns, roles)) {
+            Ok(Ok(map)) => self.sides = map,
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "cannot read the interfaces' addresses; relays are not rated by side");
+            }
+        }
     }
 
     /// One scan; its events go to `out`.
@@ -122,6 +147,9 @@ impl DataplaneStage {
                 .netlink_overruns
                 .inc_by(w.overruns - self.overruns_seen);
             self.overruns_seen = w.overruns;
+        }
+        if link_appeared || self.scans.is_multiple_of(RESCAN_EVERY) {
+            self.read_sides();
         }
         let Some(plane) = self.plane.as_mut() else {
             return;

@@ -85,6 +85,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         inode_i_mode: r.member("inode", &["i_mode"])?,
         inode_i_rdev: r.member("inode", &["i_rdev"])?,
         inode_i_nlink: r.member("inode", &["i_nlink", "__i_nlink"])?,
+        inode_i_ino: r.member("inode", &["i_ino"])?,
         cred_uid: r.member("cred", &["uid"])?,
         cred_euid: r.member("cred", &["euid"])?,
         cred_gid: r.member("cred", &["gid"])?,

@@ -6,7 +6,7 @@ use aya::{
     maps::{HashMap, IterableMap as _, MapData},
     Pod,
 };
-use monitor_common::event::{FlowKey, FlowStats, IoKey, IoStats, SockOwner};
+use monitor_common::event::{FlowKey, FlowStats, IoKey, IoStats, ProxyHead, SockOwner};
 
 use super::FlowMap;
 
@@ -15,6 +15,9 @@ pub struct KernelFlows {
     pub owners: HashMap<MapData, u64, SockOwner>,
     /// Per-process socket activity (`SOCK_IO`, an LRU hash).
     pub io: HashMap<MapData, IoKey, IoStats>,
+    /// First bytes of flows that looked like proxy requests
+    /// (`PROXY_HEADS`, an LRU hash).
+    pub heads: HashMap<MapData, FlowKey, ProxyHead>,
 }
 
 /// A kernel counter whose last-seen stamp is monotonic (see
@@ -65,6 +68,14 @@ impl FlowMap for KernelFlows {
 
     fn owner(&self, socket: u64) -> Option<SockOwner> {
         self.owners.get(&socket, 0).ok()
+    }
+
+    fn io(&self, key: &IoKey) -> Option<IoStats> {
+        self.io.get(key, 0).ok()
+    }
+
+    fn proxy_head(&self, key: &FlowKey) -> Option<ProxyHead> {
+        self.heads.get(key, 0).ok()
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod maps;
 pub mod relay;
+pub mod sides;
 pub mod sockdiag;
 pub mod table;
 mod tracker;

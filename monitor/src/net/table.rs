@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use monitor_common::event::Trigger;
+
 use crate::event::{Direction, Endpoint, Proto};
 
 /// One flow: a socket and one peer (a TCP socket has a single peer).
@@ -47,6 +49,10 @@ pub struct Flow {
     pub reported_out: u64,
     pub reported_in: u64,
     pub last_report_ns: u64,
+    /// For connections this machine dialled or accepted: the connection
+    /// the process had last received data on before (see
+    /// `monitor_common::event::Trigger`); cookie 0 when unknown.
+    pub trigger: Trigger,
 }
 
 /// Flows by id, with a tuple index for joining the two ends and a socket
@@ -166,6 +172,7 @@ mod tests {
             reported_out: 0,
             reported_in: 0,
             last_report_ns: 0,
+            trigger: Trigger::default(),
         }
     }
 

@@ -1,9 +1,9 @@
 //! Turns kernel socket events and flow counters into output events.
 
 use monitor_common::event::{
-    FlowKey, FlowStats, NetEvent, SockOwner, KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE,
-    KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
-    KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
+    FlowKey, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, SockOwner, Trigger, KIND_NET_ACCEPT,
+    KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN,
+    KIND_NET_RELEASE, KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +33,16 @@ pub trait FlowMap {
     fn entries(&self) -> Vec<(FlowKey, FlowStats)>;
     /// Owner of a socket from the kernel's `SOCK_OWNERS`.
     fn owner(&self, socket: u64) -> Option<SockOwner>;
+    /// What process `tgid` received from and sent on a socket, from the
+    /// kernel's `SOCK_IO` (None without the activity tracepoints).
+    fn io(&self, _key: &IoKey) -> Option<IoStats> {
+        None
+    }
+    /// The first bytes of a flow whose first payload looked like a proxy
+    /// request, from the kernel's `PROXY_HEADS`.
+    fn proxy_head(&self, _key: &FlowKey) -> Option<ProxyHead> {
+        None
+    }
 }
 
 /// Timing of flow reports, in boot-clock nanoseconds.
@@ -58,7 +68,13 @@ pub struct NetTracker {
     /// relay that starts and ends between two samples is still scored.
     pub recently_closed: HashMap<u64, Vec<(Flow, FlowStats)>>,
     closed_order: std::collections::VecDeque<(u64, u64)>,
+    /// Triggers of connects in progress, by socket, until their result.
+    dialling: HashMap<u64, Trigger>,
 }
+
+/// Connects in progress whose trigger is kept; past it (results lost) the
+/// oldest are dropped.
+const DIALLING_MAX: usize = 4096;
 
 /// Ended flows kept for relay scoring, and for how long.
 const RECENTLY_CLOSED_MAX: usize = 8192;
@@ -126,6 +142,7 @@ impl NetTracker {
             last_sweep_ns: 0,
             recently_closed: HashMap::new(),
             closed_order: std::collections::VecDeque::new(),
+            dialling: HashMap::new(),
         }
     }
 
@@ -195,6 +212,12 @@ impl NetTracker {
         let now = ev.header.ts_boot_ns;
         match ev.header.kind {
             KIND_NET_CONNECT => {
+                if ev.trigger.cookie != 0 {
+                    if self.dialling.len() >= DIALLING_MAX {
+                        self.dialling.clear();
+                    }
+                    self.dialling.insert(ev.cookie, ev.trigger);
+                }
                 rec.remote = Some(remote);
                 rec.direction = Some(Direction::Outbound);
                 vec![Event::net(Kind::Connect, rec)]
@@ -211,8 +234,12 @@ impl NetTracker {
                 if ev.errno != 0 {
                     rec.errno = Some(ev.errno);
                 }
+                let trigger = self.dialling.remove(&ev.cookie).unwrap_or_default();
                 if result == "established" {
                     self.open(id, local, Direction::Outbound, ev.header.pid, ev.netns, now);
+                    if let Some(f) = self.flows.get_mut(&id) {
+                        f.trigger = trigger;
+                    }
                     rec.peer_process = self.peer(procs, proto, local, remote);
                 } else {
                     // A failed attempt's counters (the SYNs) go with it.
@@ -224,6 +251,9 @@ impl NetTracker {
                 rec.remote = Some(remote);
                 rec.direction = Some(Direction::Inbound);
                 self.open(id, local, Direction::Inbound, ev.header.pid, ev.netns, now);
+                if let Some(f) = self.flows.get_mut(&id) {
+                    f.trigger = ev.trigger;
+                }
                 rec.peer_process = self.peer(procs, proto, local, remote);
                 vec![Event::net(Kind::Accept, rec)]
             }
@@ -257,6 +287,8 @@ impl NetTracker {
                     fp_in: ev.fingerprints & 0x0f,
                     fp_out: ev.fingerprints >> 4,
                     first_ns: ev.first_ns,
+                    first_in_ns: ev.first_in_ns,
+                    first_out_ns: ev.first_out_ns,
                     // The close event carries no time of the last packet;
                     // the close is the latest it can have been. Relay
                     // pairing by owner (kernels without the activity
@@ -315,6 +347,7 @@ impl NetTracker {
             reported_out: 0,
             reported_in: 0,
             last_report_ns: now,
+            trigger: Trigger::default(),
         });
     }
 
@@ -415,6 +448,7 @@ impl NetTracker {
                         reported_out: 0,
                         reported_in: 0,
                         last_report_ns: stats.first_ns,
+                        trigger: Trigger::default(),
                     }
                 }
             };
@@ -548,6 +582,7 @@ impl NetTracker {
                     reported_out: 0,
                     reported_in: 0,
                     last_report_ns: now,
+                    trigger: Trigger::default(),
                 });
             }
             let state = match s.proto {
@@ -600,6 +635,8 @@ fn fill_counters(rec: &mut NetRecord, stats: &FlowStats) {
 pub struct MemFlows {
     pub flows: HashMap<FlowKey, FlowStats>,
     pub owners: HashMap<u64, SockOwner>,
+    pub io: HashMap<IoKey, IoStats>,
+    pub heads: HashMap<FlowKey, ProxyHead>,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -615,6 +652,12 @@ impl FlowMap for MemFlows {
     }
     fn owner(&self, socket: u64) -> Option<SockOwner> {
         self.owners.get(&socket).copied()
+    }
+    fn io(&self, key: &IoKey) -> Option<IoStats> {
+        self.io.get(key).copied()
+    }
+    fn proxy_head(&self, key: &FlowKey) -> Option<ProxyHead> {
+        self.heads.get(key).copied()
     }
 }
 

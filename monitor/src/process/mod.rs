@@ -4,4 +4,4 @@
 pub mod procfs;
 mod table;
 
-pub use table::{bounded_argv, Process, ProcessTable, TableStats};
+pub use table::{bounded_argv, Pipes, Process, ProcessTable, TableStats};

@@ -60,6 +60,10 @@ pub fn read_process(dir: &Path, pid: u32) -> Option<Process> {
         .ok()
         .map(|p| Arc::from(escape(p.as_os_str().as_bytes())));
     let stdio = [0, 1, 2].map(|fd| fd_kind(&dir.join("fd").join(fd.to_string())));
+    let pipes = super::Pipes {
+        stdin: pipe_inode(&dir.join("fd/0")),
+        stdout: pipe_inode(&dir.join("fd/1")),
+    };
     // 4294967295 means unset; the file is missing without CONFIG_AUDIT.
     let auid = fs::read_to_string(dir.join("loginuid"))
         .ok()
@@ -81,8 +85,17 @@ pub fn read_process(dir: &Path, pid: u32) -> Option<Process> {
         argv: bounded_argv(&argv),
         cwd,
         stdio,
+        pipes,
         seeded: true,
     })
+}
+
+/// Inode number of the pipe or fifo behind a /proc fd link, 0 otherwise.
+pub fn pipe_inode(link: &Path) -> u64 {
+    match fs::metadata(link) {
+        Ok(m) if m.mode() & libc::S_IFMT == libc::S_IFIFO => m.ino(),
+        _ => 0,
+    }
 }
 
 /// Kind of an open descriptor, from `stat` through its /proc link.

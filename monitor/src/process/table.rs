@@ -40,8 +40,28 @@ pub struct Process {
     pub argv: Arc<[String]>,
     pub cwd: Option<Arc<str>>,
     pub stdio: [FdKind; 3],
+    /// Inode numbers of the pipes or fifos on stdin and stdout (0: not a
+    /// pipe): two processes where one's stdout is the other's stdin are
+    /// joined (`nc -l ... | nc ...`, fifo plumbing).
+    pub pipes: Pipes,
     /// Found in /proc at start rather than seen being created.
     pub seeded: bool,
+}
+
+/// The pipes or fifos on a process's stdin and stdout, by inode number
+/// (0: that descriptor is not a pipe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pipes {
+    pub stdin: u64,
+    pub stdout: u64,
+}
+
+impl Pipes {
+    /// Whether data flows between the two through a pipe, either way.
+    pub fn joined(&self, other: &Pipes) -> bool {
+        (self.stdout != 0 && self.stdout == other.stdin)
+            || (self.stdin != 0 && self.stdin == other.stdout)
+    }
 }
 
 /// Counters the metrics stage exports.
@@ -135,6 +155,7 @@ impl ProcessTable {
             child.argv = parent.argv.clone();
             child.cwd = parent.cwd.clone();
             child.stdio = parent.stdio;
+            child.pipes = parent.pipes;
         }
         self.insert(child);
     }
@@ -313,6 +334,7 @@ impl Process {
             argv: Arc::from(vec![exe.to_owned()]),
             cwd: Some("/".into()),
             stdio: [FdKind::None; 3],
+            pipes: Pipes::default(),
             seeded: false,
         }
     }

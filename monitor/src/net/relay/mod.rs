@@ -1,0 +1,854 @@
+//! Relay detection by behaviour: two connections whose bytes pass from one
+//! to the other, both ways, held by one process or by processes joined by
+//! a pipe or by parentage.
+//!
+//! Names and ports lie; the shape of the traffic does not. Pairs of
+//! connections come from two places:
+//!
+//! - **events** ([`RelayDetector::observe`]): when a connection opens, it
+//!   is paired with the connection its process last read from before it
+//!   dialled or accepted (the kernel records that trigger: a proxy reads a
+//!   request, then dials), and with the connections its process, its
+//!   ancestors and its pipe peers opened just before. A pair is judged at
+//!   once on a proxy request's named target, then every tick
+//!   ([`RelayDetector::tick`]) and at each leg's close, so a relay that
+//!   carries a single short request and answer, or starts and ends between
+//!   two samples, is reported within a tick of its first exchange;
+//! - **sampling** ([`RelayDetector::sample`]): every `relay.sample_ms`,
+//!   the connections each process used lately (the kernel's per-process
+//!   socket activity, and owners) are paired and judged, which finds
+//!   long-lived relays older than the monitor and slow interactive ones.
+//!
+//! The judgement itself is in [`score`]; the proxy request parser in
+//! [`proxy`].
+
+pub mod proxy;
+mod record;
+pub mod score;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use monitor_common::event::{FlowStats, IoKey, IoStats, FP_PROTO_MASK};
+use serde::Deserialize;
+
+pub use self::record::{Leg, Method, ProxyRequest, RelayRecord, Via};
+use self::score::{Counts, Handshake, Window};
+use super::{
+    sides::{Side, SideMap},
+    table::{Flow, FlowId},
+    tracker::flow_key,
+    FlowMap, NetTracker,
+};
+use crate::{
+    clock::BootClock,
+    event::{Direction, Event},
+    process::ProcessTable,
+};
+
+/// A proxy the operator runs on purpose: its relays are reported as
+/// allowed and raise nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedProxy {
+    /// Executable path, as events show it.
+    pub exe: String,
+    /// Local ports it serves on; empty: any.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Bytes each way after which a balanced pair is a bulk relay.
+    pub volume_bytes: u64,
+    /// A connection counts for a process if it used it this recently.
+    pub active_ns: u64,
+    /// Correlated samples each way that make a low-volume pair a relay.
+    pub interactive_samples: u32,
+    pub allowed: Vec<AllowedProxy>,
+}
+
+/// What the detector reads besides the events.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub net: &'a NetTracker,
+    pub map: &'a dyn FlowMap,
+    pub procs: &'a ProcessTable,
+    pub clock: &'a BootClock,
+    /// The sides of the gateway's namespace, when known.
+    pub sides: Option<&'a SideMap>,
+}
+
+/// Counter samples of one connection, newest last: (boot ns, in, out).
+#[derive(Default)]
+struct Series {
+    samples: VecDeque<(u64, u64, u64)>,
+    last_seen: u64,
+}
+
+/// Samples kept per connection: enough for the interactive test.
+const SERIES_LEN: usize = 120;
+/// Connections of one process paired at most by sampling (the most
+/// recently active).
+const LEGS_PER_PROCESS: usize = 32;
+/// Ancestor levels a relay may span: a leg handed to a child through a
+/// pipe (`ncat -l --sh-exec "ncat host port"`).
+const RELAY_ANCESTOR_LEVELS: usize = 3;
+/// Pairs remembered as reported, so one relay raises one event.
+const REPORTED_MAX: usize = 16_384;
+/// A connection opened this soon after another of its process's group is
+/// paired with it (a forwarder accepts, then dials at once).
+const PAIR_WINDOW_NS: u64 = 2_000_000_000;
+/// Recent connections kept per process for pairing.
+const LEGS_KEPT: usize = 64;
+/// Partners a new connection is paired with at most.
+const PARTNERS_MAX: usize = 8;
+/// Open pairs under watch at most; past it new pairs are not watched and
+/// counted (`dropped`).
+const CANDIDATES_MAX: usize = 8192;
+/// A pair is watched this long after it was made, then left to sampling.
+const CANDIDATE_TTL_NS: u64 = 60_000_000_000;
+
+/// A pair of connections under watch.
+#[derive(Debug, Clone)]
+struct Candidate {
+    /// The leg the relaying process read from before it dialled (or the
+    /// older one).
+    first: FlowId,
+    second: FlowId,
+    /// The process that opened `second`.
+    relayer: u32,
+    via: Via,
+    /// What the relaying process had received from and sent on `first`
+    /// when it opened `second`, when `first` was its trigger.
+    handshake: Option<Handshake>,
+    created_ns: u64,
+}
+
+/// One leg as the detector judges it: the flow and its counters, open or
+/// ended.
+#[derive(Debug, Clone)]
+struct LegView {
+    flow: Flow,
+    stats: FlowStats,
+}
+
+impl LegView {
+    fn counts(&self) -> Counts {
+        Counts {
+            bytes_in: self.stats.bytes_in,
+            bytes_out: self.stats.bytes_out,
+            first_ns: self.stats.first_ns,
+            last_ns: self.stats.last_ns,
+            first_in_ns: self.stats.first_in_ns,
+            first_out_ns: self.stats.first_out_ns,
+        }
+    }
+
+    fn proxy_fp(&self) -> bool {
+        self.stats.fp_in & FP_PROTO_MASK != 0 || self.stats.fp_out & FP_PROTO_MASK != 0
+    }
+}
+
+/// Counts of the detector's work, for the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Pairs of connections judged.
+    pub examined: u64,
+    /// Pairs not watched because the watch list was full.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+pub struct RelayDetector {
+    series: HashMap<FlowId, Series>,
+    reported: HashSet<(FlowId, FlowId)>,
+    candidates: HashMap<(FlowId, FlowId), Candidate>,
+    /// Connections each process opened or read from lately, newest last,
+    /// with when they opened.
+    legs_of: HashMap<u32, VecDeque<(FlowId, u64)>>,
+    stats: RelayStats,
+}
+
+/// The unordered key of a pair.
+fn pair_key(a: &FlowId, b: &FlowId) -> (FlowId, FlowId) {
+    (a.min_by_socket(b), a.max_by_socket(b))
+}
+
+/// The view of a leg: open (its live counters) or recently ended (its
+/// final ones).
+fn view(id: &FlowId, ctx: &Context<'_>) -> Option<LegView> {
+    if let Some(f) = ctx.net.flows.get(id) {
+        // No packet counted yet (an accepted connection whose client has
+        // not spoken): nothing moved.
+        let stats = ctx.map.get(&flow_key(id)).unwrap_or(FlowStats {
+            first_ns: f.seen_ns,
+            ..FlowStats::default()
+        });
+        return Some(LegView {
+            flow: f.clone(),
+            stats,
+        });
+    }
+    ctx.net
+        .recently_closed
+        .get(&id.socket)?
+        .iter()
+        .find(|(f, _)| f.id == *id)
+        .map(|(f, s)| LegView {
+            flow: f.clone(),
+            stats: *s,
+        })
+}
+
+/// When the monitor learnt of a leg (its accept or connect).
+fn opened_ns(id: &FlowId, ctx: &Context<'_>) -> Option<u64> {
+    if let Some(f) = ctx.net.flows.get(id) {
+        return Some(f.seen_ns);
+    }
+    ctx.net
+        .recently_closed
+        .get(&id.socket)?
+        .iter()
+        .find(|(f, _)| f.id == *id)
+        .map(|(f, _)| f.seen_ns)
+}
+
+/// Whether the detector can still see a leg: open, or recently ended.
+fn known(id: &FlowId, ctx: &Context<'_>) -> bool {
+    ctx.net.flows.get(id).is_some()
+        || ctx
+            .net
+            .recently_closed
+            .get(&id.socket)
+            .is_some_and(|v| v.iter().any(|(f, _)| f.id == *id))
+}
+
+/// The two ends of one local connection (a parent talking to its child
+/// over loopback) carry the same bytes by definition: never a relay.
+fn one_connection(a: &LegView, b: &LegView) -> bool {
+    a.flow.local == b.flow.id.remote && b.flow.local == a.flow.id.remote
+}
+
+impl RelayDetector {
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Reacts to the socket events of a batch: pairs each new connection
+    /// and judges pairs whose leg closed. Returns the relays found.
+    pub fn observe(
+        &mut self,
+        events: &[Event],
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+    ) -> Vec<RelayRecord> {
+        let mut out = Vec::new();
+        for ev in events {
+            let (r, open) = match ev {
+                Event::Accept(r) | Event::UdpFlow(r) => (r, true),
+                Event::ConnectResult(r) if r.result.as_deref() == Some("established") => (r, true),
+                Event::Close(r) if r.state.is_none() => (r, false),
+                _ => continue,
+            };
+            let (Some(proto), Some(remote)) = (r.proto, r.remote) else {
+                continue;
+            };
+            let id = FlowId {
+                socket: r.socket,
+                proto,
+                remote,
+            };
+            if open {
+                let pid = r.process.as_ref().map_or(0, |p| p.pid);
+                self.opened(id, pid, ctx, settings, now, &mut out);
+            } else {
+                self.closed(id, ctx, settings, now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// A new connection `id` of process `pid`: pairs it.
+    fn opened(
+        &mut self,
+        id: FlowId,
+        pid: u32,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+        out: &mut Vec<RelayRecord>,
+    ) {
+        if pid == 0 {
+            return;
+        }
+        let mut partners: Vec<(FlowId, u32, Via, Option<Handshake>)> = Vec::new();
+        // The connection the process read from before this one opened.
+        if let Some(flow) = ctx.net.flows.get(&id) {
+            let t = flow.trigger;
+            if t.cookie != 0 && t.cookie != id.socket {
+                let hs = Handshake {
+                    received: t.bytes_received,
+                    sent: t.bytes_sent,
+                };
+                let open = ctx.net.flows.of_socket(t.cookie);
+                let ended = ctx
+                    .net
+                    .recently_closed
+                    .get(&t.cookie)
+                    .into_iter()
+                    .flatten()
+                    .map(|(f, _)| f.id);
+                for a in open.into_iter().chain(ended) {
+                    partners.push((a, pid, Via::Process, Some(hs)));
+                }
+            }
+        }
+        // Connections its group opened just before, and every open one of
+        // its pipe peers. An ancestor's connection counts only when it
+        // opened before this process started: it was handed down, or the
+        // process was started to serve it (a forking listener, `ncat
+        // --sh-exec`); what an ancestor opens later is its own business.
+        let started = ctx
+            .procs
+            .get(pid)
+            .and_then(|p| p.start_boot_ns)
+            .unwrap_or(u64::MAX);
+        for (member, via) in group(pid, ctx.procs, &self.legs_of) {
+            let Some(legs) = self.legs_of.get(&member) else {
+                continue;
+            };
+            for (a, at) in legs.iter().rev() {
+                if via != Via::Pipe && now.saturating_sub(*at) > PAIR_WINDOW_NS {
+                    break;
+                }
+                if via == Via::Ancestor && opened_ns(a, ctx).is_some_and(|t| t > started) {
+                    continue;
+                }
+                // Open, or ended moments ago: a batch of records can
+                // bring a quick relay's accept after its other leg's close.
+                if known(a, ctx) {
+                    partners.push((*a, member, via, None));
+                }
+            }
+        }
+        let legs = self.legs_of.entry(pid).or_default();
+        legs.push_back((id, now));
+        if legs.len() > LEGS_KEPT {
+            legs.pop_front();
+        }
+        let mut made = 0;
+        for (a, _, via, handshake) in partners {
+            if a == id || made >= PARTNERS_MAX {
+                continue;
+            }
+            let key = pair_key(&a, &id);
+            if self.reported.contains(&key) || self.candidates.contains_key(&key) {
+                continue;
+            }
+            if self.candidates.len() >= CANDIDATES_MAX {
+                self.stats.dropped += 1;
+                continue;
+            }
+            made += 1;
+            let cand = Candidate {
+                first: a,
+                second: id,
+                relayer: pid,
+                via,
+                handshake,
+                created_ns: now,
+            };
+            if let Some(r) = self.judge(&cand, ctx, settings, now, true) {
+                out.push(r);
+            } else {
+                self.candidates.insert(key, cand);
+            }
+        }
+    }
+
+    /// A connection ended: its pairs are judged on the final counts, and
+    /// pairs whose both legs ended are settled.
+    fn closed(
+        &mut self,
+        id: FlowId,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+        out: &mut Vec<RelayRecord>,
+    ) {
+        let keys: Vec<(FlowId, FlowId)> = self
+            .candidates
+            .keys()
+            .filter(|(a, b)| *a == id || *b == id)
+            .copied()
+            .collect();
+        for key in keys {
+            let Some(cand) = self.candidates.get(&key).cloned() else {
+                continue;
+            };
+            if let Some(r) = self.judge(&cand, ctx, settings, now, false) {
+                out.push(r);
+                self.candidates.remove(&key);
+                continue;
+            }
+            let other = if cand.first == id {
+                cand.second
+            } else {
+                cand.first
+            };
+            if ctx.net.flows.get(&other).is_none() {
+                self.candidates.remove(&key);
+            }
+        }
+    }
+
+    /// Judges every pair under watch; forgets those too old or gone.
+    pub fn tick(
+        &mut self,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+    ) -> Vec<RelayRecord> {
+        let mut out = Vec::new();
+        let cands: Vec<((FlowId, FlowId), Candidate)> = self
+            .candidates
+            .iter()
+            .map(|(k, c)| (*k, c.clone()))
+            .collect();
+        for (key, cand) in cands {
+            if let Some(r) = self.judge(&cand, ctx, settings, now, false) {
+                out.push(r);
+                self.candidates.remove(&key);
+                continue;
+            }
+            let open = |f: &FlowId| ctx.net.flows.get(f).is_some();
+            if now.saturating_sub(cand.created_ns) > CANDIDATE_TTL_NS
+                || (!open(&cand.first) && !open(&cand.second))
+            {
+                self.candidates.remove(&key);
+            }
+        }
+        // Forget processes whose connections are all gone.
+        self.legs_of.retain(|_, legs| {
+            legs.retain(|(id, at)| {
+                now.saturating_sub(*at) <= PAIR_WINDOW_NS || ctx.net.flows.get(id).is_some()
+            });
+            !legs.is_empty()
+        });
+        out
+    }
+
+    /// Judges one pair; a relay's record when it is one (and not reported
+    /// before). `opening`: the second leg just opened, and only a proxy
+    /// request can tell yet.
+    fn judge(
+        &mut self,
+        cand: &Candidate,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+        opening: bool,
+    ) -> Option<RelayRecord> {
+        let key = pair_key(&cand.first, &cand.second);
+        if self.reported.contains(&key) {
+            return None;
+        }
+        let (a, b) = (view(&cand.first, ctx)?, view(&cand.second, ctx)?);
+        if one_connection(&a, &b) {
+            return None;
+        }
+        self.stats.examined += 1;
+        tracing::trace!(first = ?cand.first, second = ?cand.second, a = ?a.stats, b = ?b.stats, hs = ?cand.handshake, opening, "judging a pair");
+        let request = proxy_request(&a, ctx);
+        let named = request
+            .as_ref()
+            .and_then(|r| r.target.as_ref())
+            .is_some_and(|t| t.matches(&b.flow.id.remote))
+            && (a.stats.first_in_ns == 0 || b.stats.first_ns + 1_000_000 >= a.stats.first_in_ns);
+        let method = if named {
+            Some(Method::Fingerprint)
+        } else if opening {
+            None
+        } else {
+            self.method(cand, &a, &b, ctx, settings)
+        }?;
+        Some(self.report(cand, &a, &b, method, request, ctx, settings, now))
+    }
+
+    /// The byte tests, strongest first.
+    fn method(
+        &self,
+        cand: &Candidate,
+        a: &LegView,
+        b: &LegView,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+    ) -> Option<Method> {
+        let (ca, cb) = (a.counts(), b.counts());
+        let proxy = a.proxy_fp();
+        if score::exchange(&ca, &cb, cand.handshake, proxy) {
+            return Some(Method::Exchange);
+        }
+        let handshake = proxy || cand.handshake.is_some_and(|h| h.received > 0 || h.sent > 0);
+        if score::bulk(&ca, &cb, settings.volume_bytes, handshake) {
+            return Some(Method::Bulk);
+        }
+        if let Some(hs) = cand.handshake {
+            let key = IoKey {
+                tgid: cand.relayer,
+                _pad: 0,
+                cookie: cand.first.socket,
+            };
+            if let Some(io) = ctx.map.io(&key) {
+                let w = Window {
+                    received: io.bytes_received.saturating_sub(hs.received),
+                    sent: io.bytes_sent.saturating_sub(hs.sent),
+                };
+                if score::tunnel(&w, &cb) {
+                    return Some(Method::Tunnel);
+                }
+            }
+        }
+        self.interactive(&cand.first, &cand.second, settings, &ca, &cb, handshake)
+            .then_some(Method::Interactive)
+    }
+
+    /// Low volume, balanced, and both directions moved together in
+    /// `interactive_samples` samples each way.
+    fn interactive(
+        &self,
+        a_id: &FlowId,
+        b_id: &FlowId,
+        settings: &RelaySettings,
+        a: &Counts,
+        b: &Counts,
+        handshake: bool,
+    ) -> bool {
+        if a.bytes_in == 0 || a.bytes_out == 0 || b.bytes_in == 0 || b.bytes_out == 0 {
+            return false;
+        }
+        if !score::close(a.bytes_in, b.bytes_out, 512)
+            || !score::close(b.bytes_in, a.bytes_out, 512)
+            || !score::overlap(a, b)
+            || !score::causal(a, b, handshake)
+        {
+            return false;
+        }
+        let (Some(sa), Some(sb)) = (self.series.get(a_id), self.series.get(b_id)) else {
+            return false;
+        };
+        let n = sa.samples.len().min(sb.samples.len());
+        let (ta, tb) = (&sa.samples, &sb.samples);
+        let mut forward = 0;
+        let mut backward = 0;
+        for k in 1..n {
+            let (ia, ib) = (ta.len() - n + k, tb.len() - n + k);
+            let d = |s: &VecDeque<(u64, u64, u64)>, i: usize| {
+                (
+                    s[i].1.saturating_sub(s[i - 1].1),
+                    s[i].2.saturating_sub(s[i - 1].2),
+                )
+            };
+            let (da_in, da_out) = d(ta, ia);
+            let (db_in, db_out) = d(tb, ib);
+            if da_in > 0 && db_out > 0 {
+                forward += 1;
+            }
+            if db_in > 0 && da_out > 0 {
+                backward += 1;
+            }
+        }
+        forward >= settings.interactive_samples && backward >= settings.interactive_samples
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        cand: &Candidate,
+        a: &LegView,
+        b: &LegView,
+        method: Method,
+        request: Option<proxy::Request>,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+    ) -> RelayRecord {
+        if self.reported.len() >= REPORTED_MAX {
+            self.reported.clear();
+        }
+        self.reported.insert(pair_key(&cand.first, &cand.second));
+        let side = |v: &LegView| {
+            ctx.sides.map_or(Side::Unknown, |m| {
+                m.side(v.flow.netns, v.flow.id.remote.addr)
+            })
+        };
+        let leg = |v: &LegView| Leg {
+            socket: v.flow.id.socket,
+            proto: v.flow.id.proto,
+            local: v.flow.local,
+            remote: v.flow.id.remote,
+            direction: v.flow.direction,
+            side: side(v),
+            pid: (v.flow.owner != 0 && v.flow.owner != cand.relayer).then_some(v.flow.owner),
+            bytes_received: v.stats.bytes_in,
+            bytes_sent: v.stats.bytes_out,
+            start: ctx.clock.rfc3339(if v.stats.first_ns != 0 {
+                v.stats.first_ns
+            } else {
+                v.flow.seen_ns
+            }),
+            fingerprint: proxy::protocol_name(v.stats.fp_in)
+                .or(proxy::protocol_name(v.stats.fp_out))
+                .map(str::to_owned),
+        };
+        // The leg that started first (the client, or the operator of a
+        // reverse tunnel) goes first.
+        let start = |v: &LegView| {
+            if v.stats.first_ns != 0 {
+                v.stats.first_ns
+            } else {
+                v.flow.seen_ns
+            }
+        };
+        let (first, second) = if start(a) <= start(b) { (a, b) } else { (b, a) };
+        let legs = [leg(first), leg(second)];
+        let dir = |l: &Leg| l.direction.map_or("unknown", Direction::as_str);
+        let mut modes = [dir(&legs[0]), dir(&legs[1])];
+        modes.sort();
+        let path = format!("{}->{}", legs[0].side.as_str(), legs[1].side.as_str());
+        let allowed = allowed(cand.relayer, [a, b], ctx.procs, settings);
+        RelayRecord {
+            ts: ctx.clock.rfc3339(now),
+            process: NetTracker::process_ref(ctx.procs, cand.relayer, ""),
+            method,
+            mode: format!("{}+{}", modes[0], modes[1]),
+            path,
+            via: cand.via,
+            legs,
+            proxy: request.map(|r| ProxyRequest {
+                protocol: r.protocol.to_owned(),
+                target: r.target.map(|t| t.to_string()),
+            }),
+            allowed,
+        }
+    }
+
+    /// One sample: `io` is the kernel's per-process socket activity. Pairs
+    /// the connections each process (and its ancestors) used lately and
+    /// judges them.
+    pub fn sample(
+        &mut self,
+        now: u64,
+        io: &[(IoKey, IoStats)],
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+    ) -> Vec<RelayRecord> {
+        let flows = &ctx.net.flows;
+        // Connections each process used recently, most recent first; flows
+        // that already ended count with their final counters.
+        let mut by_process: HashMap<u32, Vec<(u64, FlowId)>> = HashMap::new();
+        for (k, v) in io {
+            if now.saturating_sub(v.last_ns) > settings.active_ns {
+                continue;
+            }
+            let open = flows.of_socket(k.cookie);
+            if open.is_empty() {
+                for (f, _) in ctx.net.recently_closed.get(&k.cookie).into_iter().flatten() {
+                    by_process
+                        .entry(k.tgid)
+                        .or_default()
+                        .push((v.last_ns, f.id));
+                }
+            }
+            for id in open {
+                by_process.entry(k.tgid).or_default().push((v.last_ns, id));
+            }
+        }
+        // Owners stand in for users of the connections no process was seen
+        // using: every connection without the activity tracepoints (Linux
+        // before 6.4), else those whose activity records a flood of other
+        // sockets pushed out of the kernel's LRU. Open connections, and
+        // those that carried their last packet within the active window,
+        // since a relay can start and end between two samples.
+        let in_io: HashSet<u64> = io.iter().map(|(k, _)| k.cookie).collect();
+        for f in flows.iter() {
+            if f.owner != 0 && !in_io.contains(&f.id.socket) {
+                by_process
+                    .entry(f.owner)
+                    .or_default()
+                    .push((f.seen_ns, f.id));
+            }
+        }
+        for (f, s) in ctx.net.recently_closed.values().flatten() {
+            if f.owner != 0
+                && !in_io.contains(&f.id.socket)
+                && now.saturating_sub(s.last_ns) <= settings.active_ns
+            {
+                by_process
+                    .entry(f.owner)
+                    .or_default()
+                    .push((f.seen_ns, f.id));
+            }
+        }
+        // One counter sample per connection per tick.
+        let mut sampled: HashSet<FlowId> = HashSet::new();
+        for legs in by_process.values_mut() {
+            legs.sort_by_key(|l| std::cmp::Reverse(l.0));
+            legs.dedup_by(|a, b| a.1 == b.1);
+            legs.truncate(LEGS_PER_PROCESS);
+            for (_, id) in legs.iter() {
+                if !sampled.insert(*id) {
+                    continue;
+                }
+                let Some(v) = view(id, ctx) else {
+                    continue;
+                };
+                let s = self.series.entry(*id).or_default();
+                s.samples
+                    .push_back((now, v.stats.bytes_in, v.stats.bytes_out));
+                if s.samples.len() > SERIES_LEN {
+                    s.samples.pop_front();
+                }
+                s.last_seen = now;
+            }
+        }
+        let mut out = Vec::new();
+        for (&pid, legs) in &by_process {
+            // A process and its active ancestors a few levels up.
+            let mut members = vec![(pid, legs, Via::Process)];
+            let mut up = ctx.procs.get(pid).map(|p| p.ppid);
+            for _ in 0..RELAY_ANCESTOR_LEVELS {
+                let Some(a) = up.filter(|a| *a > 1) else {
+                    break;
+                };
+                if let Some(l) = by_process.get(&a) {
+                    members.push((a, l, Via::Ancestor));
+                }
+                up = ctx.procs.get(a).map(|p| p.ppid);
+            }
+            // An ancestor's connections count when they were opened before
+            // this process started (see `opened`).
+            let started = ctx
+                .procs
+                .get(pid)
+                .and_then(|p| p.start_boot_ns)
+                .unwrap_or(u64::MAX);
+            let legs: Vec<(u32, Via, FlowId)> = members
+                .iter()
+                .flat_map(|(user, legs, via)| legs.iter().map(move |(_, id)| (*user, *via, *id)))
+                .filter(|(_, via, id)| {
+                    *via != Via::Ancestor || opened_ns(id, ctx).is_none_or(|t| t <= started)
+                })
+                .collect();
+            for i in 0..legs.len() {
+                for j in i + 1..legs.len() {
+                    let ((ua, va, a), (ub, vb, b)) = (legs[i], legs[j]);
+                    // Pairs inside an ancestor alone are that ancestor's
+                    // own business, scored in its turn.
+                    if ua != pid && ub != pid {
+                        continue;
+                    }
+                    if a == b || self.reported.contains(&pair_key(&a, &b)) {
+                        continue;
+                    }
+                    let via = if va == Via::Ancestor || vb == Via::Ancestor {
+                        Via::Ancestor
+                    } else {
+                        Via::Process
+                    };
+                    // Without a trigger, the older leg is the first, and
+                    // the relay belongs to the process on it.
+                    let (Some(va_), Some(vb_)) = (view(&a, ctx), view(&b, ctx)) else {
+                        continue;
+                    };
+                    let older_a = va_.stats.first_ns <= vb_.stats.first_ns;
+                    let (first, second, relayer) = if older_a { (a, b, ua) } else { (b, a, ub) };
+                    let cand = Candidate {
+                        first,
+                        second,
+                        relayer,
+                        via,
+                        handshake: None,
+                        created_ns: now,
+                    };
+                    if let Some(r) = self.judge(&cand, ctx, settings, now, false) {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        // Forget connections not sampled for a while.
+        self.series
+            .retain(|_, s| now.saturating_sub(s.last_seen) <= settings.active_ns * 2);
+        out
+    }
+}
+
+/// The processes whose connections pair with `pid`'s: itself, its
+/// ancestors a few levels up, and the processes its stdin or stdout is
+/// piped to or from, among those holding connections.
+fn group(
+    pid: u32,
+    procs: &ProcessTable,
+    holders: &HashMap<u32, VecDeque<(FlowId, u64)>>,
+) -> Vec<(u32, Via)> {
+    let mut out = vec![(pid, Via::Process)];
+    let mut up = procs.get(pid).map(|p| p.ppid);
+    for _ in 0..RELAY_ANCESTOR_LEVELS {
+        let Some(a) = up.filter(|a| *a > 1) else {
+            break;
+        };
+        out.push((a, Via::Ancestor));
+        up = procs.get(a).map(|p| p.ppid);
+    }
+    if let Some(me) = procs.get(pid) {
+        if me.pipes.stdin != 0 || me.pipes.stdout != 0 {
+            for &other in holders.keys() {
+                if other != pid && procs.get(other).is_some_and(|p| p.pipes.joined(&me.pipes)) {
+                    out.push((other, Via::Pipe));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The proxy request on a leg's received side, when its first bytes were
+/// one.
+fn proxy_request(v: &LegView, ctx: &Context<'_>) -> Option<proxy::Request> {
+    if v.stats.fp_in & FP_PROTO_MASK == 0 {
+        return None;
+    }
+    let head = ctx.map.proxy_head(&flow_key(&v.flow.id));
+    let data = head
+        .as_ref()
+        .map(|h| &h.data_in[..usize::from(h.len_in).min(h.data_in.len())])
+        .unwrap_or(&[]);
+    proxy::parse(v.stats.fp_in, data)
+}
+
+/// Whether the relaying process is a declared proxy serving on a declared
+/// port.
+fn allowed(
+    relayer: u32,
+    legs: [&LegView; 2],
+    procs: &ProcessTable,
+    settings: &RelaySettings,
+) -> bool {
+    let Some(exe) = procs.get(relayer).and_then(|p| p.exe.as_deref()) else {
+        return false;
+    };
+    settings.allowed.iter().any(|a| {
+        a.exe == exe
+            && (a.ports.is_empty()
+                || legs.iter().any(|v| {
+                    v.flow.direction == Some(Direction::Inbound)
+                        && a.ports.contains(&v.flow.local.port)
+                }))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,697 @@
+//! The detector on synthetic flows, through the flow-map trait: kernel
+//! records go through the tracker as the daemon applies them, the kernel's
+//! counters are a `MemFlows`.
+
+use std::{sync::Arc, time::Duration};
+
+use monitor_common::event::{
+    EventHeader, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, Trigger, FP_SOCKS5,
+    KIND_NET_ACCEPT, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_UDP_FLOW,
+    PROTO_TCP, PROTO_UDP,
+};
+
+use super::*;
+use crate::{
+    event::{Endpoint, Proto},
+    metrics::Metrics,
+    net::{ip_to_kernel, sides::Subnet, MemFlows, NetSettings},
+    process::{Pipes, Process},
+};
+
+const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000 * MS;
+
+fn ep(s: &str) -> Endpoint {
+    let a: std::net::SocketAddr = s.parse().expect("addr");
+    Endpoint {
+        addr: a.ip(),
+        port: a.port(),
+    }
+}
+
+struct Lab {
+    net: NetTracker,
+    map: MemFlows,
+    procs: ProcessTable,
+    clock: BootClock,
+    det: RelayDetector,
+    settings: RelaySettings,
+    sides: SideMap,
+    found: Vec<RelayRecord>,
+}
+
+/// One leg's traffic: bytes each way, and when (ms) the first packet, the
+/// first byte in and the first byte out went by.
+#[derive(Clone, Copy)]
+struct Traffic {
+    bytes_in: u64,
+    bytes_out: u64,
+    first: u64,
+    first_in: u64,
+    first_out: u64,
+}
+
+fn traffic(bytes_in: u64, bytes_out: u64, first: u64, first_in: u64, first_out: u64) -> Traffic {
+    Traffic {
+        bytes_in,
+        bytes_out,
+        first,
+        first_in,
+        first_out,
+    }
+}
+
+impl Lab {
+    fn new() -> Self {
+        Self {
+            net: NetTracker::new(
+                1000,
+                NetSettings {
+                    update_interval_ns: 30 * SEC,
+                    udp_idle_ns: 60 * SEC,
+                    tcp_idle_ns: 3600 * SEC,
+                },
+                Metrics::new(),
+            ),
+            map: MemFlows::default(),
+            procs: ProcessTable::new(100, Duration::from_secs(60)),
+            clock: BootClock::new(),
+            det: RelayDetector::default(),
+            settings: RelaySettings {
+                volume_bytes: 16384,
+                active_ns: 30 * SEC,
+                interactive_samples: 3,
+                allowed: Vec::new(),
+            },
+            sides: SideMap {
+                netns: 1,
+                subnets: vec![
+                    Subnet {
+                        addr: "192.0.2.66".parse().expect("ip"),
+                        prefix: 26,
+                        side: Side::Wan,
+                    },
+                    Subnet {
+                        addr: "10.77.0.1".parse().expect("ip"),
+                        prefix: 24,
+                        side: Side::Lan,
+                    },
+                ],
+                local: vec![
+                    "192.0.2.66".parse().expect("ip"),
+                    "10.77.0.1".parse().expect("ip"),
+                ],
+                default: Some(Side::Wan),
+            },
+            found: Vec::new(),
+        }
+    }
+
+    fn process(&mut self, pid: u32, ppid: u32, exe: &str, start_ms: u64, pipes: Pipes) {
+        self.procs.insert(Process {
+            pid,
+            ppid,
+            birth_ppid: ppid,
+            start_boot_ns: Some(start_ms * MS),
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            egid: 0,
+            auid: None,
+            comm: exe
+                .rsplit('/')
+                .next()
+                .unwrap_or(exe)
+                .chars()
+                .take(15)
+                .collect(),
+            exe: Some(Arc::from(exe)),
+            exe_deleted: false,
+            argv: Arc::from(vec![exe.to_owned()]),
+            cwd: None,
+            stdio: [crate::event::FdKind::None; 3],
+            pipes,
+            seeded: false,
+        });
+    }
+
+    fn record(
+        &self,
+        kind: u32,
+        cookie: u64,
+        pid: u32,
+        local: &str,
+        remote: &str,
+        ms: u64,
+    ) -> NetEvent {
+        let (l, r) = (ep(local), ep(remote));
+        NetEvent {
+            header: EventHeader {
+                kind,
+                size: size_of::<NetEvent>() as u32,
+                ts_boot_ns: ms * MS,
+                pid,
+                tid: pid,
+            },
+            cookie,
+            netns: 1,
+            proto: PROTO_TCP,
+            local_addr: ip_to_kernel(l.addr),
+            local_port: l.port,
+            remote_addr: ip_to_kernel(r.addr),
+            remote_port: r.port,
+            ..Default::default()
+        }
+    }
+
+    /// Applies kernel records as the daemon does, then the detector.
+    fn apply(&mut self, records: &[NetEvent], ms: u64) {
+        let mut events = Vec::new();
+        for r in records {
+            events.extend(self.net.apply(r, &self.procs, &self.clock, &mut self.map));
+        }
+        let ctx = Context {
+            net: &self.net,
+            map: &self.map,
+            procs: &self.procs,
+            clock: &self.clock,
+            sides: Some(&self.sides),
+        };
+        let found = self.det.observe(&events, &ctx, &self.settings, ms * MS);
+        self.found.extend(found);
+    }
+
+    fn tick(&mut self, ms: u64) {
+        let ctx = Context {
+            net: &self.net,
+            map: &self.map,
+            procs: &self.procs,
+            clock: &self.clock,
+            sides: Some(&self.sides),
+        };
+        let found = self.det.tick(&ctx, &self.settings, ms * MS);
+        self.found.extend(found);
+    }
+
+    fn accept(
+        &mut self,
+        cookie: u64,
+        pid: u32,
+        local: &str,
+        remote: &str,
+        ms: u64,
+        trigger: Trigger,
+    ) {
+        let mut r = self.record(KIND_NET_ACCEPT, cookie, pid, local, remote, ms);
+        r.trigger = trigger;
+        self.apply(&[r], ms);
+    }
+
+    fn connect(
+        &mut self,
+        cookie: u64,
+        pid: u32,
+        local: &str,
+        remote: &str,
+        ms: u64,
+        trigger: Trigger,
+    ) {
+        let mut c = self.record(KIND_NET_CONNECT, cookie, pid, local, remote, ms);
+        c.trigger = trigger;
+        let mut r = self.record(KIND_NET_CONNECT_RESULT, cookie, pid, local, remote, ms);
+        r.new_state = 1;
+        self.apply(&[c, r], ms);
+    }
+
+    fn udp_flow(
+        &mut self,
+        cookie: u64,
+        pid: u32,
+        local: &str,
+        remote: &str,
+        ms: u64,
+        outbound: bool,
+    ) {
+        let mut r = self.record(KIND_NET_UDP_FLOW, cookie, pid, local, remote, ms);
+        r.proto = PROTO_UDP;
+        r.new_state = u8::from(outbound);
+        self.apply(&[r], ms);
+    }
+
+    /// Sets a flow's kernel counters.
+    fn count(&mut self, cookie: u64, proto: Proto, remote: &str, t: Traffic) {
+        let id = FlowId {
+            socket: cookie,
+            proto,
+            remote: ep(remote),
+        };
+        self.map.flows.insert(
+            flow_key(&id),
+            FlowStats {
+                first_ns: t.first * MS,
+                last_ns: (t.first_in.max(t.first_out) + 5) * MS,
+                bytes_in: t.bytes_in,
+                bytes_out: t.bytes_out,
+                first_in_ns: t.first_in * MS,
+                first_out_ns: t.first_out * MS,
+                ..Default::default()
+            },
+        );
+    }
+
+    fn close(&mut self, cookie: u64, pid: u32, local: &str, remote: &str, ms: u64, t: Traffic) {
+        let mut r = self.record(KIND_NET_CLOSE, cookie, pid, local, remote, ms);
+        r.old_state = 1;
+        r.new_state = 7;
+        r.first_ns = t.first * MS;
+        r.bytes_in = t.bytes_in;
+        r.bytes_out = t.bytes_out;
+        r.first_in_ns = t.first_in * MS;
+        r.first_out_ns = t.first_out * MS;
+        let id = FlowId {
+            socket: cookie,
+            proto: Proto::Tcp,
+            remote: ep(remote),
+        };
+        self.map.flows.remove(&flow_key(&id));
+        self.apply(&[r], ms);
+    }
+}
+
+const NONE: Trigger = Trigger {
+    cookie: 0,
+    bytes_received: 0,
+    bytes_sent: 0,
+};
+
+/// A forwarder at pid 10 on 192.0.2.66:8443: accepts a wan client at 0 ms
+/// and dials the LAN host at 1 ms.
+fn forward(lab: &mut Lab) {
+    lab.process(10, 1, "/var/tmp/.x/kworkerd", 0, Pipes::default());
+    lab.accept(1, 10, "192.0.2.66:8443", "203.0.113.10:40000", 0, NONE);
+    lab.connect(2, 10, "10.77.0.1:50000", "10.77.0.10:22", 1, NONE);
+}
+
+#[test]
+fn a_short_port_forward_is_a_relay_at_its_first_exchange() {
+    let mut lab = Lab::new();
+    forward(&mut lab);
+    // Decoys: idle sockets of the same process, and unrelated traffic of
+    // another process in the same moments.
+    for k in 0..20 {
+        lab.accept(
+            100 + k,
+            10,
+            "192.0.2.66:8443",
+            &format!("203.0.113.{}:1000", 20 + k),
+            0,
+            NONE,
+        );
+    }
+    lab.process(20, 1, "/usr/bin/curl", 0, Pipes::default());
+    lab.connect(200, 20, "10.77.0.1:41000", "10.77.0.10:80", 1, NONE);
+    lab.count(200, Proto::Tcp, "10.77.0.10:80", traffic(300, 78, 1, 8, 3));
+    lab.tick(2);
+    assert!(lab.found.is_empty(), "nothing moved yet: {:?}", lab.found);
+    // 78 bytes of request in at 2 ms, out at 3; 300 of answer in at 5,
+    // out at 6.
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 0, 2, 6),
+    );
+    lab.count(2, Proto::Tcp, "10.77.0.10:22", traffic(300, 78, 1, 5, 3));
+    lab.tick(250);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+    let r = &lab.found[0];
+    assert_eq!(r.method, Method::Exchange);
+    assert_eq!(r.mode, "inbound+outbound");
+    assert_eq!(r.path, "wan->lan");
+    assert_eq!(r.via, Via::Process);
+    assert_eq!(r.process.as_ref().map(|p| p.pid), Some(10));
+    assert_eq!((r.legs[0].socket, r.legs[1].socket), (1, 2));
+    assert!(!r.allowed);
+    // Reported once.
+    lab.tick(500);
+    assert_eq!(lab.found.len(), 1);
+}
+
+#[test]
+fn a_relay_that_ends_between_ticks_is_judged_at_its_close() {
+    let mut lab = Lab::new();
+    forward(&mut lab);
+    let (a, b) = (
+        traffic(65536, 65536, 0, 2, 4),
+        traffic(65536, 65536, 1, 3, 2),
+    );
+    lab.close(2, 10, "10.77.0.1:50000", "10.77.0.10:22", 5, b);
+    assert!(lab.found.is_empty());
+    lab.close(1, 10, "192.0.2.66:8443", "203.0.113.10:40000", 6, a);
+    assert_eq!(lab.found.len(), 1);
+    assert_eq!(lab.found[0].method, Method::Exchange);
+    assert_eq!(lab.found[0].legs[0].bytes_received, 65536);
+}
+
+#[test]
+fn a_proxy_request_naming_the_dialled_address_is_a_relay_before_any_payload() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/usr/sbin/sysupdated", 0, Pipes::default());
+    lab.accept(1, 10, "192.0.2.66:1080", "203.0.113.10:40000", 0, NONE);
+    // The kernel fingerprinted the client's first bytes and kept them.
+    let mut stats = FlowStats {
+        first_ns: 0,
+        first_in_ns: 2 * MS,
+        fp_in: FP_SOCKS5,
+        bytes_in: 13,
+        bytes_out: 2,
+        ..Default::default()
+    };
+    let id = FlowId {
+        socket: 1,
+        proto: Proto::Tcp,
+        remote: ep("203.0.113.10:40000"),
+    };
+    lab.map.flows.insert(flow_key(&id), stats);
+    let mut head = ProxyHead::default();
+    let req = [5u8, 1, 0, 5, 1, 0, 1, 10, 77, 0, 10, 0, 22];
+    head.data_in[..req.len()].copy_from_slice(&req);
+    head.len_in = req.len() as u16;
+    lab.map.heads.insert(flow_key(&id), head);
+    let trigger = Trigger {
+        cookie: 1,
+        bytes_received: 13,
+        bytes_sent: 2,
+    };
+    lab.connect(2, 10, "10.77.0.1:50000", "10.77.0.10:22", 3, trigger);
+    assert_eq!(lab.found.len(), 1, "at the connect");
+    let r = &lab.found[0];
+    assert_eq!(r.method, Method::Fingerprint);
+    let proxy = r.proxy.as_ref().expect("proxy");
+    assert_eq!(proxy.protocol, "socks5");
+    assert_eq!(proxy.target.as_deref(), Some("10.77.0.10:22"));
+    assert_eq!(r.legs[0].fingerprint.as_deref(), Some("socks5"));
+
+    // The same proxy asked for one place and dialling another is not
+    // paired by the request; its bytes would have to match instead.
+    let mut lab2 = Lab::new();
+    lab2.process(10, 1, "/usr/sbin/sysupdated", 0, Pipes::default());
+    lab2.accept(1, 10, "192.0.2.66:1080", "203.0.113.10:40000", 0, NONE);
+    stats.bytes_in = 13;
+    lab2.map.flows.insert(flow_key(&id), stats);
+    lab2.map.heads.insert(flow_key(&id), head);
+    lab2.connect(2, 10, "10.77.0.1:50000", "10.77.0.11:22", 3, trigger);
+    assert!(lab2.found.is_empty());
+}
+
+#[test]
+fn a_web_app_querying_its_database_is_not_a_relay() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/usr/sbin/php-fpm8.2", 0, Pipes::default());
+    lab.accept(1, 10, "192.0.2.66:80", "203.0.113.10:40000", 0, NONE);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(400, 0, 0, 1, 0),
+    );
+    let trigger = Trigger {
+        cookie: 1,
+        bytes_received: 400,
+        bytes_sent: 0,
+    };
+    lab.connect(2, 10, "10.77.0.1:50000", "10.77.0.10:3306", 2, trigger);
+    lab.count(
+        2,
+        Proto::Tcp,
+        "10.77.0.10:3306",
+        traffic(2000, 120, 2, 6, 3),
+    );
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(400, 5000, 0, 1, 8),
+    );
+    for t in [250, 500, 750] {
+        lab.tick(t);
+    }
+    lab.close(
+        2,
+        10,
+        "10.77.0.1:50000",
+        "10.77.0.10:3306",
+        800,
+        traffic(2000, 120, 2, 6, 3),
+    );
+    lab.close(
+        1,
+        10,
+        "192.0.2.66:80",
+        "203.0.113.10:40000",
+        801,
+        traffic(400, 5000, 0, 1, 8),
+    );
+    assert!(lab.found.is_empty(), "{:?}", lab.found);
+}
+
+#[test]
+fn legs_in_two_processes_joined_by_a_pipe_are_one_relay() {
+    let mut lab = Lab::new();
+    // `nc -l 8000 <fifo | nc host 22 >fifo`: the dialler starts first.
+    lab.process(
+        10,
+        5,
+        "/usr/bin/busybox",
+        0,
+        Pipes {
+            stdin: 900,
+            stdout: 901,
+        },
+    );
+    lab.process(
+        11,
+        5,
+        "/usr/bin/busybox",
+        0,
+        Pipes {
+            stdin: 901,
+            stdout: 900,
+        },
+    );
+    lab.connect(2, 11, "10.77.0.1:50000", "10.77.0.10:22", 1, NONE);
+    lab.count(
+        2,
+        Proto::Tcp,
+        "10.77.0.10:22",
+        traffic(300, 78, 1, 5005, 5003),
+    );
+    // The client comes much later.
+    lab.accept(1, 10, "192.0.2.66:8000", "203.0.113.10:40000", 5000, NONE);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 5000, 5002, 5006),
+    );
+    lab.tick(5250);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+    assert_eq!(lab.found[0].via, Via::Pipe);
+
+    // The same two processes without the pipe between them: unrelated.
+    let mut lab = Lab::new();
+    lab.process(
+        10,
+        5,
+        "/usr/bin/busybox",
+        0,
+        Pipes {
+            stdin: 900,
+            stdout: 901,
+        },
+    );
+    lab.process(
+        11,
+        5,
+        "/usr/bin/busybox",
+        0,
+        Pipes {
+            stdin: 902,
+            stdout: 903,
+        },
+    );
+    lab.connect(2, 11, "10.77.0.1:50000", "10.77.0.10:22", 1, NONE);
+    lab.count(
+        2,
+        Proto::Tcp,
+        "10.77.0.10:22",
+        traffic(300, 78, 1, 5005, 5003),
+    );
+    lab.accept(1, 10, "192.0.2.66:8000", "203.0.113.10:40000", 5000, NONE);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 5000, 5002, 5006),
+    );
+    lab.tick(5250);
+    assert!(lab.found.is_empty());
+}
+
+#[test]
+fn a_reverse_relay_pairs_two_outbound_legs_by_its_trigger() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/dev/shm/agent", 0, Pipes::default());
+    // Dials the operator, and an hour later, after reading a 9-byte
+    // request on that connection, the LAN host.
+    lab.connect(1, 10, "192.0.2.66:50000", "203.0.113.10:443", 0, NONE);
+    let t0 = 3_600_000;
+    let trigger = Trigger {
+        cookie: 1,
+        bytes_received: 9,
+        bytes_sent: 0,
+    };
+    lab.connect(2, 10, "10.77.0.1:50001", "10.77.0.10:445", t0, trigger);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:443",
+        traffic(9 + 78, 300, 0, t0 - 1, t0 + 6),
+    );
+    lab.count(
+        2,
+        Proto::Tcp,
+        "10.77.0.10:445",
+        traffic(300, 78, t0, t0 + 5, t0 + 3),
+    );
+    lab.tick(t0 + 250);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+    let r = &lab.found[0];
+    assert_eq!(r.mode, "outbound+outbound");
+    assert_eq!(r.path, "wan->lan");
+}
+
+#[test]
+fn a_session_carrying_a_forward_inside_it_is_a_tunnel() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/usr/sbin/sshd", 0, Pipes::default());
+    lab.accept(1, 10, "192.0.2.66:22", "203.0.113.10:40000", 0, NONE);
+    let trigger = Trigger {
+        cookie: 1,
+        bytes_received: 3000,
+        bytes_sent: 2900,
+    };
+    lab.connect(2, 10, "10.77.0.1:50000", "10.77.0.10:80", 5000, trigger);
+    let b = traffic(300, 78, 5000, 5005, 5003);
+    lab.count(2, Proto::Tcp, "10.77.0.10:80", b);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(3300, 3500, 0, 1, 1),
+    );
+    // Over the forward's life the session moved the forward's bytes and
+    // their framing, each way.
+    let key = IoKey {
+        tgid: 10,
+        _pad: 0,
+        cookie: 1,
+    };
+    lab.map.io.insert(
+        key,
+        IoStats {
+            first_ns: 0,
+            last_ns: 5010 * MS,
+            bytes_received: 3000 + 78 + 150,
+            bytes_sent: 2900 + 300 + 170,
+        },
+    );
+    lab.close(2, 10, "10.77.0.1:50000", "10.77.0.10:80", 5010, b);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+    assert_eq!(lab.found[0].method, Method::Tunnel);
+
+    // An admin's busy session while a PAM lookup dials out: the session
+    // did not carry the lookup.
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/usr/sbin/sshd", 0, Pipes::default());
+    lab.accept(1, 10, "192.0.2.66:22", "203.0.113.10:40000", 0, NONE);
+    lab.connect(2, 10, "10.77.0.1:50000", "10.77.0.10:389", 5000, trigger);
+    lab.map.io.insert(
+        key,
+        IoStats {
+            first_ns: 0,
+            last_ns: 5010 * MS,
+            bytes_received: 3000 + 20,
+            bytes_sent: 2900 + 60_000,
+        },
+    );
+    lab.close(2, 10, "10.77.0.1:50000", "10.77.0.10:389", 5010, b);
+    assert!(lab.found.is_empty(), "{:?}", lab.found);
+}
+
+#[test]
+fn a_declared_proxy_is_reported_allowed() {
+    let mut lab = Lab::new();
+    lab.settings.allowed = vec![AllowedProxy {
+        exe: "/var/tmp/.x/kworkerd".into(),
+        ports: vec![8443],
+    }];
+    forward(&mut lab);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 0, 2, 6),
+    );
+    lab.count(2, Proto::Tcp, "10.77.0.10:22", traffic(300, 78, 1, 5, 3));
+    lab.tick(250);
+    assert_eq!(lab.found.len(), 1);
+    assert!(lab.found[0].allowed);
+    // Declared for another port: not allowed.
+    let mut lab = Lab::new();
+    lab.settings.allowed = vec![AllowedProxy {
+        exe: "/var/tmp/.x/kworkerd".into(),
+        ports: vec![443],
+    }];
+    forward(&mut lab);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 0, 2, 6),
+    );
+    lab.count(2, Proto::Tcp, "10.77.0.10:22", traffic(300, 78, 1, 5, 3));
+    lab.tick(250);
+    assert!(!lab.found[0].allowed);
+}
+
+#[test]
+fn a_udp_relay_passes_datagrams_between_two_flows() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/tmp/u", 0, Pipes::default());
+    lab.udp_flow(1, 10, "192.0.2.66:5353", "203.0.113.10:40000", 0, false);
+    lab.udp_flow(2, 10, "10.77.0.1:50000", "10.77.0.10:53", 1, true);
+    lab.count(
+        1,
+        Proto::Udp,
+        "203.0.113.10:40000",
+        traffic(60, 200, 0, 0, 3),
+    );
+    lab.count(2, Proto::Udp, "10.77.0.10:53", traffic(200, 60, 1, 2, 1));
+    lab.tick(250);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+    assert_eq!(lab.found[0].legs[0].proto, Proto::Udp);
+}
+
+#[test]
+fn a_client_asking_two_servers_the_same_is_not_a_relay() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/usr/bin/monitoring-agent", 0, Pipes::default());
+    lab.connect(1, 10, "10.77.0.1:50000", "10.77.0.10:80", 0, NONE);
+    lab.connect(2, 10, "10.77.0.1:50001", "10.77.0.11:80", 1, NONE);
+    // The same 100-byte probe and answer on each, one after the other.
+    lab.count(1, Proto::Tcp, "10.77.0.10:80", traffic(100, 100, 0, 5, 2));
+    lab.count(2, Proto::Tcp, "10.77.0.11:80", traffic(100, 100, 1, 15, 12));
+    lab.tick(250);
+    assert!(lab.found.is_empty(), "{:?}", lab.found);
+}
