@@ -56,7 +56,7 @@ fi
 #    initramfs). The tests and the lab start their own instances; nothing
 #    here is left running.
 need_pkgs=()
-for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy openssh-server openssh-client nginx iptables nftables iperf3 \
+for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy dnsmasq-base openssh-server openssh-client nginx iptables nftables iperf3 \
     prometheus prometheus-alertmanager systemd bpftool openssl apache2-utils php-fpm python3 qemu-system-x86 busybox-static cpio; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done

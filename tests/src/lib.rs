@@ -791,3 +791,103 @@ fn ip(args: &str) {
         .expect("run ip");
     assert!(status.success(), "ip {args} failed");
 }
+
+/// An sshd of the test's own, with a fresh host key and a client key pair:
+/// on 127.0.0.1 and a free port ([`Sshd::start`]), or on an address in a
+/// namespace ([`Sshd::start_in`]).
+pub struct Sshd {
+    _child: Killed,
+    pub port: u16,
+    pub key: PathBuf,
+    dir: PathBuf,
+}
+
+impl Sshd {
+    pub fn start() -> Self {
+        Self::start_in(None, "127.0.0.1", free_port())
+    }
+
+    /// An sshd in namespace `ns` (the test's own when `None`), listening
+    /// on `addr:port`, allowing every kind of forwarding.
+    pub fn start_in(ns: Option<&str>, addr: &str, port: u16) -> Self {
+        let dir = scratch_dir("sshd");
+        let keygen = |path: &std::path::Path| {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .expect("ssh-keygen")
+                .success();
+            assert!(ok, "ssh-keygen");
+        };
+        keygen(&dir.join("host"));
+        keygen(&dir.join("user"));
+        std::fs::copy(dir.join("user.pub"), dir.join("authorized_keys")).expect("authorized_keys");
+        std::fs::create_dir_all("/run/sshd").expect("privsep dir");
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress {addr}\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\nStrictModes no\nAllowTcpForwarding yes\nGatewayPorts clientspecified\nPidFile {d}/sshd.pid\n",
+                d = dir.display()
+            ),
+        )
+        .expect("sshd_config");
+        let mut cmd = match ns {
+            Some(ns) => NetnsPair::command(ns, "/usr/sbin/sshd"),
+            None => Command::new("/usr/sbin/sshd"),
+        };
+        let child = Killed(
+            cmd.args(["-D", "-e", "-f"])
+                .arg(dir.join("sshd_config"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sshd"),
+        );
+        match ns {
+            Some(ns) => Gateway::wait_listen(ns, port),
+            None => wait_listening(&format!("{addr}:{port}")),
+        }
+        Self {
+            _child: child,
+            port,
+            key: dir.join("user"),
+            dir,
+        }
+    }
+
+    /// An `ssh` client command with this server's key, no host-key prompts.
+    pub fn ssh(&self, args: &[&str]) -> Command {
+        self.ssh_in(None, args)
+    }
+
+    /// The same, run in namespace `ns`.
+    pub fn ssh_in(&self, ns: Option<&str>, args: &[&str]) -> Command {
+        let mut c = match ns {
+            Some(ns) => NetnsPair::command(ns, "ssh"),
+            None => Command::new("ssh"),
+        };
+        c.args(["-i"])
+            .arg(&self.key)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -75,13 +75,14 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 12] = [
+const KERNEL_TESTS: [&str; 13] = [
     "process",
     "bad_input",
     "startup",
     "network",
     "detect",
     "relay",
+    "relay_short",
     "dataplane",
     "tunnels",
     "selfcheck",

@@ -21,7 +21,14 @@ use crate::{cargo, monitor_release, workspace_root};
 /// The suites a kernel is tested with unless `--suite` says otherwise:
 /// exec, network and relay capture, tunnel links (whose modules the host
 /// kernel lacks), and the start-up failures.
-pub const DEFAULT_SUITES: [&str; 5] = ["process", "network", "relay", "tunnels", "startup"];
+pub const DEFAULT_SUITES: [&str; 6] = [
+    "process",
+    "network",
+    "relay",
+    "relay_short",
+    "tunnels",
+    "startup",
+];
 
 /// The kernel `cargo xtask test` boots besides the host's: the oldest
 /// Debian kernel apt reaches, without the 6.4 socket activity tracepoints.

@@ -50,6 +50,7 @@ const PROGRAMS: &[&str] = &[
     "microsocks",
     "danted",
     "tinyproxy",
+    "dnsmasq",
 ];
 
 /// Python's standard library, minus what no test imports.

@@ -116,7 +116,9 @@ struct Candidate {
     /// older one).
     first: FlowId,
     second: FlowId,
-    /// The process that opened `second`.
+    /// The process holding `first`, and the one that opened `second`
+    /// (the same process unless they are joined by parentage or a pipe).
+    holder: u32,
     relayer: u32,
     via: Via,
     /// What the relaying process had received from and sent on `first`
@@ -201,27 +203,27 @@ fn view(id: &FlowId, ctx: &Context<'_>) -> Option<LegView> {
         })
 }
 
-/// When the monitor learnt of a leg (its accept or connect).
-fn opened_ns(id: &FlowId, ctx: &Context<'_>) -> Option<u64> {
+/// A leg's flow: open, or recently ended.
+fn flow_of<'a>(id: &FlowId, ctx: &Context<'a>) -> Option<&'a Flow> {
     if let Some(f) = ctx.net.flows.get(id) {
-        return Some(f.seen_ns);
+        return Some(f);
     }
     ctx.net
         .recently_closed
         .get(&id.socket)?
         .iter()
         .find(|(f, _)| f.id == *id)
-        .map(|(f, _)| f.seen_ns)
+        .map(|(f, _)| f)
+}
+
+/// When the monitor learnt of a leg (its accept or connect).
+fn opened_ns(id: &FlowId, ctx: &Context<'_>) -> Option<u64> {
+    flow_of(id, ctx).map(|f| f.seen_ns)
 }
 
 /// Whether the detector can still see a leg: open, or recently ended.
 fn known(id: &FlowId, ctx: &Context<'_>) -> bool {
-    ctx.net.flows.get(id).is_some()
-        || ctx
-            .net
-            .recently_closed
-            .get(&id.socket)
-            .is_some_and(|v| v.iter().any(|(f, _)| f.id == *id))
+    flow_of(id, ctx).is_some()
 }
 
 /// The two ends of one local connection (a parent talking to its child
@@ -285,7 +287,9 @@ impl RelayDetector {
         }
         let mut partners: Vec<(FlowId, u32, Via, Option<Handshake>)> = Vec::new();
         // The connection the process read from before this one opened.
-        if let Some(flow) = ctx.net.flows.get(&id) {
+        // The flow may have ended already when a batch brings its open and
+        // its close together (a relay done in milliseconds).
+        if let Some(flow) = flow_of(&id, ctx) {
             let t = flow.trigger;
             if t.cookie != 0 && t.cookie != id.socket {
                 let hs = Handshake {
@@ -339,7 +343,7 @@ impl RelayDetector {
             legs.pop_front();
         }
         let mut made = 0;
-        for (a, _, via, handshake) in partners {
+        for (a, holder, via, handshake) in partners {
             if a == id || made >= PARTNERS_MAX {
                 continue;
             }
@@ -355,6 +359,7 @@ impl RelayDetector {
             let cand = Candidate {
                 first: a,
                 second: id,
+                holder,
                 relayer: pid,
                 via,
                 handshake,
@@ -497,7 +502,7 @@ impl RelayDetector {
         }
         if let Some(hs) = cand.handshake {
             let key = IoKey {
-                tgid: cand.relayer,
+                tgid: cand.holder,
                 _pad: 0,
                 cookie: cand.first.socket,
             };
@@ -506,6 +511,15 @@ impl RelayDetector {
                     received: io.bytes_received.saturating_sub(hs.received),
                     sent: io.bytes_sent.saturating_sub(hs.sent),
                 };
+                tracing::trace!(
+                    ?w,
+                    b_in = cb.bytes_in,
+                    b_out = cb.bytes_out,
+                    ?hs,
+                    io_recv = io.bytes_received,
+                    io_sent = io.bytes_sent,
+                    "tunnel window"
+                );
                 if score::tunnel(&w, &cb) {
                     return Some(Method::Tunnel);
                 }
@@ -591,7 +605,7 @@ impl RelayDetector {
             remote: v.flow.id.remote,
             direction: v.flow.direction,
             side: side(v),
-            pid: (v.flow.owner != 0 && v.flow.owner != cand.relayer).then_some(v.flow.owner),
+            pid: None,
             bytes_received: v.stats.bytes_in,
             bytes_sent: v.stats.bytes_out,
             start: ctx.clock.rfc3339(if v.stats.first_ns != 0 {
@@ -603,8 +617,10 @@ impl RelayDetector {
                 .or(proxy::protocol_name(v.stats.fp_out))
                 .map(str::to_owned),
         };
-        // The leg that started first (the client, or the operator of a
-        // reverse tunnel) goes first.
+        // The side that asked goes first: the inbound leg of a forward (the
+        // client came in, the relay went out), the leg the relaying process
+        // read from before it dialled (the operator of a reverse tunnel),
+        // else the leg that started first.
         let start = |v: &LegView| {
             if v.stats.first_ns != 0 {
                 v.stats.first_ns
@@ -612,20 +628,55 @@ impl RelayDetector {
                 v.flow.seen_ns
             }
         };
-        let (first, second) = if start(a) <= start(b) { (a, b) } else { (b, a) };
+        let inbound = |v: &LegView| v.flow.direction == Some(Direction::Inbound);
+        let a_first = if inbound(a) != inbound(b) {
+            inbound(a)
+        } else if cand.handshake.is_some() {
+            // `first` of a candidate with a handshake is the trigger.
+            a.flow.id == cand.first
+        } else {
+            start(a) <= start(b)
+        };
+        let (first, second) = if a_first { (a, b) } else { (b, a) };
+        // The relay is the process that moves the bytes of both legs (a
+        // forked child working on the connection its parent accepted),
+        // else the process on the side that asked: the listener that
+        // accepted the client and handed the other leg to a child or a
+        // pipe peer.
+        let both = cand.via != Via::Process
+            && ctx
+                .map
+                .io(&IoKey {
+                    tgid: cand.relayer,
+                    _pad: 0,
+                    cookie: cand.first.socket,
+                })
+                .is_some();
+        let via = if both { Via::Process } else { cand.via };
+        let pid = if both || first.flow.id != cand.first {
+            cand.relayer
+        } else {
+            cand.holder
+        };
+        let leg = |v: &LegView| Leg {
+            pid: (v.flow.owner != 0 && v.flow.owner != pid).then_some(v.flow.owner),
+            ..leg(v)
+        };
         let legs = [leg(first), leg(second)];
         let dir = |l: &Leg| l.direction.map_or("unknown", Direction::as_str);
         let mut modes = [dir(&legs[0]), dir(&legs[1])];
         modes.sort();
         let path = format!("{}->{}", legs[0].side.as_str(), legs[1].side.as_str());
-        let allowed = allowed(cand.relayer, [a, b], ctx.procs, settings);
+        let allowed = [cand.holder, cand.relayer]
+            .into_iter()
+            .any(|p| allowed(p, [a, b], ctx.procs, settings));
         RelayRecord {
             ts: ctx.clock.rfc3339(now),
-            process: NetTracker::process_ref(ctx.procs, cand.relayer, ""),
+            process: NetTracker::process_ref(ctx.procs, pid, ""),
             method,
             mode: format!("{}+{}", modes[0], modes[1]),
             path,
-            via: cand.via,
+            via,
             legs,
             proxy: request.map(|r| ProxyRequest {
                 protocol: r.protocol.to_owned(),
@@ -764,10 +815,15 @@ impl RelayDetector {
                         continue;
                     };
                     let older_a = va_.stats.first_ns <= vb_.stats.first_ns;
-                    let (first, second, relayer) = if older_a { (a, b, ua) } else { (b, a, ub) };
+                    let (first, second, holder, relayer) = if older_a {
+                        (a, b, ua, ub)
+                    } else {
+                        (b, a, ub, ua)
+                    };
                     let cand = Candidate {
                         first,
                         second,
+                        holder,
                         relayer,
                         via,
                         handshake: None,

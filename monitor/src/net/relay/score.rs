@@ -68,8 +68,11 @@ pub const UNKNOWN_REPLY_MAX: u64 = 64;
 pub const BULK_SLACK: u64 = 4096;
 /// Framing a tunnel adds: at most this plus half the payload, each way.
 pub const TUNNEL_FRAMING: u64 = 2048;
-/// Packet times come from different CPUs: allow this much disorder.
-const ORDER_SLACK_NS: u64 = 1_000_000;
+/// First-payload times are read from the boot clock, which every CPU
+/// shares: no disorder to allow for. A relay's send follows the arrival it
+/// passes on by at least a wakeup and two system calls, while two probes
+/// one after the other can be a few microseconds apart.
+const ORDER_SLACK_NS: u64 = 0;
 
 /// Whether `x` and `y` agree within `slack` bytes or 10%.
 pub fn close(x: u64, y: u64, slack: u64) -> bool {
@@ -143,18 +146,21 @@ pub fn exchange(
             0
         }
     };
+    // A pure relay (a port forward) passes every byte: nothing was kept
+    // back, so nothing excuses an answer that came before the data it
+    // would relay.
+    if forward == 0 && back == 0 && causal(client, server, false) {
+        return true;
+    }
     let matched = match handshake {
+        // What was read before the dial was the handshake (for known
+        // protocols a client may also send data before the reply,
+        // optimistically), and everything written back beyond the
+        // handshake's replies and a short post-dial reply was relayed.
         Some(hs) => {
             let (got, sent) = (hs.received as i128, hs.sent as i128);
-            // Every byte passed (what was read before the dial was
-            // forwarded too), or what was read before the dial was the
-            // handshake (for known protocols a client may also send data
-            // before the reply, optimistically), and everything written
-            // back beyond the handshake's replies and a short post-dial
-            // reply was relayed.
-            let pure = forward == 0 && back == 0;
             let forward_ok = forward == got || (proxy && (0..=got).contains(&forward));
-            pure || (forward_ok && back >= sent && back <= sent + reply_max(&hs))
+            got > 0 && forward_ok && back >= sent && back <= sent + reply_max(&hs)
         }
         // A known proxy protocol whose handshake was not recorded (no
         // activity tracepoints): within the request and reply bounds.
@@ -162,11 +168,10 @@ pub fn exchange(
             (0..=PROXY_REQUEST_MAX as i128).contains(&forward)
                 && (0..=PROXY_REPLY_MAX as i128).contains(&back)
         }
-        // Otherwise only a pure relay: every byte passed, both ways.
-        None => forward == 0 && back == 0,
+        None => false,
     };
-    let handshake = proxy || handshake.is_some_and(|h| h.sent > 0 || h.received > 0);
-    matched && causal(client, server, handshake)
+    // The handshake's replies came before the relayed data.
+    matched && causal(client, server, true)
 }
 
 /// The bulk test: at least `volume` bytes each way through both legs,
@@ -243,6 +248,22 @@ mod tests {
         let a = leg(1, 2, 3, 40000, 40000);
         let b = leg(10, 11, 12, 40000, 40000);
         assert!(!bulk(&a, &b, 16384, false));
+    }
+
+    #[test]
+    fn probes_one_after_the_other_are_no_relay_even_with_a_trigger() {
+        // A monitoring agent read the first answer, then dialled the next
+        // service and asked the same: equal bytes, the trigger names the
+        // first connection, but its request went out before anything came
+        // back on the second.
+        let a = leg(1, 3, 2, 78, 78);
+        let b = leg(4, 6, 5, 78, 78);
+        let hs = Handshake {
+            received: 78,
+            sent: 78,
+        };
+        assert!(!exchange(&a, &b, Some(hs), false));
+        assert!(!exchange(&a, &b, None, false));
     }
 
     #[test]
