@@ -187,6 +187,11 @@ assert_size!(ExitEvent, 88);
 pub const PROTO_TCP: u8 = 6;
 /// `NetEvent::proto` for UDP.
 pub const PROTO_UDP: u8 = 17;
+/// `FlowKey::proto` of an ICMP echo flow over IPv4 (the echo identifier
+/// stands in for both ports).
+pub const PROTO_ICMP: u8 = 1;
+/// The same over IPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// One socket event. Addresses are 16 bytes in network order; IPv4
 /// addresses are stored v4-mapped (`::ffff:a.b.c.d`). Ports are host order.
@@ -284,7 +289,12 @@ pub struct FlowStats {
     /// `FP_*` protocol fingerprint of the first payload received and sent.
     pub fp_in: u8,
     pub fp_out: u8,
-    pub _pad: [u8; 4],
+    /// For a connection this machine opened with an HTTP request
+    /// (`fp_out == FP_HTTP`): what it sent first once an answer had come,
+    /// `AFTER_ANSWER_HTTP` (another request) or `AFTER_ANSWER_OTHER` (the
+    /// protocol changed: a websocket, a tunnel); 0 until then.
+    pub after_answer: u8,
+    pub _pad: [u8; 3],
     pub first_ns: u64,
     /// Last packet, in `CLOCK_MONOTONIC` at tick resolution
     /// (`bpf_ktime_get_coarse_ns`: a precise clock read costs each packet
@@ -321,6 +331,14 @@ pub const FP_HTTP_CONNECT: u8 = 4;
 /// HTTP request in absolute form (`GET http://host/ ...`): a request to
 /// a forward proxy.
 pub const FP_HTTP_PROXY: u8 = 5;
+/// An HTTP request to a server (`GET /path ...`, origin form): not a proxy
+/// request; marks the connections whose later traffic the tunnel test
+/// watches. Its bytes are not kept.
+pub const FP_HTTP: u8 = 6;
+/// `FlowStats::after_answer`: the next request was HTTP again.
+pub const AFTER_ANSWER_HTTP: u8 = 1;
+/// `FlowStats::after_answer`: what followed the answer was not HTTP.
+pub const AFTER_ANSWER_OTHER: u8 = 2;
 /// Mask of the protocol in `FlowStats::fp_in`/`fp_out`.
 pub const FP_PROTO_MASK: u8 = 0x0f;
 /// Set in `fp_in`/`fp_out` while the next payload of that direction is

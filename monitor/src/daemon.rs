@@ -32,11 +32,7 @@ use crate::{
     event::{Event, Kind},
     load,
     metrics::{self, Metrics},
-    net::{
-        maps::KernelFlows,
-        relay::{Context as RelayContext, RelayDetector},
-        sockdiag, NetTracker,
-    },
+    net::{maps::KernelFlows, sensors::HopSensors, sockdiag, Context as NetContext, NetTracker},
     output::{self, Output},
     process::{procfs, ProcessTable},
     read::{self, KernelCounters},
@@ -130,8 +126,7 @@ pub async fn run(
         io: take_map(ebpf, MAP_SOCK_IO, HashMap::<MapData, _, _>::try_from)?,
         heads: take_map(ebpf, MAP_PROXY_HEADS, HashMap::<MapData, _, _>::try_from)?,
     };
-    let relay_settings = config.relay.settings();
-    let mut relays = RelayDetector::default();
+    let mut hops = HopSensors::new(config.relay.settings(), metrics.clone());
     let mut dataplane = start_dataplane(&config, ebpf, &loaded.probes, &metrics);
     let mut ebpf_logger = aya_log::EbpfLogger::init(ebpf).ok();
     let mut selfcheck = SelfCheck::new(&loaded.ebpf, metrics.clone());
@@ -201,7 +196,6 @@ pub async fn run(
         tokio::time::interval(Duration::from_millis(*config.relay.sample_ms.get_ref()));
     let mut relay_check =
         tokio::time::interval(Duration::from_millis(*config.relay.check_ms.get_ref()));
-    let mut relay_stats = crate::net::relay::RelayStats::default();
     let mut dataplane_tick =
         tokio::time::interval(Duration::from_millis(*config.dataplane.scan_ms.get_ref()));
     let canary_secs = config.selfcheck.canary_secs;
@@ -219,29 +213,14 @@ pub async fn run(
                 handle(&mut enricher, &mut kernel_flows, &metrics, &mut selfcheck, batch, &mut out);
                 count_changes(&metrics, &out);
                 if config.relay.enabled {
-                    let ctx = RelayContext {
-                        net: &enricher.net,
-                        map: &kernel_flows,
-                        procs: &enricher.table,
-                        clock: &enricher.clock,
-                        sides: dataplane.as_ref().map(DataplaneStage::sides),
-                    };
-                    let found = relays.observe(&out, &ctx, &relay_settings, BootClock::boot_now_ns());
-                    push_relays(&metrics, found, &mut out);
+                    let ctx = net_context(&enricher, &kernel_flows, dataplane.as_ref());
+                    hops.observe(&ctx, BootClock::boot_now_ns(), &mut out);
                 }
                 write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = relay_check.tick(), if config.relay.enabled => {
-                let ctx = RelayContext {
-                    net: &enricher.net,
-                    map: &kernel_flows,
-                    procs: &enricher.table,
-                    clock: &enricher.clock,
-                    sides: dataplane.as_ref().map(DataplaneStage::sides),
-                };
-                let found = relays.tick(&ctx, &relay_settings, BootClock::boot_now_ns());
-                push_relays(&metrics, found, &mut out);
-                count_relay_work(&metrics, relays.stats(), &mut relay_stats);
+                let ctx = net_context(&enricher, &kernel_flows, dataplane.as_ref());
+                hops.check(&ctx, BootClock::boot_now_ns(), &mut out);
                 write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = canary_tick.tick(), if canary_secs > 0 => {
@@ -269,18 +248,11 @@ pub async fn run(
                 tokio::task::block_in_place(|| output.flush());
             }
             _ = relay_tick.tick(), if config.relay.enabled => {
-                let found = tokio::task::block_in_place(|| {
+                tokio::task::block_in_place(|| {
                     let io = kernel_flows.io_entries();
-                    let ctx = RelayContext {
-                        net: &enricher.net,
-                        map: &kernel_flows,
-                        procs: &enricher.table,
-                        clock: &enricher.clock,
-                        sides: dataplane.as_ref().map(DataplaneStage::sides),
-                    };
-                    relays.sample(BootClock::boot_now_ns(), &io, &ctx, &relay_settings)
+                    let ctx = net_context(&enricher, &kernel_flows, dataplane.as_ref());
+                    hops.sample(&ctx, &io, BootClock::boot_now_ns(), &mut out);
                 });
-                push_relays(&metrics, found, &mut out);
                 write_out(&mut output, kinds, &mut detect, &mut out);
             }
             _ = tick.tick() => {
@@ -355,34 +327,19 @@ fn release_startup_memory() {
     unsafe { libc::malloc_trim(0) };
 }
 
-/// Counts relays found and adds them to the events to write.
-fn push_relays(
-    metrics: &Metrics,
-    found: Vec<crate::net::relay::RelayRecord>,
-    out: &mut Vec<Event>,
-) {
-    for r in found {
-        metrics
-            .relays
-            .with_label_values(&[r.method.as_str(), if r.allowed { "true" } else { "false" }])
-            .inc();
-        out.push(Event::Relay(Box::new(r)));
+/// What the relay and tunnel detectors read.
+fn net_context<'a>(
+    enricher: &'a Enricher,
+    flows: &'a KernelFlows,
+    dataplane: Option<&'a DataplaneStage>,
+) -> NetContext<'a> {
+    NetContext {
+        net: &enricher.net,
+        map: flows,
+        procs: &enricher.table,
+        clock: &enricher.clock,
+        sides: dataplane.map(DataplaneStage::sides),
     }
-}
-
-/// Moves the relay detector's work counts into the metrics.
-fn count_relay_work(
-    metrics: &Metrics,
-    now: &crate::net::relay::RelayStats,
-    seen: &mut crate::net::relay::RelayStats,
-) {
-    metrics
-        .relay_pairs_examined
-        .inc_by(now.examined - seen.examined);
-    metrics
-        .relay_pairs_dropped
-        .inc_by(now.dropped - seen.dropped);
-    *seen = now.clone();
 }
 
 /// Counts the configuration changes among `events`, whatever the output

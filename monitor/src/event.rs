@@ -33,6 +33,8 @@ pub enum Kind {
     Connection,
     /// A process relaying traffic between two connections.
     Relay,
+    /// Traffic tunnelled inside DNS, ICMP echo or an HTTP connection.
+    Tunnel,
     /// Counts of a flow this machine forwards, periodically and at its end.
     Forward,
     /// A forwarded flow that makes the gateway a relay (hairpin, DNAT to a
@@ -47,7 +49,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
@@ -63,6 +65,7 @@ impl Kind {
         Kind::FlowUpdate,
         Kind::Connection,
         Kind::Relay,
+        Kind::Tunnel,
         Kind::Forward,
         Kind::Transit,
         Kind::ConfigChange,
@@ -87,6 +90,7 @@ impl Kind {
             Kind::FlowUpdate => "flow_update",
             Kind::Connection => "connection",
             Kind::Relay => "relay",
+            Kind::Tunnel => "tunnel",
             Kind::Forward => "forward",
             Kind::Transit => "transit",
             Kind::ConfigChange => "config_change",
@@ -221,6 +225,7 @@ pub enum Event {
     FlowUpdate(Box<NetRecord>),
     Connection(Box<NetRecord>),
     Relay(Box<crate::net::relay::RelayRecord>),
+    Tunnel(Box<crate::net::tunnel::TunnelRecord>),
     Forward(Box<crate::dataplane::ForwardRecord>),
     Transit(Box<crate::dataplane::ForwardRecord>),
     ConfigChange(Box<crate::dataplane::change::ConfigChangeRecord>),
@@ -245,6 +250,7 @@ impl Event {
             Event::FlowUpdate(_) => Kind::FlowUpdate,
             Event::Connection(_) => Kind::Connection,
             Event::Relay(_) => Kind::Relay,
+            Event::Tunnel(_) => Kind::Tunnel,
             Event::Forward(_) => Kind::Forward,
             Event::Transit(_) => Kind::Transit,
             Event::ConfigChange(_) => Kind::ConfigChange,
@@ -275,13 +281,41 @@ impl Event {
 pub enum Proto {
     Tcp,
     Udp,
+    /// ICMP or ICMPv6 echo: a flow per echo identifier, which stands in for
+    /// both ports.
+    Icmp,
 }
 
 impl Proto {
+    pub const ALL: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        }
+    }
+
+    /// The protocol of a kernel record's protocol number (`PROTO_*`).
+    pub fn from_kernel(raw: u8) -> Self {
+        use monitor_common::event::{PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP};
+        match raw {
+            PROTO_UDP => Proto::Udp,
+            PROTO_ICMP | PROTO_ICMPV6 => Proto::Icmp,
+            _ => Proto::Tcp,
+        }
+    }
+
+    /// The kernel's protocol number for a flow of this protocol with a peer
+    /// at `peer` (ICMP has one per IP version).
+    pub fn to_kernel(self, peer: std::net::IpAddr) -> u8 {
+        use monitor_common::event::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+            Proto::Icmp if peer.is_ipv4() => PROTO_ICMP,
+            Proto::Icmp => PROTO_ICMPV6,
         }
     }
 }

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub rules_loaded: IntGauge,
     pub rule_reloads: IntCounterVec,
     pub relays: IntCounterVec,
+    pub tunnels: IntCounterVec,
     pub relay_pairs_examined: IntCounter,
     pub relay_pairs_dropped: IntCounter,
     pub forwarded_bytes: IntCounterVec,
@@ -221,6 +222,11 @@ impl Metrics {
             "Connections and UDP flows in the flow table.",
         );
         let rules_loaded = gauge("rules_loaded", "Detection rules in use.");
+        let tunnels = counter_vec(
+            "net_tunnels_total",
+            "Flows found carrying traffic inside another protocol, by carrier (dns, icmp, http) and whether the gateway forwards them.",
+            &["protocol", "forwarded"],
+        );
         let relay_pairs_examined = counter(
             "relay_pairs_examined_total",
             "Pairs of connections the relay detector judged.",
@@ -303,7 +309,7 @@ impl Metrics {
         for (_, name) in crate::decode::KERNEL_KINDS {
             kernel_lost.with_label_values(&[name]);
         }
-        for proto in [Proto::Tcp, Proto::Udp] {
+        for proto in Proto::ALL {
             for d in [Direction::Outbound, Direction::Inbound] {
                 net_opened.with_label_values(&[proto.as_str(), d.as_str()]);
                 net_closed.with_label_values(&[proto.as_str(), d.as_str()]);
@@ -326,6 +332,11 @@ impl Metrics {
         for m in crate::net::relay::Method::ALL {
             for allowed in ["false", "true"] {
                 relays.with_label_values(&[m.as_str(), allowed]);
+            }
+        }
+        for c in crate::net::tunnel::Carrier::ALL {
+            for forwarded in ["false", "true"] {
+                tunnels.with_label_values(&[c.as_str(), forwarded]);
             }
         }
         for r in ["ok", "failed"] {
@@ -371,6 +382,7 @@ impl Metrics {
             rules_loaded,
             rule_reloads,
             relays,
+            tunnels,
             relay_pairs_examined,
             relay_pairs_dropped,
             forwarded_bytes,

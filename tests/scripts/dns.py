@@ -1,8 +1,11 @@
-"""A minimal DNS server and client over UDP, for the forwarder tests.
-Server: answers every A query with 192.0.2.53 (TTL 0).
-Client: sends N queries for NAMEs under a zone and prints how many were
-answered.
-Usage: dns.py server BIND PORT | dns.py client SERVER PORT ZONE N"""
+"""A minimal DNS server and clients over UDP.
+server: answers every query with an A record 192.0.2.53 (TTL 0).
+client: N ordinary lookups (hostI.ZONE), a socket each, as a stub
+resolver makes them; prints how many were answered.
+tunnel: N queries on one socket, 10 a second, each name carrying 90
+characters of base32 data in two labels, as a DNS tunnel sends them;
+prints how many were answered.
+Usage: dns.py server BIND PORT | dns.py client|tunnel SERVER PORT ZONE N"""
 import socket
 import struct
 import sys
@@ -29,6 +32,25 @@ if sys.argv[1] == "server":
 
 server, port, zone, n = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 answered = 0
+if sys.argv[1] == "tunnel":
+    import base64
+    import os
+    import time
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.settimeout(3)
+    for i in range(n):
+        data = base64.b32encode(os.urandom(56)).decode().rstrip("=").lower()
+        labels = [data[:45].encode(), data[45:90].encode()] + [x.encode() for x in zone.split(".")]
+        q = struct.pack("!HHHHHH", i, 0x0100, 1, 0, 0, 0) + name(labels) + struct.pack("!HH", 16, 1)
+        c.sendto(q, (server, port))
+        try:
+            c.recv(4096)
+            answered += 1
+        except socket.timeout:
+            pass
+        time.sleep(0.1)
+    print(answered, flush=True)
+    sys.exit(0)
 for i in range(n):
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     c.settimeout(3)

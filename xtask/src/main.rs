@@ -75,7 +75,7 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 13] = [
+const KERNEL_TESTS: [&str; 14] = [
     "process",
     "bad_input",
     "startup",
@@ -83,6 +83,7 @@ const KERNEL_TESTS: [&str; 13] = [
     "detect",
     "relay",
     "relay_short",
+    "protocol_tunnels",
     "dataplane",
     "tunnels",
     "selfcheck",

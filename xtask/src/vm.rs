@@ -21,11 +21,12 @@ use crate::{cargo, monitor_release, workspace_root};
 /// The suites a kernel is tested with unless `--suite` says otherwise:
 /// exec, network and relay capture, tunnel links (whose modules the host
 /// kernel lacks), and the start-up failures.
-pub const DEFAULT_SUITES: [&str; 6] = [
+pub const DEFAULT_SUITES: [&str; 7] = [
     "process",
     "network",
     "relay",
     "relay_short",
+    "protocol_tunnels",
     "tunnels",
     "startup",
 ];

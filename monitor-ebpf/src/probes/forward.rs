@@ -18,7 +18,7 @@ use aya_ebpf::{
 use monitor_common::{
     event::{
         counter, FwdStats, FwdTuple, FWD_CONNTRACK, FWD_FIN_ORIG, FWD_FIN_REPLY, FWD_RST,
-        PROTO_TCP, PROTO_UDP,
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
     },
     offsets::OFFSET_MISSING,
 };
@@ -109,6 +109,22 @@ fn parse(skb: *mut __sk_buff, l2: u32, w: &mut FwdScratch) -> Option<(u32, u8)> 
     let (l4_len, flags) = match proto {
         PROTO_TCP => (((l4[12] >> 4) as u32) * 4, l4[13]),
         PROTO_UDP => (8, 0),
+        // Echo requests and replies: their identifier stands in for both
+        // ports, so a request and its reply are one flow either way.
+        PROTO_ICMP if l4[0] == 8 || l4[0] == 0 => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            t.sport = id;
+            t.dport = id;
+            t.proto = proto;
+            return Some((l4_at - l2 + 8, 0));
+        }
+        PROTO_ICMPV6 if l4[0] == 128 || l4[0] == 129 => {
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            t.sport = id;
+            t.dport = id;
+            t.proto = proto;
+            return Some((l4_at - l2 + 8, 0));
+        }
         _ => return None,
     };
     t.sport = u16::from_be_bytes([l4[0], l4[1]]);

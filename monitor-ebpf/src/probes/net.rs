@@ -22,10 +22,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use monitor_common::event::{
     counter, EventHeader, FlowKey, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, SockOwner,
-    Trigger, FP_CAPTURE_MORE, FP_HTTP_CONNECT, FP_HTTP_PROXY, FP_NONE, FP_SOCKS4, FP_SOCKS4A,
-    FP_SOCKS5, KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT,
-    KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE, KIND_NET_UDP_FLOW, PROTO_TCP,
-    PROTO_UDP, PROXY_HEAD_BYTES,
+    Trigger, AFTER_ANSWER_HTTP, AFTER_ANSWER_OTHER, FP_CAPTURE_MORE, FP_HTTP, FP_HTTP_CONNECT,
+    FP_HTTP_PROXY, FP_NONE, FP_SOCKS4, FP_SOCKS4A, FP_SOCKS5, KIND_NET_ACCEPT, KIND_NET_BIND,
+    KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
+    KIND_NET_UDP_FLOW, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PROXY_HEAD_BYTES,
 };
 use monitor_common::limits::{NET_SHARE_EVENTS, NET_SHARE_WINDOW_NS};
 
@@ -51,6 +51,15 @@ const TCP_FLAG_SYN: u8 = 0x02;
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+// ICMP echo types.
+const ICMP_ECHO: u8 = 8;
+const ICMP_ECHOREPLY: u8 = 0;
+const ICMPV6_ECHO: u8 = 128;
+const ICMPV6_ECHOREPLY: u8 = 129;
+/// DNS: flows to or from this port keep their first bytes (the query
+/// names), for the tunnel tests.
+const DNS_PORT: u16 = 53;
 // IPv6 extension headers with the generic (next header, length) layout.
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -226,6 +235,8 @@ fn is_inet_tcp_udp(sk: *mut bpf_sock) -> Option<u8> {
     match (ty, proto as u8) {
         (SOCK_STREAM, PROTO_TCP) => Some(PROTO_TCP),
         (SOCK_DGRAM, PROTO_UDP) => Some(PROTO_UDP),
+        // Ping sockets and raw ICMP sockets: their echo flows count.
+        (SOCK_DGRAM | SOCK_RAW, p @ (PROTO_ICMP | PROTO_ICMPV6)) => Some(p),
         _ => None,
     }
 }
@@ -250,9 +261,9 @@ pub fn net_sock_release(ctx: SockContext) -> i32 {
     };
     // SAFETY: the context is a socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    if proto == PROTO_UDP {
+    if proto != PROTO_TCP {
         let owner = owner_of(cookie);
-        let _ = emit(KIND_NET_RELEASE, cookie, PROTO_UDP, &owner, |_| Ok(()));
+        let _ = emit(KIND_NET_RELEASE, cookie, proto, &owner, |_| Ok(()));
         let _ = SOCK_OWNERS.remove(cookie);
     } else if unsafe { (*ctx.sock).state } == TCP_CLOSE as u32 {
         let _ = SOCK_OWNERS.remove(cookie);
@@ -579,9 +590,15 @@ fn parse(
     let l4len = match proto {
         PROTO_TCP => ((l4[12] >> 4) as u32) * 4,
         PROTO_UDP => 8,
+        // Echo requests and replies only: `type code csum id seq`; the
+        // identifier names the flow on both sides.
+        PROTO_ICMP if l4[0] == ICMP_ECHO || l4[0] == ICMP_ECHOREPLY => 8,
+        PROTO_ICMPV6 if l4[0] == ICMPV6_ECHO || l4[0] == ICMPV6_ECHOREPLY => 8,
         _ => return None,
     };
-    let (local, peer) = if egress {
+    let (local, peer) = if proto == PROTO_ICMP || proto == PROTO_ICMPV6 {
+        (sport_of_echo(l4), sport_of_echo(l4))
+    } else if egress {
         (sport, dport)
     } else {
         (dport, sport)
@@ -590,6 +607,12 @@ fn parse(
     w.key.peer_port = peer;
     w.key.proto = proto;
     Some(l3 + l4len)
+}
+
+/// The identifier of an ICMP echo header.
+#[inline(always)]
+fn sport_of_echo(l4: &[u8; 16]) -> u16 {
+    u16::from_be_bytes([l4[4], l4[5]])
 }
 
 #[inline(always)]
@@ -606,8 +629,13 @@ fn account(ctx: &SkBuffContext, egress: bool) {
         return;
     }
     // SAFETY: a full socket from bpf_sk_fullsock.
-    let (ty, state) = unsafe { ((*sk).type_, (*sk).state) };
-    if (ty != SOCK_STREAM && ty != SOCK_DGRAM) || state == TCP_LISTEN as u32 {
+    let (ty, state, sk_proto) = unsafe { ((*sk).type_, (*sk).state, (*sk).protocol) };
+    // TCP and UDP sockets, and ICMP ones (raw or ping sockets: an echo
+    // tunnel's).
+    let icmp = sk_proto == PROTO_ICMP as u32 || sk_proto == PROTO_ICMPV6 as u32;
+    if !(ty == SOCK_STREAM || ty == SOCK_DGRAM || (ty == SOCK_RAW && icmp))
+        || state == TCP_LISTEN as u32
+    {
         return;
     }
     let Some(w) = PACKET_SCRATCH.get_ptr_mut(0) else {
@@ -616,11 +644,19 @@ fn account(ctx: &SkBuffContext, egress: bool) {
     // SAFETY: per-CPU slot, only this program uses it while it runs.
     let w = unsafe { &mut *w };
     let Some(headers) = parse(ctx, skb, w, egress) else {
-        count(counter::PACKETS_UNPARSED);
+        // ICMP other than echo is no flow; anything else is a parse miss.
+        if !icmp {
+            count(counter::PACKETS_UNPARSED);
+        }
         return;
     };
     // SAFETY: the context is an skb with a socket.
     w.key.cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    // The kernel answers pings from sockets of its own, which no process
+    // created: only a process's ICMP sockets have flows.
+    if icmp && unsafe { SOCK_OWNERS.get(w.key.cookie) }.is_none() {
+        return;
+    }
     // SAFETY: context field reads.
     let (len, segs) = unsafe { ((*skb).len, (*skb).gso_segs) };
     let segs = segs.max(1) as u64;
@@ -641,9 +677,10 @@ fn account(ctx: &SkBuffContext, egress: bool) {
             w.fresh.first_out_ns = 0;
             w.fresh.fp_in = 0;
             w.fresh.fp_out = 0;
+            w.fresh.after_answer = 0;
             // Fails when the map is full or another CPU inserted it first;
             // the lookup below tells which.
-            if FLOWS.insert(&w.key, &w.fresh, BPF_NOEXIST).is_ok() && w.key.proto == PROTO_UDP {
+            if FLOWS.insert(&w.key, &w.fresh, BPF_NOEXIST).is_ok() && w.key.proto != PROTO_TCP {
                 new_udp_flow(w, egress);
             }
             match FLOWS.get_ptr_mut(&w.key) {
@@ -701,6 +738,8 @@ fn first_payload(
     if counted != 0 {
         if fp & FP_CAPTURE_MORE != 0 {
             capture_more(skb, w, stats, egress, headers, payload);
+        } else if egress && fp == FP_HTTP {
+            after_answer(skb, w, stats, headers, payload);
         }
         return;
     }
@@ -727,10 +766,21 @@ fn first_payload(
     }
     let mut fp = fingerprint(b, payload as u32);
     if fp == FP_NONE {
+        // ICMP echo and DNS flows keep their first bytes without a
+        // fingerprint: what a tunnel carries shows there.
+        let p = w.key.proto;
+        if p == PROTO_ICMP
+            || p == PROTO_ICMPV6
+            || (p == PROTO_UDP && (w.key.peer_port == DNS_PORT || w.fresh.local_port == DNS_PORT))
+        {
+            capture_head(skb, w, egress, headers, payload, 0);
+        }
         return;
     }
     let more = fp == FP_SOCKS5 && socks5_greeting_only(b, payload);
-    if capture_head(skb, w, egress, headers, payload, 0) && more {
+    // A plain HTTP request is only marked: web traffic must not churn the
+    // map of proxy requests.
+    if fp != FP_HTTP && capture_head(skb, w, egress, headers, payload, 0) && more {
         fp |= FP_CAPTURE_MORE;
     }
     // SAFETY: a live map value.
@@ -741,6 +791,39 @@ fn first_payload(
             (*stats).fp_in = fp;
         }
     }
+}
+
+/// On a connection opened with an HTTP request: whether what it sends
+/// first once an answer came is HTTP again (keep-alive) or something else
+/// (a websocket, a tunnel inside the stream). Decided once.
+#[inline(always)]
+fn after_answer(
+    skb: *mut __sk_buff,
+    w: &mut PacketScratch,
+    stats: *mut FlowStats,
+    headers: u32,
+    payload: u64,
+) {
+    // SAFETY: reading a live map value.
+    let (done, answered) = unsafe { ((*stats).after_answer, (*stats).bytes_in) };
+    if done != 0 || answered == 0 {
+        return;
+    }
+    let b = &mut w.first;
+    *b = [0; 16];
+    // A request line is at least 16 bytes (`GET / HTTP/1.0\r\n`); a
+    // shorter payload is something else.
+    // SAFETY: 16 bytes into a 16-byte buffer.
+    let read = payload >= 16
+        && unsafe { bpf_skb_load_bytes(skb.cast(), headers & 0x3ff, b.as_mut_ptr().cast(), 16) }
+            == 0;
+    let verdict = if read && request_line(b).is_some() {
+        AFTER_ANSWER_HTTP
+    } else {
+        AFTER_ANSWER_OTHER
+    };
+    // SAFETY: a live map value.
+    unsafe { (*stats).after_answer = verdict };
 }
 
 /// Whether a SOCKS5 first payload is the greeting alone, the request that
@@ -762,8 +845,9 @@ fn capture_head(
     payload: u64,
     at: u32,
 ) -> bool {
-    if at == 0 && PROXY_HEADS.insert(&w.key, &w.blank, 0).is_err() {
-        return false;
+    // The other direction may have made the entry already: keep it.
+    if at == 0 {
+        let _ = PROXY_HEADS.insert(&w.key, &w.blank, BPF_NOEXIST);
     }
     let Some(head) = PROXY_HEADS.get_ptr_mut(&w.key) else {
         return false;
@@ -869,7 +953,7 @@ fn new_tcp_payload(w: &PacketScratch, stats: *mut FlowStats, egress: bool, paylo
 #[inline(never)]
 fn new_udp_flow(w: &PacketScratch, egress: bool) {
     let owner = owner_of(w.key.cookie);
-    let _ = emit(KIND_NET_UDP_FLOW, w.key.cookie, PROTO_UDP, &owner, |ev| {
+    let _ = emit(KIND_NET_UDP_FLOW, w.key.cookie, w.key.proto, &owner, |ev| {
         // 1: the first packet left this machine.
         ev.new_state = egress as u8;
         ev.local_addr = w.fresh.local_addr;
@@ -995,16 +1079,18 @@ fn fingerprint(b: &[u8; 16], len: u32) -> u8 {
     if len >= 8 && b[..8] == *b"CONNECT " {
         return FP_HTTP_CONNECT;
     }
-    if len >= 12 && absolute_form(b) {
-        return FP_HTTP_PROXY;
+    match request_line(b) {
+        Some(b'h') if len >= 12 => FP_HTTP_PROXY,
+        Some(b'/') => FP_HTTP,
+        _ => FP_NONE,
     }
-    FP_NONE
 }
 
-/// An HTTP request line in absolute form: a method of 3 to 7 capitals,
-/// a space, then `http://` (what a forward proxy is sent).
+/// The first byte of an HTTP request line's target: a method of 3 to 7
+/// capitals and a space, then `/` (origin form, to a server) or `h` of
+/// `http://` (absolute form, to a forward proxy).
 #[inline(always)]
-fn absolute_form(b: &[u8; 16]) -> bool {
+fn request_line(b: &[u8; 16]) -> Option<u8> {
     let mut k = 0;
     while k < 8 {
         let c = b[k];
@@ -1012,18 +1098,24 @@ fn absolute_form(b: &[u8; 16]) -> bool {
             break;
         }
         if !c.is_ascii_uppercase() {
-            return false;
+            return None;
         }
         k += 1;
     }
     if !(3..=7).contains(&k) {
-        return false;
+        return None;
     }
-    b[k + 1] == b'h'
-        && b[k + 2] == b't'
-        && b[k + 3] == b't'
-        && b[k + 4] == b'p'
-        && b[k + 5] == b':'
-        && b[k + 6] == b'/'
-        && b[k + 7] == b'/'
+    match b[k + 1] {
+        b'/' => Some(b'/'),
+        b'h' if b[k + 2] == b't'
+            && b[k + 3] == b't'
+            && b[k + 4] == b'p'
+            && b[k + 5] == b':'
+            && b[k + 6] == b'/'
+            && b[k + 7] == b'/' =>
+        {
+            Some(b'h')
+        }
+        _ => None,
+    }
 }

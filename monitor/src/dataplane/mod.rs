@@ -32,7 +32,7 @@ use aya::{
 };
 use monitor_common::event::{
     FwdDir, FwdKey, FwdStats, IfaceInfo, FWD_CONNTRACK, FWD_FIN_ORIG, FWD_FIN_REPLY, FWD_RST,
-    PROTO_TCP, PROTO_UDP,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -156,6 +156,8 @@ struct FlowState {
     counted: [FwdDir; 2],
     last_report_ns: u64,
     classified: bool,
+    /// Reported as a tunnel (DNS, ICMP) already.
+    tunnel: bool,
 }
 
 /// A flow that ended: late packets (the last ACK) that recreate its entry
@@ -302,6 +304,7 @@ impl DataPlane {
                 counted: [FwdDir::default(); 2],
                 last_report_ns: now_ns,
                 classified: false,
+                tunnel: false,
             });
             count_deltas(&self.metrics, &self.watched, &stats, &mut st.counted);
             if self.ended.contains_key(&key) {
@@ -319,6 +322,16 @@ impl DataPlane {
                     let mut r = self.record(&key, &stats, clock, "active", None);
                     r.reason = Some(reason);
                     out.push(Event::Transit(Box::new(r)));
+                }
+            }
+            if !st.tunnel {
+                if let Some(t) = self.tunnel(&key, &stats, clock, roles.1) {
+                    st.tunnel = true;
+                    self.metrics
+                        .tunnels
+                        .with_label_values(&[t.protocol.as_str(), "true"])
+                        .inc();
+                    out.push(Event::Tunnel(Box::new(t)));
                 }
             }
             let end = if stats.flags & FWD_RST != 0 {
@@ -353,6 +366,58 @@ impl DataPlane {
         self.state.retain(|k, _| present.contains(k));
         self.metrics.forward_flows.set(present.len() as i64);
         out
+    }
+
+    /// A forwarded flow carrying a tunnel: DNS queries with long names at
+    /// a steady rate, or ICMP echoes whose answers are not echoes (judged
+    /// on sizes: the payload of forwarded packets is not read).
+    fn tunnel(
+        &self,
+        key: &FwdKey,
+        stats: &FwdStats,
+        clock: &BootClock,
+        out_role: Option<Role>,
+    ) -> Option<crate::net::tunnel::TunnelRecord> {
+        use crate::net::tunnel::{self, Carrier, Queries};
+        let o = &key.orig;
+        let (fwd, rep) = (&stats.dir[0], &stats.dir[1]);
+        let (protocol, reason) = match o.proto {
+            PROTO_UDP if o.dport == 53 => (
+                Carrier::Dns,
+                tunnel::dns_verdict(Queries {
+                    count: fwd.packets,
+                    bytes: fwd.payload,
+                })?,
+            ),
+            PROTO_ICMP | PROTO_ICMPV6 => (
+                Carrier::Icmp,
+                tunnel::icmp_sizes_verdict((fwd.packets, fwd.payload), (rep.packets, rep.payload))?,
+            ),
+            _ => return None,
+        };
+        let ep = |addr: [u8; 16], port: u16| crate::event::Endpoint {
+            addr: crate::net::ip_from_kernel(addr),
+            port,
+        };
+        Some(tunnel::TunnelRecord {
+            ts: clock.rfc3339(stats.last_ns),
+            protocol,
+            reason,
+            forwarded: true,
+            netns: key.netns,
+            process: None,
+            socket: None,
+            flow_id: Some(flow_id(key)),
+            proto: Proto::from_kernel(o.proto),
+            local: ep(o.src, o.sport),
+            remote: ep(o.dst, o.dport),
+            direction: None,
+            side: out_role.map_or(crate::net::sides::Side::Unknown, Role::side),
+            packets_sent: fwd.packets,
+            packets_received: rep.packets,
+            bytes_sent: fwd.payload,
+            bytes_received: rep.payload,
+        })
     }
 
     fn role_of(&self, ifindex: u32) -> Option<Role> {
@@ -417,11 +482,7 @@ impl DataPlane {
             first_seen: clock.rfc3339(stats.first_ns),
             flow_id: flow_id(key),
             netns: key.netns,
-            proto: if o.proto == PROTO_UDP {
-                Proto::Udp
-            } else {
-                Proto::Tcp
-            },
+            proto: Proto::from_kernel(o.proto),
             original,
             translated,
             nat: nat.to_owned(),

@@ -4,10 +4,12 @@
 
 pub mod maps;
 pub mod relay;
+pub mod sensors;
 pub mod sides;
 pub mod sockdiag;
 pub mod table;
 mod tracker;
+pub mod tunnel;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -16,7 +18,19 @@ pub use table::{Flow, FlowId, FlowTable};
 pub use tracker::MemFlows;
 pub use tracker::{connect_result, FlowMap, NetSettings, NetTracker, CONNECT_RESULTS};
 
-use crate::event::Endpoint;
+use crate::{clock::BootClock, event::Endpoint, process::ProcessTable};
+
+/// What the relay and tunnel detectors read besides the events: the flow
+/// table, the kernel's counters, the process table, the clock, and the
+/// sides of the gateway's namespace when known.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub net: &'a NetTracker,
+    pub map: &'a dyn FlowMap,
+    pub procs: &'a ProcessTable,
+    pub clock: &'a BootClock,
+    pub sides: Option<&'a sides::SideMap>,
+}
 
 /// An address from a kernel record (16 bytes, IPv4 stored v4-mapped) as
 /// an `IpAddr`, IPv4 when it is v4-mapped.

@@ -110,6 +110,7 @@ pub fn dump(family: u8, proto: Proto) -> io::Result<Vec<DiagSocket>> {
     req.push(match proto {
         Proto::Tcp => libc::IPPROTO_TCP as u8,
         Proto::Udp => libc::IPPROTO_UDP as u8,
+        Proto::Icmp => libc::IPPROTO_ICMP as u8,
     });
     req.push(0); // idiag_ext
     req.push(0); // pad

@@ -3,7 +3,7 @@
 use monitor_common::event::{
     FlowKey, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, SockOwner, Trigger, KIND_NET_ACCEPT,
     KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN,
-    KIND_NET_RELEASE, KIND_NET_UDP_FLOW, PROTO_TCP, PROTO_UDP,
+    KIND_NET_RELEASE, KIND_NET_UDP_FLOW,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -81,11 +81,7 @@ const RECENTLY_CLOSED_MAX: usize = 8192;
 const RECENTLY_CLOSED_NS: u64 = 30_000_000_000;
 
 fn proto_of(raw: u8) -> Proto {
-    if raw == PROTO_UDP {
-        Proto::Udp
-    } else {
-        Proto::Tcp
-    }
+    Proto::from_kernel(raw)
 }
 
 pub(crate) fn flow_key(id: &FlowId) -> FlowKey {
@@ -93,10 +89,7 @@ pub(crate) fn flow_key(id: &FlowId) -> FlowKey {
         cookie: id.socket,
         peer_addr: ip_to_kernel(id.remote.addr),
         peer_port: id.remote.port,
-        proto: match id.proto {
-            Proto::Tcp => PROTO_TCP,
-            Proto::Udp => PROTO_UDP,
-        },
+        proto: id.proto.to_kernel(id.remote.addr),
         _pad: [0; 5],
     }
 }
@@ -454,7 +447,7 @@ impl NetTracker {
             };
             let idle = now.saturating_sub(stats.last_ns);
             let idle_limit = match id.proto {
-                Proto::Udp => self.settings.udp_idle_ns,
+                Proto::Udp | Proto::Icmp => self.settings.udp_idle_ns,
                 Proto::Tcp => self.settings.tcp_idle_ns,
             };
             let ended = idle >= idle_limit;
@@ -587,8 +580,8 @@ impl NetTracker {
             }
             let state = match s.proto {
                 Proto::Tcp => sockdiag::tcp_state_name(s.state),
-                Proto::Udp if s.state == TCP_ESTABLISHED => "connected",
-                Proto::Udp => "bound",
+                Proto::Udp | Proto::Icmp if s.state == TCP_ESTABLISHED => "connected",
+                Proto::Udp | Proto::Icmp => "bound",
             };
             events.push(Event::net(
                 Kind::Connection,
@@ -665,7 +658,7 @@ impl FlowMap for MemFlows {
 mod tests {
     use std::time::Duration;
 
-    use monitor_common::event::EventHeader;
+    use monitor_common::event::{EventHeader, PROTO_TCP, PROTO_UDP};
 
     use super::*;
     use crate::net::ip_to_kernel;

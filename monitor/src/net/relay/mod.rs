@@ -28,19 +28,18 @@ pub mod score;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use monitor_common::event::{FlowStats, IoKey, IoStats, FP_PROTO_MASK};
+use monitor_common::event::{FlowStats, IoKey, IoStats};
 use serde::Deserialize;
 
 pub use self::record::{Leg, Method, ProxyRequest, RelayRecord, Via};
 use self::score::{Counts, Handshake, Window};
 use super::{
-    sides::{Side, SideMap},
+    sides::Side,
     table::{Flow, FlowId},
     tracker::flow_key,
-    FlowMap, NetTracker,
+    NetTracker,
 };
 use crate::{
-    clock::BootClock,
     event::{Direction, Event},
     process::ProcessTable,
 };
@@ -68,16 +67,7 @@ pub struct RelaySettings {
     pub allowed: Vec<AllowedProxy>,
 }
 
-/// What the detector reads besides the events.
-#[derive(Clone, Copy)]
-pub struct Context<'a> {
-    pub net: &'a NetTracker,
-    pub map: &'a dyn FlowMap,
-    pub procs: &'a ProcessTable,
-    pub clock: &'a BootClock,
-    /// The sides of the gateway's namespace, when known.
-    pub sides: Option<&'a SideMap>,
-}
+pub use super::Context;
 
 /// Counter samples of one connection, newest last: (boot ns, in, out).
 #[derive(Default)]
@@ -106,6 +96,8 @@ const PARTNERS_MAX: usize = 8;
 /// Open pairs under watch at most; past it new pairs are not watched and
 /// counted (`dropped`).
 const CANDIDATES_MAX: usize = 8192;
+/// A leg this much older than the other is measured from the other's start.
+const OLDER_LEG_NS: u64 = 1_000_000_000;
 /// A pair is watched this long after it was made, then left to sampling.
 const CANDIDATE_TTL_NS: u64 = 60_000_000_000;
 
@@ -124,6 +116,10 @@ struct Candidate {
     /// What the relaying process had received from and sent on `first`
     /// when it opened `second`, when `first` was its trigger.
     handshake: Option<Handshake>,
+    /// `second` has a known trigger (another connection than `first` when
+    /// `handshake` is none): the request that made the process dial came
+    /// from there, so a proxy request on `first` did not.
+    trigger_known: bool,
     created_ns: u64,
 }
 
@@ -147,8 +143,10 @@ impl LegView {
         }
     }
 
+    /// Whether either way began with a proxy protocol.
     fn proxy_fp(&self) -> bool {
-        self.stats.fp_in & FP_PROTO_MASK != 0 || self.stats.fp_out & FP_PROTO_MASK != 0
+        proxy::protocol_name(self.stats.fp_in).is_some()
+            || proxy::protocol_name(self.stats.fp_out).is_some()
     }
 }
 
@@ -286,11 +284,13 @@ impl RelayDetector {
             return;
         }
         let mut partners: Vec<(FlowId, u32, Via, Option<Handshake>)> = Vec::new();
+        let mut trigger_known = false;
         // The connection the process read from before this one opened.
         // The flow may have ended already when a batch brings its open and
         // its close together (a relay done in milliseconds).
         if let Some(flow) = flow_of(&id, ctx) {
             let t = flow.trigger;
+            trigger_known = t.cookie != 0;
             if t.cookie != 0 && t.cookie != id.socket {
                 let hs = Handshake {
                     received: t.bytes_received,
@@ -363,6 +363,7 @@ impl RelayDetector {
                 relayer: pid,
                 via,
                 handshake,
+                trigger_known,
                 created_ns: now,
             };
             if let Some(r) = self.judge(&cand, ctx, settings, now, true) {
@@ -465,12 +466,16 @@ impl RelayDetector {
             return None;
         }
         self.stats.examined += 1;
+        // A proxy request counts on the connection the process read before
+        // it dialled, when that is known.
+        let may_ask = cand.handshake.is_some() || !cand.trigger_known;
         tracing::trace!(first = ?cand.first, second = ?cand.second, a = ?a.stats, b = ?b.stats, hs = ?cand.handshake, opening, "judging a pair");
         let request = proxy_request(&a, ctx);
-        let named = request
-            .as_ref()
-            .and_then(|r| r.target.as_ref())
-            .is_some_and(|t| t.matches(&b.flow.id.remote))
+        let named = may_ask
+            && request
+                .as_ref()
+                .and_then(|r| r.target.as_ref())
+                .is_some_and(|t| t.matches(&b.flow.id.remote))
             && (a.stats.first_in_ns == 0 || b.stats.first_ns + 1_000_000 >= a.stats.first_in_ns);
         let method = if named {
             Some(Method::Fingerprint)
@@ -492,7 +497,7 @@ impl RelayDetector {
         settings: &RelaySettings,
     ) -> Option<Method> {
         let (ca, cb) = (a.counts(), b.counts());
-        let proxy = a.proxy_fp();
+        let proxy = a.proxy_fp() && (cand.handshake.is_some() || !cand.trigger_known);
         if score::exchange(&ca, &cb, cand.handshake, proxy) {
             return Some(Method::Exchange);
         }
@@ -525,8 +530,60 @@ impl RelayDetector {
                 }
             }
         }
+        // A leg much older than the other (an SSH session, a reverse
+        // tunnel's control connection) is measured from its last sample
+        // before the other began: its own early traffic says nothing of
+        // what it carried for the other. Without the activity tracepoints
+        // this is how long forwards through a session are seen.
+        let (older, newer, older_id) = if ca.first_ns <= cb.first_ns {
+            (&ca, &cb, &cand.first)
+        } else {
+            (&cb, &ca, &cand.second)
+        };
+        if newer.first_ns > older.first_ns + OLDER_LEG_NS {
+            if let Some((base_in, base_out)) = self.sample_before(older_id, newer.first_ns) {
+                let since = Counts {
+                    bytes_in: older.bytes_in.saturating_sub(base_in),
+                    bytes_out: older.bytes_out.saturating_sub(base_out),
+                    // Its first bytes were before the other leg: unknown
+                    // for this window.
+                    first_in_ns: 0,
+                    first_out_ns: 0,
+                    ..*older
+                };
+                if score::bulk(&since, newer, settings.volume_bytes, true) {
+                    return Some(Method::Bulk);
+                }
+                let w = Window {
+                    received: since.bytes_in,
+                    sent: since.bytes_out,
+                };
+                if score::tunnel(&w, newer)
+                    || score::tunnel(
+                        &Window {
+                            received: w.sent,
+                            sent: w.received,
+                        },
+                        newer,
+                    )
+                {
+                    return Some(Method::Tunnel);
+                }
+            }
+        }
         self.interactive(&cand.first, &cand.second, settings, &ca, &cb, handshake)
             .then_some(Method::Interactive)
+    }
+
+    /// A leg's counters at its last sample taken before `t` (boot ns).
+    fn sample_before(&self, id: &FlowId, t: u64) -> Option<(u64, u64)> {
+        self.series.get(id).and_then(|s| {
+            s.samples
+                .iter()
+                .rev()
+                .find(|(at, _, _)| *at <= t)
+                .map(|(_, i, o)| (*i, *o))
+        })
     }
 
     /// Low volume, balanced, and both directions moved together in
@@ -779,19 +836,13 @@ impl RelayDetector {
                 }
                 up = ctx.procs.get(a).map(|p| p.ppid);
             }
-            // An ancestor's connections count when they were opened before
-            // this process started (see `opened`).
-            let started = ctx
-                .procs
-                .get(pid)
-                .and_then(|p| p.start_boot_ns)
-                .unwrap_or(u64::MAX);
+            // Unlike pairing at an open, an ancestor's connections all
+            // count here: a preforked server's child (dante) serves a
+            // connection its parent accepted after forking it, and without
+            // the activity tracepoints nothing else tells.
             let legs: Vec<(u32, Via, FlowId)> = members
                 .iter()
                 .flat_map(|(user, legs, via)| legs.iter().map(move |(_, id)| (*user, *via, *id)))
-                .filter(|(_, via, id)| {
-                    *via != Via::Ancestor || opened_ns(id, ctx).is_none_or(|t| t <= started)
-                })
                 .collect();
             for i in 0..legs.len() {
                 for j in i + 1..legs.len() {
@@ -827,6 +878,7 @@ impl RelayDetector {
                         relayer,
                         via,
                         handshake: None,
+                        trigger_known: false,
                         created_ns: now,
                     };
                     if let Some(r) = self.judge(&cand, ctx, settings, now, false) {
@@ -874,9 +926,7 @@ fn group(
 /// The proxy request on a leg's received side, when its first bytes were
 /// one.
 fn proxy_request(v: &LegView, ctx: &Context<'_>) -> Option<proxy::Request> {
-    if v.stats.fp_in & FP_PROTO_MASK == 0 {
-        return None;
-    }
+    proxy::protocol_name(v.stats.fp_in)?;
     let head = ctx.map.proxy_head(&flow_key(&v.flow.id));
     let data = head
         .as_ref()

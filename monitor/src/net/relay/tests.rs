@@ -12,9 +12,14 @@ use monitor_common::event::{
 
 use super::*;
 use crate::{
+    clock::BootClock,
     event::{Endpoint, Proto},
     metrics::Metrics,
-    net::{ip_to_kernel, sides::Subnet, MemFlows, NetSettings},
+    net::{
+        ip_to_kernel,
+        sides::{SideMap, Subnet},
+        MemFlows, NetSettings,
+    },
     process::{Pipes, Process},
 };
 
@@ -694,4 +699,53 @@ fn a_client_asking_two_servers_the_same_is_not_a_relay() {
     lab.count(2, Proto::Tcp, "10.77.0.11:80", traffic(100, 100, 1, 15, 12));
     lab.tick(250);
     assert!(lab.found.is_empty(), "{:?}", lab.found);
+}
+
+#[test]
+fn a_proxy_serving_one_client_after_another_pairs_each_with_its_own_request() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/usr/bin/tinyproxy", 0, Pipes::default());
+    let req = b"CONNECT 10.77.0.10:22 HTTP/1.1\r\n\r\n";
+    for k in 0..3u64 {
+        let (a, b, t) = (1 + 2 * k, 2 + 2 * k, 100 * k);
+        let client = format!("203.0.113.10:{}", 40000 + k);
+        lab.accept(a, 10, "192.0.2.66:8888", &client, t, NONE);
+        let id = FlowId {
+            socket: a,
+            proto: Proto::Tcp,
+            remote: ep(&client),
+        };
+        lab.map.flows.insert(
+            flow_key(&id),
+            FlowStats {
+                first_ns: t * MS,
+                first_in_ns: (t + 1) * MS,
+                fp_in: monitor_common::event::FP_HTTP_CONNECT,
+                bytes_in: req.len() as u64,
+                ..Default::default()
+            },
+        );
+        let mut head = ProxyHead::default();
+        head.data_in[..req.len()].copy_from_slice(req);
+        head.len_in = req.len() as u16;
+        lab.map.heads.insert(flow_key(&id), head);
+        let trigger = Trigger {
+            cookie: a,
+            bytes_received: req.len() as u64,
+            bytes_sent: 0,
+        };
+        lab.connect(
+            b,
+            10,
+            &format!("10.77.0.1:{}", 50000 + k),
+            "10.77.0.10:22",
+            t + 2,
+            trigger,
+        );
+    }
+    assert_eq!(lab.found.len(), 3, "{:?}", lab.found);
+    for r in &lab.found {
+        // Each relay's client leg is the one whose request was read.
+        assert_eq!(r.legs[1].socket, r.legs[0].socket + 1, "{r:?}");
+    }
 }
