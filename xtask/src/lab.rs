@@ -413,7 +413,7 @@ impl Lab {
                 result.alerts.push(rule);
             }
         }
-        match &s.expect {
+        match &s.expect_in(variant) {
             Expect::Nothing => {
                 result.false_positives = alerts.iter().map(|a| describe(&a.alert)).collect();
                 result.outcome = if alerts.is_empty() {
@@ -454,6 +454,7 @@ impl Lab {
         monitor: &mut Option<LabMonitor>,
         children: &mut Vec<Child>,
     ) -> Result<(Instant, Vec<Received>)> {
+        let expect = s.expect_in(variant);
         let _ = std::fs::remove_dir_all(workdir);
         std::fs::create_dir_all(workdir)?;
         std::fs::set_permissions(workdir, std::fs::Permissions::from_mode(0o755))?;
@@ -561,7 +562,7 @@ impl Lab {
         let lab_pid = u64::from(std::process::id());
         let deadline = Instant::now() + Duration::from_secs_f64(s.wait_secs);
         while Instant::now() < deadline {
-            if let Expect::Alerts(want) = &s.expect {
+            if let Expect::Alerts(want) = &expect {
                 let events = m.events();
                 let met = |w: &String| {
                     events.iter().any(|r| {

@@ -125,6 +125,7 @@ impl WaitPort {
 struct Raw {
     title: String,
     expect: RawExpect,
+    expect_mutated: Option<Vec<String>>,
     #[serde(default)]
     requires_rules: Vec<String>,
     #[serde(default, rename = "service")]
@@ -154,6 +155,10 @@ pub struct Scenario {
     pub path: PathBuf,
     pub title: String,
     pub expect: Expect,
+    /// What the mutated run must raise when it is less than `expect`:
+    /// rules that key on a program's name (EW-TUN-001 knows socat by its
+    /// name) do not follow a renamed copy.
+    pub expect_mutated: Option<Vec<String>>,
     /// Rules the monitor must have for the scenario to run: the expected
     /// rule ids and `requires_rules`.
     pub requires_rules: Vec<String>,
@@ -172,6 +177,14 @@ pub struct Scenario {
 impl Scenario {
     pub fn is_attack(&self) -> bool {
         matches!(self.expect, Expect::Alerts(_))
+    }
+
+    /// What a variant must raise.
+    pub fn expect_in(&self, variant: Variant) -> Expect {
+        match (&self.expect_mutated, variant) {
+            (Some(m), Variant::Mutated) => Expect::Alerts(m.clone()),
+            _ => self.expect.clone(),
+        }
     }
 
     /// The variants `--mutate` plays: an attack with vars runs as written
@@ -267,6 +280,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
             ));
         }
     }
+    if let Some(m) = &raw.expect_mutated {
+        let Expect::Alerts(all) = &expect else {
+            return bad("expect_mutated: a look-alike has no mutated run".into());
+        };
+        if raw.vars.is_empty() {
+            return bad("expect_mutated: only a scenario with [vars] has a mutated run".into());
+        }
+        if m.is_empty() {
+            return bad(
+                "expect_mutated is empty: a mutated attack must still raise something".into(),
+            );
+        }
+        if let Some(x) = m.iter().find(|x| !all.contains(x)) {
+            return bad(format!(
+                "expect_mutated: {x:?} is not in expect (the mutated run expects a part of it)"
+            ));
+        }
+    }
     if let Some(x) = raw.requires_rules.iter().find(|x| !is_rule_id(x)) {
         return bad(format!("requires_rules: {x:?} is not a rule id"));
     }
@@ -328,6 +359,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
         path: path.to_owned(),
         title: raw.title,
         expect,
+        expect_mutated: raw.expect_mutated,
         requires_rules,
         services: raw.services,
         monitor: raw.monitor,
@@ -565,6 +597,44 @@ mod tests {
         let plain =
             parse_str(&format!("title = \"t\"\nexpect = [\"T1090\"]\n{STEP}")).expect("parse");
         assert_eq!(plain.variants(true), [Variant::Plain]);
+    }
+
+    #[test]
+    fn expect_mutated_is_a_part_of_expect() {
+        let vars = "[vars]\nP = { port = 1 }\n[[step]]\nhost = \"lan\"\nrun = \"echo ${P}\"\n";
+        let s = parse_str(&format!(
+            "title = \"t\"\nexpect = [\"EW-RELAY-004\", \"EW-TUN-001\"]\nexpect_mutated = [\"EW-RELAY-004\"]\n{vars}"
+        ))
+        .expect("parse");
+        assert!(matches!(s.expect_in(Variant::Plain), Expect::Alerts(a) if a.len() == 2));
+        assert!(
+            matches!(s.expect_in(Variant::Mutated), Expect::Alerts(a) if a == ["EW-RELAY-004"])
+        );
+        let plain =
+            parse_str(&format!("title = \"t\"\nexpect = [\"T1090\"]\n{vars}")).expect("parse");
+        assert!(matches!(plain.expect_in(Variant::Mutated), Expect::Alerts(a) if a == ["T1090"]));
+        for (head, want) in [
+            (
+                "expect = [\"T1090\"]\nexpect_mutated = [\"T1572\"]\n",
+                "\"T1572\" is not in expect",
+            ),
+            (
+                "expect = [\"T1090\"]\nexpect_mutated = []\n",
+                "expect_mutated is empty",
+            ),
+            (
+                "expect = \"none\"\nexpect_mutated = [\"T1090\"]\n",
+                "a look-alike has no mutated run",
+            ),
+        ] {
+            let text = format!("title = \"t\"\n{head}{vars}");
+            let e = format!("{:#}", parse_str(&text).expect_err(&text));
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
+        let text =
+            format!("title = \"t\"\nexpect = [\"T1090\"]\nexpect_mutated = [\"T1090\"]\n{STEP}");
+        let e = format!("{:#}", parse_str(&text).expect_err(&text));
+        assert!(e.contains("only a scenario with [vars]"), "{e}");
     }
 
     #[test]
