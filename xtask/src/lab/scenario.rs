@@ -559,7 +559,10 @@ mod tests {
                 },
                 VarDef {
                     name: "RELAY".into(),
-                    kind: vars::VarKind::Program("socat".into()),
+                    kind: vars::VarKind::Program {
+                        program: "socat".into(),
+                        copy_to: None,
+                    },
                     line: 5,
                     col: 9
                 },
@@ -644,7 +647,7 @@ mod tests {
             (
                 "P = { colour = 1 }\n",
                 "${P}",
-                "x.toml:4:7: unknown field `colour`, expected `port` or `program`",
+                "x.toml:4:7: unknown field `colour`, expected one of `port`, `program`, `copy_to`",
             ),
             (
                 "P = { port = 1, program = \"nc\" }\n",

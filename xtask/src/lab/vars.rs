@@ -8,6 +8,8 @@
 //! PORT = { port = 8447 }        # plain: 8447; mutated: a port in 20000-29999
 //! RELAY = { program = "socat" } # plain: socat as found on PATH; mutated: a
 //!                               # copy under a system-looking name, elsewhere
+//! SOCKS = { program = "microsocks", copy_to = "${DIR}/.local/bin/udisksd" }
+//!                               # plain: a copy there; mutated: as above
 //! ```
 //!
 //! Mutations are deterministic: they derive from the scenario's and the
@@ -28,6 +30,7 @@ use serde::Deserialize;
 pub struct RawVar {
     port: Option<u16>,
     program: Option<String>,
+    copy_to: Option<String>,
 }
 
 /// What a variable stands for.
@@ -35,8 +38,12 @@ pub struct RawVar {
 pub enum VarKind {
     /// A TCP or UDP port a scenario listens on.
     Port(u16),
-    /// A program: a name looked up on PATH, or an absolute path.
-    Program(String),
+    /// A program: a name looked up on PATH, or an absolute path; in the
+    /// plain run, copied to `copy_to` (under `${DIR}`) when given.
+    Program {
+        program: String,
+        copy_to: Option<String>,
+    },
 }
 
 /// A variable of a scenario.
@@ -91,6 +98,21 @@ pub fn define(name: &str, raw: RawVar, line: usize, col: usize, where_: &str) ->
     if super::PLACEHOLDERS.contains(&name) {
         bail!("{where_}: var {name}: the lab already defines ${{{name}}}");
     }
+    if let Some(c) = &raw.copy_to {
+        if raw.program.is_none() {
+            bail!("{where_}: var {name}: copy_to goes with program");
+        }
+        let rest = c.strip_prefix("${DIR}/").unwrap_or_default();
+        if rest.is_empty()
+            || rest.ends_with('/')
+            || rest.contains("${")
+            || rest
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            bail!("{where_}: var {name}: copy_to = {c:?}: give a file path under ${{DIR}}/ (the scenario's directory, removed with it)");
+        }
+    }
     let kind = match (raw.port, raw.program) {
         (Some(0), None) => bail!("{where_}: var {name}: port 0 is not a port"),
         (Some(p), None) => VarKind::Port(p),
@@ -100,7 +122,10 @@ pub fn define(name: &str, raw: RawVar, line: usize, col: usize, where_: &str) ->
         (None, Some(p)) if p.contains('/') && !p.starts_with('/') => {
             bail!("{where_}: var {name}: program {p:?}: give a name found on PATH or an absolute path")
         }
-        (None, Some(p)) => VarKind::Program(p),
+        (None, Some(p)) => VarKind::Program {
+            program: p,
+            copy_to: raw.copy_to,
+        },
         (None, None) => {
             bail!("{where_}: var {name}: give one kind: {{ port = N }} or {{ program = \"name\" }}")
         }
@@ -250,7 +275,7 @@ pub fn values(
         .iter()
         .filter_map(|d| match d.kind {
             VarKind::Port(p) => Some(p),
-            VarKind::Program(_) => None,
+            VarKind::Program { .. } => None,
         })
         .collect();
     let mut taken_names = BTreeSet::new();
@@ -258,13 +283,19 @@ pub fn values(
     for d in defs {
         let v = match (&d.kind, variant) {
             (VarKind::Port(p), Variant::Plain) => p.to_string(),
-            (VarKind::Program(p), Variant::Plain) => p.clone(),
+            (
+                VarKind::Program {
+                    copy_to: Some(c), ..
+                },
+                Variant::Plain,
+            ) => c.replacen("${DIR}", &workdir.display().to_string(), 1),
+            (VarKind::Program { program, .. }, Variant::Plain) => program.clone(),
             (VarKind::Port(_), Variant::Mutated) => {
                 let p = mutated_port(scenario, &d.name, &taken_ports);
                 taken_ports.insert(p);
                 p.to_string()
             }
-            (VarKind::Program(_), Variant::Mutated) => {
+            (VarKind::Program { .. }, Variant::Mutated) => {
                 let path = disguise(scenario, &d.name, workdir, &taken_names);
                 if let Some(n) = path.file_name() {
                     taken_names.insert(n.to_string_lossy().into_owned());
@@ -291,34 +322,41 @@ pub fn resolve(
         made: Vec::new(),
     };
     for d in defs {
-        let VarKind::Program(program) = &d.kind else {
+        let VarKind::Program { program, copy_to } = &d.kind else {
             continue;
         };
         let found = find_program(program).with_context(|| format!("var {}", d.name))?;
-        match variant {
-            Variant::Plain => {
-                r.values.insert(d.name.clone(), found.display().to_string());
-            }
-            Variant::Mutated => {
-                let copy = PathBuf::from(&r.values[&d.name]);
-                let dir = copy.parent().context("a disguise has a directory")?;
-                if !dir.exists() {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("var {}: making {}", d.name, dir.display()))?;
-                    r.made.push(dir.to_owned());
-                }
-                let real = std::fs::canonicalize(&found)?;
-                std::fs::copy(&real, &copy).with_context(|| {
-                    format!(
-                        "var {}: copying {} to {}",
-                        d.name,
-                        real.display(),
-                        copy.display()
-                    )
-                })?;
-                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
-            }
+        if variant == Variant::Plain && copy_to.is_none() {
+            r.values.insert(d.name.clone(), found.display().to_string());
+            continue;
         }
+        // A copy: the plain run's copy_to, or the mutated run's disguise.
+        let copy = PathBuf::from(&r.values[&d.name]);
+        let dir = copy.parent().context("a copy has a directory")?;
+        if variant == Variant::Mutated {
+            // A hideout is the lab's own (its name is derived as the copy's
+            // is), even when a run that was killed left it behind.
+            r.made.push(dir.to_owned());
+        } else if !dir.exists() {
+            // The first directory made is the one to remove.
+            let mut top = dir;
+            while let Some(up) = top.parent().filter(|u| !u.exists()) {
+                top = up;
+            }
+            r.made.push(top.to_owned());
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("var {}: making {}", d.name, dir.display()))?;
+        let real = std::fs::canonicalize(&found)?;
+        std::fs::copy(&real, &copy).with_context(|| {
+            format!(
+                "var {}: copying {} to {}",
+                d.name,
+                real.display(),
+                copy.display()
+            )
+        })?;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(r)
 }
@@ -326,6 +364,13 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prog(program: &str, copy_to: Option<&str>) -> VarKind {
+        VarKind::Program {
+            program: program.into(),
+            copy_to: copy_to.map(Into::into),
+        }
+    }
 
     fn def(name: &str, kind: VarKind) -> VarDef {
         VarDef {
@@ -403,19 +448,22 @@ mod tests {
         let defs = [
             def("PORT", VarKind::Port(8447)),
             def("BACK", VarKind::Port(8448)),
-            def("RELAY", VarKind::Program("socat".into())),
-            def("PY", VarKind::Program("/usr/bin/python3".into())),
+            def("RELAY", prog("socat", None)),
+            def("PY", prog("/usr/bin/python3", None)),
+            def("HID", prog("microsocks", Some("${DIR}/.local/udisksd"))),
         ];
         let wd = Path::new("/tmp/w");
         let plain = values("s", &defs, Variant::Plain, wd);
         assert_eq!(plain["PORT"], "8447");
         assert_eq!(plain["RELAY"], "socat");
         assert_eq!(plain["PY"], "/usr/bin/python3");
+        assert_eq!(plain["HID"], "/tmp/w/.local/udisksd");
         let m = values("s", &defs, Variant::Mutated, wd);
         assert_eq!(m, values("s", &defs, Variant::Mutated, wd));
         let (p, b): (u16, u16) = (m["PORT"].parse().unwrap(), m["BACK"].parse().unwrap());
         assert!(MUTATED_PORTS.contains(&p) && MUTATED_PORTS.contains(&b) && p != b);
         assert!(m["RELAY"].starts_with('/') && m["PY"].starts_with('/'));
+        assert_ne!(m["HID"], plain["HID"]);
         assert_ne!(
             Path::new(&m["RELAY"]).file_name(),
             Path::new(&m["PY"]).file_name()
@@ -427,15 +475,21 @@ mod tests {
         let wd = std::env::temp_dir().join(format!("ewlab-vars-test-{}", std::process::id()));
         std::fs::create_dir_all(&wd).unwrap();
         let defs = [
-            def("SH", VarKind::Program("sh".into())),
+            def("SH", prog("sh", None)),
             def("PORT", VarKind::Port(1234)),
+            def("HID", prog("sh", Some("${DIR}/.a/b/dbus-helper"))),
         ];
-        let plain = resolve("vars-test", &defs, Variant::Plain, &wd).unwrap();
+        let mut plain = resolve("vars-test", &defs, Variant::Plain, &wd).unwrap();
         assert!(
             plain.values["SH"].ends_with("/sh"),
             "{}",
             plain.values["SH"]
         );
+        let hid = wd.join(".a/b/dbus-helper");
+        assert_eq!(plain.values["HID"], hid.display().to_string());
+        assert!(hid.is_file());
+        plain.clean();
+        assert!(!wd.join(".a").exists());
         let mut m = resolve("vars-test", &defs, Variant::Mutated, &wd).unwrap();
         let copy = PathBuf::from(&m.values["SH"]);
         let out = std::process::Command::new(&copy)
@@ -448,7 +502,7 @@ mod tests {
         assert!(!copy.parent().unwrap().exists());
         let e = resolve(
             "vars-test",
-            &[def("X", VarKind::Program("no-such-program-ew".into()))],
+            &[def("X", prog("no-such-program-ew", None))],
             Variant::Plain,
             &wd,
         )
@@ -465,7 +519,40 @@ mod tests {
         let raw = |port: Option<u16>, program: Option<&str>| RawVar {
             port,
             program: program.map(Into::into),
+            copy_to: None,
         };
+        let copy = |to: &str| RawVar {
+            port: None,
+            program: Some("nc".into()),
+            copy_to: Some(to.into()),
+        };
+        assert!(define("P", copy("${DIR}/.x/y"), 1, 1, "f").is_ok());
+        for bad in [
+            "/usr/bin/y",
+            "${DIR}/",
+            "${DIR}/../y",
+            "${DIR}/a//b",
+            "${DIR}/${P}",
+        ] {
+            let e = format!("{:#}", define("P", copy(bad), 1, 1, "f").unwrap_err());
+            assert!(e.contains("give a file path under ${DIR}/"), "{bad}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            define(
+                "P",
+                RawVar {
+                    port: Some(1),
+                    program: None,
+                    copy_to: Some("${DIR}/x".into())
+                },
+                1,
+                1,
+                "f"
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("copy_to goes with program"), "{e}");
         assert_eq!(
             define("PORT", raw(Some(8447), None), 3, 8, "f:3:8")
                 .unwrap()
