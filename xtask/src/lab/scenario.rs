@@ -68,7 +68,8 @@ pub struct Step {
     #[serde(default)]
     pub background: bool,
     /// After starting, wait until a TCP socket listens on this port in the
-    /// host's namespace: a number, or a port var (`"${PORT}"`).
+    /// host's namespace, or a UDP socket is bound to it: a number, or a
+    /// port var (`"${PORT}"`).
     pub wait_port: Option<WaitPort>,
     /// Pause after the step (seconds).
     #[serde(default)]
