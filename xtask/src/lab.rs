@@ -700,7 +700,24 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let all = scenario::load_all(&root.join("tests/scenarios")).expect("scenarios");
         let attacks = all.iter().filter(|s| s.is_attack()).count();
-        assert!(attacks >= 20, "{attacks} attack scenarios");
-        assert!(all.len() - attacks >= 8, "{} benign", all.len() - attacks);
+        assert!(attacks >= 60, "{attacks} attack scenarios");
+        assert!(all.len() - attacks >= 18, "{} benign", all.len() - attacks);
+    }
+
+    #[test]
+    fn every_relay_attack_has_a_mutated_run_moving_a_port() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for s in scenario::load_all(&root.join("tests/scenarios")).expect("scenarios") {
+            let Expect::Alerts(want) = &s.expect else {
+                continue;
+            };
+            if want.iter().any(|w| w.starts_with("EW-RELAY-")) {
+                assert!(
+                    s.vars.iter().any(|v| matches!(v.kind, vars::VarKind::Port(_))),
+                    "{}: a relay scenario without a port var",
+                    s.name
+                );
+            }
+        }
     }
 }
