@@ -713,7 +713,9 @@ mod tests {
             };
             if want.iter().any(|w| w.starts_with("EW-RELAY-")) {
                 assert!(
-                    s.vars.iter().any(|v| matches!(v.kind, vars::VarKind::Port(_))),
+                    s.vars
+                        .iter()
+                        .any(|v| matches!(v.kind, vars::VarKind::Port(_))),
                     "{}: a relay scenario without a port var",
                     s.name
                 );
