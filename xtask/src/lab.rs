@@ -116,6 +116,15 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
     }
     let all = scenario::load_all(&root.join("tests/scenarios"))?;
     let runs = select(&all, &args.scenarios, args.mutate)?;
+    // Copies a killed run's mutated scenarios left outside their directory.
+    for s in &all {
+        for dir in vars::hideouts(&s.name, &s.vars) {
+            if dir.exists() {
+                eprintln!("lab: removing {} left by an earlier run", dir.display());
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
     services::install_missing()?;
     let rules = monitor::rule_ids(monitor)?;
     let dataplane = monitor::has_config_section(monitor, "dataplane")?;

@@ -308,6 +308,19 @@ pub fn values(
     out
 }
 
+/// The hideouts outside the scenario's directory that a mutated run of
+/// this scenario copies programs into: the lab's own (their names derive
+/// from the scenario's), so a run removes those a killed run left.
+pub fn hideouts(scenario: &str, defs: &[VarDef]) -> Vec<PathBuf> {
+    let workdir = Path::new("/nonexistent-workdir");
+    let values = values(scenario, defs, Variant::Mutated, workdir);
+    defs.iter()
+        .filter(|d| matches!(d.kind, VarKind::Program { .. }))
+        .filter_map(|d| Path::new(&values[&d.name]).parent().map(Path::to_owned))
+        .filter(|dir| !dir.starts_with(workdir))
+        .collect()
+}
+
 /// Gives the vars their values for a run: plain programs are looked up
 /// (on PATH, or checked at their absolute path), mutated ones copied to
 /// their disguise (symbolic links followed: the copy is the binary itself).
@@ -441,6 +454,27 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_owned())
             .collect();
         assert!(names.len() >= 6, "{names:?}");
+    }
+
+    #[test]
+    fn hideouts_outside_the_scenario_directory() {
+        let defs: Vec<VarDef> = (0..12)
+            .map(|i| def(&format!("P{i}"), prog("socat", None)))
+            .chain([def("PORT", VarKind::Port(1))])
+            .collect();
+        let h = hideouts("hideout-test", &defs);
+        assert!(!h.is_empty() && h.len() < 12, "{h:?}");
+        let m = values("hideout-test", &defs, Variant::Mutated, Path::new("/w"));
+        for dir in &h {
+            assert!(
+                dir.starts_with("/var/tmp") || dir.starts_with("/dev/shm"),
+                "{}",
+                dir.display()
+            );
+            assert!(m
+                .values()
+                .any(|v| Path::new(v).parent() == Some(dir.as_path())));
+        }
     }
 
     #[test]
