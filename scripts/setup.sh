@@ -51,13 +51,15 @@ fi
 #    shipped unit, bpftool (the benchmark reads eBPF run times), openssl
 #    and htpasswd (apache2-utils) for the certificates and bcrypt hashes of
 #    the metrics endpoint's TLS and basic-auth tests, what the lab adds
-#    (php-fpm behind nginx, python3 for its clients), and what `cargo xtask
+#    (php-fpm behind nginx, python3 for its clients, the PHP command line,
+#    dnsmasq and rsyslog for its look-alikes), and what `cargo xtask
 #    vm` boots kernels with (QEMU, a static busybox and cpio for the
 #    initramfs). The tests and the lab start their own instances; nothing
 #    here is left running.
 need_pkgs=()
-for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy dnsmasq-base openssh-server openssh-client nginx iptables nftables iperf3 \
-    prometheus prometheus-alertmanager systemd bpftool openssl apache2-utils php-fpm python3 qemu-system-x86 busybox-static cpio; do
+for pkg in util-linux procps iproute2 curl socat ncat microsocks dante-server tinyproxy openssh-server openssh-client nginx iptables nftables iperf3 \
+    prometheus prometheus-alertmanager systemd bpftool openssl apache2-utils php-fpm php-cli python3 qemu-system-x86 busybox-static cpio \
+    dnsmasq-base rsyslog; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

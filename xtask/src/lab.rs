@@ -13,6 +13,7 @@ mod scenario;
 mod score;
 mod services;
 mod topology;
+mod vars;
 
 use std::{
     collections::BTreeSet,
@@ -34,6 +35,7 @@ use self::{
     score::{Hit, Outcome, ScenarioResult, Summary},
     services::SshKeys,
     topology::{Host, Topology},
+    vars::Variant,
 };
 
 /// Placeholders scenarios may use as `${NAME}` (see the README).
@@ -44,14 +46,20 @@ pub const PLACEHOLDERS: &[&str] = &[
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
-    /// Run only these scenarios (file names without `.toml`).
+    /// Run only these scenarios (file names without `.toml`; `NAME@mutated`
+    /// for only the mutated run of one).
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
+    /// Also run every attack scenario that has `[vars]` mutated (its ports
+    /// moved, its programs copied under system-looking names elsewhere),
+    /// reported as `NAME@mutated`.
+    #[arg(long)]
+    pub mutate: bool,
 }
 
 /// The whole lab's time limit (CI runs it after the kernel tests): the
 /// scenarios not started within it fail as not run.
-const BUDGET: Duration = Duration::from_secs(600);
+const BUDGET: Duration = Duration::from_secs(1200);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -106,23 +114,16 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab needs root: it creates network namespaces and loads the monitor's eBPF programs");
     }
-    let mut scenarios = scenario::load_all(&root.join("tests/scenarios"))?;
-    if !args.scenarios.is_empty() {
-        if let Some(unknown) = args
-            .scenarios
-            .iter()
-            .find(|n| !scenarios.iter().any(|s| &s.name == *n))
-        {
-            bail!(
-                "no scenario {unknown:?}; the scenarios are: {}",
-                scenarios
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+    let all = scenario::load_all(&root.join("tests/scenarios"))?;
+    let runs = select(&all, &args.scenarios, args.mutate)?;
+    // Copies a killed run's mutated scenarios left outside their directory.
+    for s in &all {
+        for dir in vars::hideouts(&s.name, &s.vars) {
+            if dir.exists() {
+                eprintln!("lab: removing {} left by an earlier run", dir.display());
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
-        scenarios.retain(|s| args.scenarios.contains(&s.name));
     }
     services::install_missing()?;
     let rules = monitor::rule_ids(monitor)?;
@@ -156,24 +157,30 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
         logs,
     };
     eprintln!(
-        "lab: {} scenarios; monitor {} with {} rules; logs in {}",
-        scenarios.len(),
+        "lab: {} runs of {} scenarios{}; monitor {} with {} rules; logs in {}",
+        runs.len(),
+        runs.iter()
+            .map(|(s, _)| &s.name)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        if args.mutate { ", mutated too" } else { "" },
         monitor.display(),
         lab.rules.len(),
         lab.logs.display()
     );
     let started = Instant::now();
     let mut results = Vec::new();
-    for (i, s) in scenarios.iter().enumerate() {
+    for (i, (s, variant)) in runs.iter().enumerate() {
         let r = if started.elapsed() < BUDGET {
-            lab.scenario(s)
+            lab.scenario(s, *variant)
         } else {
             ScenarioResult::not_run(
                 s,
+                *variant,
                 format!("not run: the lab's {} s budget is spent", BUDGET.as_secs()),
             )
         };
-        println!("{}", r.line(i + 1, scenarios.len()));
+        println!("{}", r.line(i + 1, runs.len()));
         results.push(r);
         if INTERRUPTED.load(Ordering::SeqCst) {
             break;
@@ -191,6 +198,7 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
             "kernel": kernel_release(),
             "rules": lab.rules.len(),
             "dataplane_config": lab.dataplane,
+            "mutate": args.mutate,
             "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }),
     )?;
@@ -201,6 +209,45 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
         bail!("{} of {} scenarios failed", summary.failed(), results.len());
     }
     Ok(())
+}
+
+/// The runs asked for, in file order: each scenario's variants (see
+/// `Scenario::variants`), or only those `names` pick (`NAME` picks its
+/// variants, `NAME@mutated` its mutated run alone).
+fn select<'a>(
+    all: &'a [Scenario],
+    names: &[String],
+    mutate: bool,
+) -> Result<Vec<(&'a Scenario, Variant)>> {
+    for n in names {
+        let (base, variant) = match n.strip_suffix("@mutated") {
+            Some(b) => (b, Variant::Mutated),
+            None => (n.as_str(), Variant::Plain),
+        };
+        let Some(s) = all.iter().find(|s| s.name == base) else {
+            bail!(
+                "no scenario {n:?}; the scenarios are: {}",
+                all.iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if variant == Variant::Mutated && !s.variants(true).contains(&variant) {
+            bail!("{n}: only attack scenarios with [vars] have a mutated run");
+        }
+    }
+    let mut out = Vec::new();
+    for s in all {
+        let plain = names.is_empty() || names.contains(&s.name);
+        let mutated = (mutate && plain) || names.contains(&Variant::Mutated.label(&s.name));
+        for v in s.variants(true) {
+            if (v == Variant::Plain && plain) || (v == Variant::Mutated && mutated) {
+                out.push((s, v));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn kernel_release() -> String {
@@ -267,6 +314,7 @@ fn describe(alert: &Value) -> String {
 }
 
 impl Lab {
+    /// The lab's placeholders for a scenario run in `workdir`.
     fn vars(&self, workdir: &Path) -> Vars {
         let path = |p: &Path| p.display().to_string();
         [
@@ -283,18 +331,19 @@ impl Lab {
             ("SSH", self.keys.client()),
         ]
         .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
 
     /// Runs a scenario. An attack missed while the monitor reported events
     /// the kernel dropped (someone else's flood filled its ring buffers:
     /// the probes are system wide) is run once more, and the line says so.
-    fn scenario(&self, s: &Scenario) -> ScenarioResult {
-        let first = self.scenario_once(s);
+    fn scenario(&self, s: &Scenario, variant: Variant) -> ScenarioResult {
+        let first = self.scenario_once(s, variant);
         if first.outcome != Outcome::Missed || !first.lost_events {
             return first;
         }
-        let mut again = self.scenario_once(s);
+        let mut again = self.scenario_once(s, variant);
         again.note = Some(format!(
             "run twice: the first run missed {} while the monitor lost kernel events",
             first.missing.join(", ")
@@ -303,9 +352,9 @@ impl Lab {
         again
     }
 
-    fn scenario_once(&self, s: &Scenario) -> ScenarioResult {
+    fn scenario_once(&self, s: &Scenario, variant: Variant) -> ScenarioResult {
         let started = Instant::now();
-        let mut result = ScenarioResult::not_run(s, String::new());
+        let mut result = ScenarioResult::not_run(s, variant, String::new());
         let absent: Vec<&str> = s
             .requires_rules
             .iter()
@@ -319,10 +368,19 @@ impl Lab {
             ));
             return result;
         }
-        let workdir = self.run_dir.join(&s.name);
+        let label = variant.label(&s.name);
+        let workdir = self.run_dir.join(&label);
         let mut children = Vec::new();
         let mut monitor = None;
-        let played = self.play(s, &workdir, &mut monitor, &mut children);
+        let mut resolved = None;
+        let played = self.play(
+            s,
+            variant,
+            &workdir,
+            &mut resolved,
+            &mut monitor,
+            &mut children,
+        );
         // Stop everything the scenario started, whatever happened.
         self.topo.kill_processes();
         for mut c in children {
@@ -334,6 +392,10 @@ impl Lab {
             result.lost_events = m.lost_events();
         }
         reap_orphans();
+        if let Some(r) = &mut resolved {
+            result.vars = r.values.clone();
+            r.clean();
+        }
         let reset = self.topo.reset_gateway();
         result.duration = started.elapsed();
         let played = played.and_then(|p| reset.map(|()| p));
@@ -349,7 +411,7 @@ impl Lab {
             .iter()
             .filter(|r| is_lab_event(&r.alert, lab_pid, &self.topo.inodes))
             .collect();
-        self.save_events(&s.name, &ours);
+        self.save_events(&label, &ours);
         let alerts: Vec<&Received> = ours
             .into_iter()
             .filter(|r| r.alert["kind"] == "alert" && r.alert["repeat"] != true)
@@ -360,7 +422,7 @@ impl Lab {
                 result.alerts.push(rule);
             }
         }
-        match &s.expect {
+        match &s.expect_in(variant) {
             Expect::Nothing => {
                 result.false_positives = alerts.iter().map(|a| describe(&a.alert)).collect();
                 result.outcome = if alerts.is_empty() {
@@ -395,14 +457,20 @@ impl Lab {
     fn play(
         &self,
         s: &Scenario,
+        variant: Variant,
         workdir: &Path,
+        resolved: &mut Option<vars::Resolved>,
         monitor: &mut Option<LabMonitor>,
         children: &mut Vec<Child>,
     ) -> Result<(Instant, Vec<Received>)> {
+        let expect = s.expect_in(variant);
         let _ = std::fs::remove_dir_all(workdir);
         std::fs::create_dir_all(workdir)?;
         std::fs::set_permissions(workdir, std::fs::Permissions::from_mode(0o755))?;
-        let vars = self.vars(workdir);
+        let mut vars = self.vars(workdir);
+        let own = resolved.insert(vars::resolve(&s.name, &s.vars, variant, workdir)?);
+        vars.extend(own.values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let label = variant.label(&s.name);
         let mut config = scenario::substitute(&s.monitor, &vars)?;
         let own_dataplane = config.lines().any(|l| l.trim() == "[dataplane]");
         if self.dataplane && !own_dataplane {
@@ -410,11 +478,14 @@ impl Lab {
             config.push('\n');
             config.push_str(&scenario::substitute(&template, &vars)?);
         }
-        let log_path = self.logs.join(format!("{}.log", s.name));
+        let log_path = self.logs.join(format!("{label}.log"));
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
+        for (k, v) in &own.values {
+            writeln!(log, "# {} run: ${{{k}}} = {v}", variant.word())?;
+        }
         for f in &s.files {
             let path = PathBuf::from(scenario::substitute(&f.path, &vars)?);
             if let Some(dir) = path.parent() {
@@ -434,7 +505,7 @@ impl Lab {
                     &self.monitor,
                     &config,
                     workdir,
-                    &self.logs.join(format!("{}.monitor.log", s.name)),
+                    &self.logs.join(format!("{label}.monitor.log")),
                 )?);
                 for svc in &s.services {
                     children.extend(
@@ -442,7 +513,7 @@ impl Lab {
                             &self.topo,
                             svc,
                             workdir,
-                            &self.logs.join(&s.name),
+                            &self.logs.join(&label),
                             &self.root.join("tests/lab"),
                             &self.keys,
                         )
@@ -485,7 +556,8 @@ impl Lab {
                     );
                 }
             }
-            if let Some(port) = step.wait_port {
+            if let Some(w) = &step.wait_port {
+                let port = w.port(&vars).with_context(|| format!("step {}", i + 1))?;
                 self.topo
                     .wait_port(step.host, port, Duration::from_secs(15))
                     .with_context(|| format!("step {}", i + 1))?;
@@ -499,7 +571,7 @@ impl Lab {
         let lab_pid = u64::from(std::process::id());
         let deadline = Instant::now() + Duration::from_secs_f64(s.wait_secs);
         while Instant::now() < deadline {
-            if let Expect::Alerts(want) = &s.expect {
+            if let Expect::Alerts(want) = &expect {
                 let events = m.events();
                 let met = |w: &String| {
                     events.iter().any(|r| {
@@ -585,11 +657,78 @@ mod tests {
     }
 
     #[test]
+    fn selection_of_runs_and_variants() {
+        let parse = |name: &str, text: &str| {
+            scenario::parse(Path::new(&format!("tests/scenarios/{name}.toml")), text).expect(name)
+        };
+        let step = "[[step]]\nhost = \"gateway\"\nrun = \"echo ${P}\"\n";
+        let all = [
+            parse(
+                "a-vars",
+                &format!("title = \"t\"\nexpect = [\"T1090\"]\n[vars]\nP = {{ port = 1 }}\n{step}"),
+            ),
+            parse(
+                "b-plain",
+                "title = \"t\"\nexpect = [\"T1090\"]\n[[step]]\nhost = \"lan\"\nrun = \"true\"\n",
+            ),
+            parse(
+                "c-benign",
+                &format!("title = \"t\"\nexpect = \"none\"\n[vars]\nP = {{ port = 1 }}\n{step}"),
+            ),
+        ];
+        let labels = |names: &[&str], mutate: bool| -> Vec<String> {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            select(&all, &names, mutate)
+                .expect("select")
+                .iter()
+                .map(|(s, v)| v.label(&s.name))
+                .collect()
+        };
+        assert_eq!(labels(&[], false), ["a-vars", "b-plain", "c-benign"]);
+        assert_eq!(
+            labels(&[], true),
+            ["a-vars", "a-vars@mutated", "b-plain", "c-benign"]
+        );
+        assert_eq!(labels(&["a-vars"], false), ["a-vars"]);
+        assert_eq!(
+            labels(&["a-vars", "c-benign"], true),
+            ["a-vars", "a-vars@mutated", "c-benign"]
+        );
+        assert_eq!(labels(&["a-vars@mutated"], false), ["a-vars@mutated"]);
+        for (bad, want) in [
+            ("nope", "no scenario \"nope\""),
+            ("b-plain@mutated", "only attack scenarios with [vars]"),
+        ] {
+            let e = select(&all, &[bad.to_owned()], true).expect_err(bad);
+            assert!(format!("{e:#}").contains(want), "{e:#}");
+        }
+    }
+
+    #[test]
     fn every_scenario_file_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let all = scenario::load_all(&root.join("tests/scenarios")).expect("scenarios");
         let attacks = all.iter().filter(|s| s.is_attack()).count();
-        assert!(attacks >= 20, "{attacks} attack scenarios");
-        assert!(all.len() - attacks >= 8, "{} benign", all.len() - attacks);
+        assert!(attacks >= 60, "{attacks} attack scenarios");
+        assert!(all.len() - attacks >= 18, "{} benign", all.len() - attacks);
+    }
+
+    #[test]
+    fn every_relay_attack_has_a_mutated_run_moving_a_port() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for s in scenario::load_all(&root.join("tests/scenarios")).expect("scenarios") {
+            let Expect::Alerts(want) = &s.expect else {
+                continue;
+            };
+            if want.iter().any(|w| w.starts_with("EW-RELAY-")) {
+                assert!(
+                    s.vars
+                        .iter()
+                        .any(|v| matches!(v.kind, vars::VarKind::Port(_))),
+                    "{}: a relay scenario without a port var",
+                    s.name
+                );
+            }
+        }
     }
 }

@@ -35,8 +35,8 @@ enum Task {
         /// Extra arguments for the kernel test binaries, such as a test name.
         #[arg(last = true)]
         filter: Vec<String>,
-        /// Leave out the lab (`cargo xtask lab`) that runs after the kernel
-        /// tests, for a quicker local run. CI runs it.
+        /// Leave out the lab (`cargo xtask lab --mutate`) that runs after the
+        /// kernel tests, for a quicker local run. CI runs it.
         #[arg(long)]
         no_lab: bool,
     },
@@ -135,7 +135,12 @@ fn test(filter: &[String], no_lab: bool, no_vm: bool) -> Result<()> {
     if no_lab || !root {
         eprintln!("xtask: the lab was left out");
     } else {
-        lab::run(&workspace_root(), &monitor, &lab::Args::default())?;
+        // Every attack with vars runs as written and mutated.
+        let args = lab::Args {
+            mutate: true,
+            ..lab::Args::default()
+        };
+        lab::run(&workspace_root(), &monitor, &args)?;
     }
     if no_vm || std::env::var_os("EDGEWATCH_SKIP_VM").is_some_and(|v| v == "1") {
         eprintln!("xtask: skipping the VM run on Linux {}", vm::CI_KERNEL);

@@ -2,14 +2,17 @@
 //! read and checked here so a bad file fails in one line that names it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
-use super::topology::Host;
+use super::{
+    topology::Host,
+    vars::{self, RawVar, VarDef, Variant},
+};
 
 /// What a scenario must produce.
 #[derive(Debug, Clone)]
@@ -65,8 +68,9 @@ pub struct Step {
     #[serde(default)]
     pub background: bool,
     /// After starting, wait until a TCP socket listens on this port in the
-    /// host's namespace.
-    pub wait_port: Option<u16>,
+    /// host's namespace, or a UDP socket is bound to it: a number, or a
+    /// port var (`"${PORT}"`).
+    pub wait_port: Option<WaitPort>,
     /// Pause after the step (seconds).
     #[serde(default)]
     pub sleep_secs: f64,
@@ -90,12 +94,39 @@ fn default_step_timeout() -> f64 {
     30.0
 }
 
+/// A step's `wait_port`: a number, or text that is a port once its
+/// placeholders are replaced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WaitPort {
+    Number(u16),
+    Text(String),
+}
+
+impl WaitPort {
+    /// The port, with the placeholders of this run replaced.
+    pub fn port(&self, vars: &Vars) -> Result<u16> {
+        match self {
+            WaitPort::Number(p) => Ok(*p),
+            WaitPort::Text(t) => {
+                let v = substitute(t, vars)?;
+                v.trim()
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .with_context(|| format!("wait_port = {t:?} is {v:?}, not a port"))
+            }
+        }
+    }
+}
+
 /// The file as written; `expect` is a list or the string "none".
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     title: String,
     expect: RawExpect,
+    expect_mutated: Option<Vec<String>>,
     #[serde(default)]
     requires_rules: Vec<String>,
     #[serde(default, rename = "service")]
@@ -103,6 +134,8 @@ struct Raw {
     #[serde(default)]
     monitor: String,
     wait_secs: Option<f64>,
+    #[serde(default)]
+    vars: BTreeMap<String, toml::Spanned<RawVar>>,
     #[serde(default, rename = "file")]
     files: Vec<File>,
     #[serde(rename = "step")]
@@ -123,6 +156,10 @@ pub struct Scenario {
     pub path: PathBuf,
     pub title: String,
     pub expect: Expect,
+    /// What the mutated run must raise when it is less than `expect`:
+    /// rules that key on a program's name (EW-TUN-001 knows socat by its
+    /// name) do not follow a renamed copy.
+    pub expect_mutated: Option<Vec<String>>,
     /// Rules the monitor must have for the scenario to run: the expected
     /// rule ids and `requires_rules`.
     pub requires_rules: Vec<String>,
@@ -134,11 +171,31 @@ pub struct Scenario {
     pub wait_secs: f64,
     pub files: Vec<File>,
     pub steps: Vec<Step>,
+    /// The `[vars]` table, in name order.
+    pub vars: Vec<VarDef>,
 }
 
 impl Scenario {
     pub fn is_attack(&self) -> bool {
         matches!(self.expect, Expect::Alerts(_))
+    }
+
+    /// What a variant must raise.
+    pub fn expect_in(&self, variant: Variant) -> Expect {
+        match (&self.expect_mutated, variant) {
+            (Some(m), Variant::Mutated) => Expect::Alerts(m.clone()),
+            _ => self.expect.clone(),
+        }
+    }
+
+    /// The variants `--mutate` plays: an attack with vars runs as written
+    /// and mutated; everything else (look-alikes included) as written.
+    pub fn variants(&self, mutate: bool) -> Vec<Variant> {
+        if mutate && self.is_attack() && !self.vars.is_empty() {
+            vec![Variant::Plain, Variant::Mutated]
+        } else {
+            vec![Variant::Plain]
+        }
     }
 
     /// Index of the step the attack starts at: the one marked `attack`,
@@ -224,6 +281,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
             ));
         }
     }
+    if let Some(m) = &raw.expect_mutated {
+        let Expect::Alerts(all) = &expect else {
+            return bad("expect_mutated: a look-alike has no mutated run".into());
+        };
+        if raw.vars.is_empty() {
+            return bad("expect_mutated: only a scenario with [vars] has a mutated run".into());
+        }
+        if m.is_empty() {
+            return bad(
+                "expect_mutated is empty: a mutated attack must still raise something".into(),
+            );
+        }
+        if let Some(x) = m.iter().find(|x| !all.contains(x)) {
+            return bad(format!(
+                "expect_mutated: {x:?} is not in expect (the mutated run expects a part of it)"
+            ));
+        }
+    }
     if let Some(x) = raw.requires_rules.iter().find(|x| !is_rule_id(x)) {
         return bad(format!("requires_rules: {x:?} is not a rule id"));
     }
@@ -268,6 +343,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
             "wait_secs = {wait_secs}: must be over 0, at most 90"
         ));
     }
+    let mut defs = Vec::new();
+    for (name, v) in raw.vars {
+        let (line, col) = line_col(text, v.span().start);
+        let where_ = format!("{}:{line}:{col}", path.display());
+        defs.push(vars::define(&name, v.into_inner(), line, col, &where_)?);
+    }
     let mut requires_rules = raw.requires_rules;
     if let Expect::Alerts(items) = &expect {
         requires_rules.extend(items.iter().filter(|x| is_rule_id(x)).cloned());
@@ -279,19 +360,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
         path: path.to_owned(),
         title: raw.title,
         expect,
+        expect_mutated: raw.expect_mutated,
         requires_rules,
         services: raw.services,
         monitor: raw.monitor,
         wait_secs,
         files: raw.files,
         steps: raw.steps,
+        vars: defs,
     };
-    check_placeholders(&scenario)?;
+    check_placeholders(&scenario, text)?;
     Ok(scenario)
 }
 
-/// The `${NAME}` placeholders a scenario may use, with their values.
-pub type Vars = BTreeMap<&'static str, String>;
+/// The `${NAME}` placeholders a scenario may use (the lab's and the
+/// scenario's vars), with their values.
+pub type Vars = BTreeMap<String, String>;
 
 /// Replaces `${NAME}` with its value; an unknown name is an error, so a
 /// typo fails the scenario instead of reaching the shell as an empty string.
@@ -309,7 +393,10 @@ pub fn substitute(text: &str, vars: &Vars) -> Result<String> {
             Some(v) => out.push_str(v),
             None => bail!(
                 "unknown placeholder ${{{name}}} (known: {})",
-                vars.keys().copied().collect::<Vec<_>>().join(", ")
+                vars.keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
         rest = &after[end + 1..];
@@ -318,21 +405,80 @@ pub fn substitute(text: &str, vars: &Vars) -> Result<String> {
     Ok(out)
 }
 
-/// Checks every placeholder against the names the lab defines, before
-/// anything runs.
-fn check_placeholders(s: &Scenario) -> Result<()> {
-    let vars: Vars = super::PLACEHOLDERS
+/// The names of the `${NAME}` placeholders in a text, in order.
+fn placeholder_names(text: &str) -> Result<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .with_context(|| format!("unclosed ${{ in {text:?}"))?;
+        out.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}
+
+/// Checks every placeholder against the names the lab and the scenario's
+/// vars define, and that every var is used, before anything runs. Errors
+/// name `file:line:col`: of the first use of an unknown placeholder, of an
+/// unused var's value.
+fn check_placeholders(s: &Scenario, file_text: &str) -> Result<()> {
+    let known: BTreeSet<&str> = super::PLACEHOLDERS
         .iter()
-        .map(|n| (*n, String::new()))
+        .copied()
+        .chain(s.vars.iter().map(|v| v.name.as_str()))
         .collect();
+    let wait_ports = s.steps.iter().filter_map(|st| match &st.wait_port {
+        Some(WaitPort::Text(t)) => Some(t),
+        _ => None,
+    });
     let texts = s
         .files
         .iter()
         .flat_map(|f| [&f.path, &f.text])
         .chain(s.steps.iter().map(|st| &st.run))
+        .chain(wait_ports)
         .chain([&s.monitor]);
+    let mut used = BTreeSet::new();
     for t in texts {
-        substitute(t, &vars).with_context(|| s.path.display().to_string())?;
+        for name in placeholder_names(t).with_context(|| s.path.display().to_string())? {
+            if !known.contains(name) {
+                let at = file_text.find(&format!("${{{name}}}")).unwrap_or(0);
+                let (line, col) = line_col(file_text, at);
+                bail!(
+                    "{}:{line}:{col}: unknown placeholder ${{{name}}} (known: {}; a scenario defines more in [vars])",
+                    s.path.display(),
+                    known.iter().copied().collect::<Vec<_>>().join(", ")
+                );
+            }
+            used.insert(name);
+        }
+    }
+    if let Some(v) = s.vars.iter().find(|v| !used.contains(v.name.as_str())) {
+        bail!(
+            "{}:{}:{}: var {} is never used as ${{{}}}",
+            s.path.display(),
+            v.line,
+            v.col,
+            v.name,
+            v.name
+        );
+    }
+    // wait_port texts must come out as ports in every variant.
+    for variant in [Variant::Plain, Variant::Mutated] {
+        let vars: Vars = known
+            .iter()
+            .map(|n| (n.to_string(), String::new()))
+            .chain(vars::values(&s.name, &s.vars, variant, Path::new("/")))
+            .collect();
+        for (i, st) in s.steps.iter().enumerate() {
+            if let Some(w @ WaitPort::Text(_)) = &st.wait_port {
+                w.port(&vars)
+                    .with_context(|| format!("{}: step {}", s.path.display(), i + 1))?;
+            }
+        }
     }
     Ok(())
 }
@@ -388,7 +534,7 @@ mod tests {
             (format!("title = \"t\"\nexpect = \"none\"\n{STEP}sleep_secs = -1\n"), "sleep_secs = -1"),
             (format!("title = \"t\"\nexpect = \"none\"\n{STEP}{STEP}before_monitor = true\n"), "must come first"),
             (format!("title = \"t\"\nexpect = \"none\"\n{STEP}before_monitor = true\n"), "a step without before_monitor must follow"),
-            ("title = \"t\"\nexpect = \"none\"\n[[step]]\nhost = \"lan\"\nrun = \"echo ${NOPE}\"\n".into(), "unknown placeholder ${NOPE}"),
+            ("title = \"t\"\nexpect = \"none\"\n[[step]]\nhost = \"lan\"\nrun = \"echo ${NOPE}\"\n".into(), "x.toml:5:13: unknown placeholder ${NOPE}"),
         ] {
             let e = format!("{:#}", parse_str(&text).expect_err(&text));
             assert!(e.contains(want), "{e} does not contain {want}");
@@ -397,8 +543,157 @@ mod tests {
     }
 
     #[test]
+    fn vars_parse_and_run_in_both_variants() {
+        let s = parse_str(&format!(
+            "title = \"t\"\nexpect = [\"T1090\"]\n[vars]\nPORT = {{ port = 8447 }}\nRELAY = {{ program = \"socat\" }}\n\
+             {STEP}[[step]]\nhost = \"gateway\"\nrun = \"exec ${{RELAY}} TCP-LISTEN:${{PORT}} -\"\nwait_port = \"${{PORT}}\"\n"
+        ))
+        .expect("parse");
+        assert_eq!(
+            s.vars,
+            [
+                VarDef {
+                    name: "PORT".into(),
+                    kind: vars::VarKind::Port(8447),
+                    line: 4,
+                    col: 8
+                },
+                VarDef {
+                    name: "RELAY".into(),
+                    kind: vars::VarKind::Program {
+                        program: "socat".into(),
+                        copy_to: None,
+                    },
+                    line: 5,
+                    col: 9
+                },
+            ]
+        );
+        assert_eq!(s.variants(false), [Variant::Plain]);
+        assert_eq!(s.variants(true), [Variant::Plain, Variant::Mutated]);
+        let wd = Path::new("/tmp/w");
+        for (variant, port, relay) in [
+            (Variant::Plain, "8447".to_owned(), "socat".to_owned()),
+            (
+                Variant::Mutated,
+                vars::mutated_port("x", "PORT", &[8447].into()).to_string(),
+                vars::disguise("x", "RELAY", wd, &BTreeSet::new())
+                    .display()
+                    .to_string(),
+            ),
+        ] {
+            let v: Vars = vars::values(&s.name, &s.vars, variant, wd);
+            assert_eq!(v["PORT"], port);
+            assert_eq!(v["RELAY"], relay);
+            assert_eq!(
+                substitute(&s.steps[1].run, &v).expect("substitute"),
+                format!("exec {relay} TCP-LISTEN:{port} -")
+            );
+            let wait = s.steps[1].wait_port.as_ref().expect("wait_port");
+            assert_eq!(wait.port(&v).expect("port").to_string(), port);
+        }
+        // A look-alike or a scenario without vars runs once.
+        let benign = parse_str(
+            "title = \"t\"\nexpect = \"none\"\n[vars]\nP = { port = 1 }\n[[step]]\nhost = \"lan\"\nrun = \"echo ${P}\"\n",
+        )
+        .expect("parse");
+        assert_eq!(benign.variants(true), [Variant::Plain]);
+        let plain =
+            parse_str(&format!("title = \"t\"\nexpect = [\"T1090\"]\n{STEP}")).expect("parse");
+        assert_eq!(plain.variants(true), [Variant::Plain]);
+    }
+
+    #[test]
+    fn expect_mutated_is_a_part_of_expect() {
+        let vars = "[vars]\nP = { port = 1 }\n[[step]]\nhost = \"lan\"\nrun = \"echo ${P}\"\n";
+        let s = parse_str(&format!(
+            "title = \"t\"\nexpect = [\"EW-RELAY-004\", \"EW-TUN-001\"]\nexpect_mutated = [\"EW-RELAY-004\"]\n{vars}"
+        ))
+        .expect("parse");
+        assert!(matches!(s.expect_in(Variant::Plain), Expect::Alerts(a) if a.len() == 2));
+        assert!(
+            matches!(s.expect_in(Variant::Mutated), Expect::Alerts(a) if a == ["EW-RELAY-004"])
+        );
+        let plain =
+            parse_str(&format!("title = \"t\"\nexpect = [\"T1090\"]\n{vars}")).expect("parse");
+        assert!(matches!(plain.expect_in(Variant::Mutated), Expect::Alerts(a) if a == ["T1090"]));
+        for (head, want) in [
+            (
+                "expect = [\"T1090\"]\nexpect_mutated = [\"T1572\"]\n",
+                "\"T1572\" is not in expect",
+            ),
+            (
+                "expect = [\"T1090\"]\nexpect_mutated = []\n",
+                "expect_mutated is empty",
+            ),
+            (
+                "expect = \"none\"\nexpect_mutated = [\"T1090\"]\n",
+                "a look-alike has no mutated run",
+            ),
+        ] {
+            let text = format!("title = \"t\"\n{head}{vars}");
+            let e = format!("{:#}", parse_str(&text).expect_err(&text));
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
+        let text =
+            format!("title = \"t\"\nexpect = [\"T1090\"]\nexpect_mutated = [\"T1090\"]\n{STEP}");
+        let e = format!("{:#}", parse_str(&text).expect_err(&text));
+        assert!(e.contains("only a scenario with [vars]"), "{e}");
+    }
+
+    #[test]
+    fn bad_vars_fail_naming_the_place() {
+        let head = "title = \"t\"\nexpect = [\"T1090\"]\n[vars]\n";
+        for (vars, run, want) in [
+            (
+                "P = { colour = 1 }\n",
+                "${P}",
+                "x.toml:4:7: unknown field `colour`, expected one of `port`, `program`, `copy_to`",
+            ),
+            (
+                "P = { port = 1, program = \"nc\" }\n",
+                "${P}",
+                "x.toml:4:5: var P: one kind per var",
+            ),
+            ("P = {}\n", "${P}", "x.toml:4:5: var P: give one kind"),
+            ("P = { port = 70000 }\n", "${P}", "x.toml:4:14:"),
+            (
+                "P = { port = 1 }\nQ = { port = 2 }\n",
+                "${P}",
+                "x.toml:5:5: var Q is never used as ${Q}",
+            ),
+            (
+                "P = { port = 1 }\n",
+                "${P} ${R}",
+                "x.toml:7:13: unknown placeholder ${R}",
+            ),
+            (
+                "ATTACKER = { port = 1 }\n",
+                "${ATTACKER}",
+                "x.toml:4:12: var ATTACKER: the lab already defines",
+            ),
+            (
+                "p = { port = 1 }\n",
+                "${p}",
+                "x.toml:4:5: var \"p\": names are upper case",
+            ),
+        ] {
+            let text = format!("{head}{vars}[[step]]\nhost = \"lan\"\nrun = \"{run}\"\n");
+            let e = format!("{:#}", parse_str(&text).expect_err(&text));
+            assert!(e.contains(want), "{e} does not contain {want}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let text = format!("{head}P = {{ program = \"nc\" }}\n[[step]]\nhost = \"lan\"\nrun = \"${{P}}\"\nwait_port = \"${{P}}\"\n");
+        let e = format!("{:#}", parse_str(&text).expect_err(&text));
+        assert!(
+            e.contains("x.toml: step 1: wait_port = \"${P}\" is \"nc\", not a port"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn substitution() {
-        let vars: Vars = [("A", "1".to_owned())].into_iter().collect();
+        let vars: Vars = [("A".to_owned(), "1".to_owned())].into_iter().collect();
         assert_eq!(substitute("x${A}y$HOME", &vars).expect("ok"), "x1y$HOME");
         assert!(substitute("${A", &vars).is_err());
     }

@@ -1,10 +1,12 @@
 //! The scorecard: one line per scenario as it finishes, a summary at the
 //! end, and the same as JSON.
 
-use std::{path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
+
+use super::vars::Variant;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -52,7 +54,13 @@ pub struct Hit {
 
 #[derive(Debug, Clone)]
 pub struct ScenarioResult {
+    /// The scenario's name, `NAME@mutated` for its mutated run.
     pub name: String,
+    /// The scenario's file name without `.toml`.
+    pub scenario: String,
+    pub variant: Variant,
+    /// The values its vars took.
+    pub vars: BTreeMap<String, String>,
     pub title: String,
     pub attack: bool,
     pub outcome: Outcome,
@@ -71,9 +79,12 @@ pub struct ScenarioResult {
 
 impl ScenarioResult {
     /// A scenario that has not run (yet), with why as an error.
-    pub fn not_run(s: &super::scenario::Scenario, why: String) -> Self {
+    pub fn not_run(s: &super::scenario::Scenario, variant: Variant, why: String) -> Self {
         ScenarioResult {
-            name: s.name.clone(),
+            name: variant.label(&s.name),
+            scenario: s.name.clone(),
+            variant,
+            vars: BTreeMap::new(),
             title: s.title.clone(),
             attack: s.is_attack(),
             outcome: Outcome::Error(why),
@@ -118,7 +129,7 @@ impl ScenarioResult {
             Outcome::Skipped(why) | Outcome::Error(why) => why.clone(),
         };
         let mut line = format!(
-            "lab: [{index:>2}/{total}] {mark} {:<14} {:<34} {detail} ({})",
+            "lab: [{index:>2}/{total}] {mark} {:<14} {:<42} {detail} ({})",
             self.outcome.word(),
             self.name,
             secs(self.duration)
@@ -135,6 +146,9 @@ impl ScenarioResult {
     fn to_json(&self) -> Value {
         json!({
             "name": self.name,
+            "scenario": self.scenario,
+            "variant": self.variant.word(),
+            "vars": self.vars,
             "title": self.title,
             "kind": if self.attack { "attack" } else { "benign" },
             "result": self.outcome.word(),

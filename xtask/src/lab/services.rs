@@ -33,6 +33,11 @@ pub const PACKAGES: &[&str] = &[
     "python3",
     "iproute2",
     "procps",
+    "busybox-static",
+    "perl-base",
+    "php-cli",
+    "dnsmasq-base",
+    "rsyslog",
 ];
 
 /// Installs the packages that are missing (apt-get, as scripts/setup.sh).
@@ -144,7 +149,7 @@ pub fn start(
         ServiceKind::Webapp => {
             let www = dir.join("www");
             std::fs::create_dir_all(&www)?;
-            for f in ["ping.php", "health", "index.html"] {
+            for f in ["ping.php", "orders.php", "health", "index.html"] {
                 std::fs::copy(assets.join("www").join(f), www.join(f))
                     .with_context(|| format!("copying the lab web page {f}"))?;
             }

@@ -209,13 +209,14 @@ impl Topology {
         Ok(())
     }
 
-    /// Waits until a TCP socket listens on `port` in the host's namespace.
+    /// Waits until a TCP socket listens on `port` in the host's namespace,
+    /// or a UDP socket is bound to it.
     pub fn wait_port(&self, host: Host, port: u16, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let out = self
                 .command(host, "ss")
-                .args(["-Hltn", &format!("sport = :{port}")])
+                .args(["-Hltun", &format!("sport = :{port}")])
                 .output()
                 .context("running ss")?;
             if !out.stdout.is_empty() {
