@@ -23,8 +23,8 @@ use crate::{
     event::Event,
     metrics::Metrics,
     net::{
-        relay::{self, RelayDetector, RelaySettings},
-        MemFlows, NetSettings, NetTracker,
+        relay::RelaySettings, sensors::HopSensors, Context as NetContext, MemFlows, NetSettings,
+        NetTracker,
     },
     process::ProcessTable,
 };
@@ -113,13 +113,16 @@ pub fn kernel_records(data: &[u8]) {
     );
     let mut flows = MemFlows::default();
     let mut detect = Detect::new(builtin_rules().to_vec(), None);
-    let mut relays = RelayDetector::default();
-    let relay_settings = RelaySettings {
-        volume_bytes: 1024,
-        active_ns: 30_000_000_000,
-        interactive_samples: 2,
-        allowed: Vec::new(),
-    };
+    // The relay and tunnel detectors see the same events, as in the daemon.
+    let mut hops = HopSensors::new(
+        RelaySettings {
+            volume_bytes: 1024,
+            active_ns: 30_000_000_000,
+            interactive_samples: 2,
+            allowed: Vec::new(),
+        },
+        metrics(),
+    );
     let now = Instant::now();
     let mut out = Vec::new();
     let mut last_ns = 0;
@@ -130,19 +133,18 @@ pub fn kernel_records(data: &[u8]) {
             count(&mut flows, n);
         }
         enricher.apply(ev, now, &mut flows, &mut out);
-        // The relay detector sees the same events, and judges its pairs
-        // after each record, as the daemon's batches and ticks do.
-        let ctx = relay::Context {
+        // Pairs are judged and flows sampled after each record, as the
+        // daemon's batches and ticks do.
+        let ctx = NetContext {
             net: &enricher.net,
             map: &flows,
             procs: &enricher.table,
             clock: &enricher.clock,
             sides: None,
         };
-        let mut found = relays.observe(&out, &ctx, &relay_settings, last_ns);
-        found.extend(relays.tick(&ctx, &relay_settings, last_ns));
-        found.extend(relays.sample(last_ns, &[], &ctx, &relay_settings));
-        out.extend(found.into_iter().map(|r| Event::Relay(Box::new(r))));
+        hops.observe(&ctx, last_ns, &mut out);
+        hops.check(&ctx, last_ns, &mut out);
+        hops.sample(&ctx, &[], last_ns, &mut out);
         emit(&mut detect, &out);
         out.clear();
     }

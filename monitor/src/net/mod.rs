@@ -32,6 +32,26 @@ pub struct Context<'a> {
     pub sides: Option<&'a sides::SideMap>,
 }
 
+/// A flow that a socket event opened (`true`: an accept, an established
+/// connect, a UDP or ICMP flow's first packet) or ended (`false`), with the
+/// event's record.
+pub fn flow_change(ev: &crate::event::Event) -> Option<(FlowId, bool, &crate::event::NetRecord)> {
+    use crate::event::Event;
+    let (r, open) = match ev {
+        Event::Accept(r) | Event::UdpFlow(r) => (r, true),
+        Event::ConnectResult(r) if r.result.as_deref() == Some("established") => (r, true),
+        // A listener's close ends no flow.
+        Event::Close(r) if r.state.is_none() => (r, false),
+        _ => return None,
+    };
+    let id = FlowId {
+        socket: r.socket,
+        proto: r.proto?,
+        remote: r.remote?,
+    };
+    Some((id, open, r))
+}
+
 /// An address from a kernel record (16 bytes, IPv4 stored v4-mapped) as
 /// an `IpAddr`, IPv4 when it is v4-mapped.
 pub fn ip_from_kernel(raw: [u8; 16]) -> IpAddr {

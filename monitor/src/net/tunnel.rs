@@ -190,44 +190,26 @@ impl TunnelDetector {
         now: u64,
     ) -> Vec<TunnelRecord> {
         let mut out = Vec::new();
-        for ev in events {
-            match ev {
-                Event::UdpFlow(r) | Event::ConnectResult(r) => {
-                    let (Some(proto), Some(remote), Some(local)) = (r.proto, r.remote, r.local)
-                    else {
-                        continue;
-                    };
-                    if r.result.as_deref().is_some_and(|x| x != "established") {
-                        continue;
-                    }
-                    let id = FlowId {
-                        socket: r.socket,
-                        proto,
-                        remote,
-                    };
-                    let tcp_out = proto == Proto::Tcp;
-                    if tcp_out || proto == Proto::Icmp || is_dns(&id, &local) {
-                        self.watched.insert(id);
-                    }
+        for (id, open, r) in events.iter().filter_map(super::flow_change) {
+            if open {
+                let watch = match id.proto {
+                    // Outbound connections, until their first bytes say
+                    // whether they are HTTP.
+                    Proto::Tcp => r.direction == Some(Direction::Outbound),
+                    Proto::Icmp => true,
+                    Proto::Udp => r.local.is_some_and(|l| is_dns(&id, &l)),
+                };
+                if watch {
+                    self.watched.insert(id);
                 }
-                Event::Close(r) if r.state.is_none() => {
-                    let (Some(proto), Some(remote)) = (r.proto, r.remote) else {
-                        continue;
-                    };
-                    let id = FlowId {
-                        socket: r.socket,
-                        proto,
-                        remote,
-                    };
-                    if self.watched.remove(&id) {
-                        if let Some(t) = self.judge_ended(&id, ctx, settings, now) {
-                            out.push(t);
-                        }
-                    }
-                    self.http.remove(&id);
-                }
-                _ => {}
+                continue;
             }
+            if self.watched.remove(&id) {
+                if let Some(t) = self.judge_ended(&id, ctx, settings, now) {
+                    out.push(t);
+                }
+            }
+            self.http.remove(&id);
         }
         out
     }

@@ -245,21 +245,7 @@ impl RelayDetector {
         now: u64,
     ) -> Vec<RelayRecord> {
         let mut out = Vec::new();
-        for ev in events {
-            let (r, open) = match ev {
-                Event::Accept(r) | Event::UdpFlow(r) => (r, true),
-                Event::ConnectResult(r) if r.result.as_deref() == Some("established") => (r, true),
-                Event::Close(r) if r.state.is_none() => (r, false),
-                _ => continue,
-            };
-            let (Some(proto), Some(remote)) = (r.proto, r.remote) else {
-                continue;
-            };
-            let id = FlowId {
-                socket: r.socket,
-                proto,
-                remote,
-            };
+        for (id, open, r) in events.iter().filter_map(super::flow_change) {
             if open {
                 let pid = r.process.as_ref().map_or(0, |p| p.pid);
                 self.opened(id, pid, ctx, settings, now, &mut out);
