@@ -672,11 +672,15 @@ impl RelayDetector {
             }
         };
         let inbound = |v: &LegView| v.flow.direction == Some(Direction::Inbound);
+        let asked = |v: &LegView| v.stats.first_in_ns;
         let a_first = if inbound(a) != inbound(b) {
             inbound(a)
         } else if cand.handshake.is_some() {
             // `first` of a candidate with a handshake is the trigger.
             a.flow.id == cand.first
+        } else if asked(a) != 0 && asked(b) != 0 {
+            // The leg the request came in on (a reverse tunnel's operator).
+            asked(a) <= asked(b)
         } else {
             start(a) <= start(b)
         };
