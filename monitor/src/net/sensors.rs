@@ -1,6 +1,7 @@
 //! The relay and tunnel detectors as the daemon runs them: each batch of
-//! socket events goes through both, pairs under watch are judged every
-//! `relay.check_ms`, and connections are sampled every `relay.sample_ms`.
+//! socket events goes through both, pairs and flows under watch are judged
+//! every `relay.check_ms`, and connections are sampled for relays every
+//! `relay.sample_ms`.
 //! Found relays and tunnels become events; the detectors' work counts
 //! become metrics.
 
@@ -52,10 +53,11 @@ impl HopSensors {
         self.push(relays, tunnels, out);
     }
 
-    /// Judges the pairs under watch.
+    /// Judges the pairs and the flows under watch.
     pub fn check(&mut self, ctx: &Context<'_>, now: u64, out: &mut Vec<Event>) {
         let relays = self.relays.tick(ctx, &self.relay_settings, now);
-        self.push(relays, Vec::new(), out);
+        let tunnels = self.tunnels.sample(ctx, &self.tunnel_settings, now);
+        self.push(relays, tunnels, out);
         let s = self.relays.stats();
         self.metrics
             .relay_pairs_examined
@@ -67,7 +69,7 @@ impl HopSensors {
     }
 
     /// Samples the connections processes used lately (`io`, the kernel's
-    /// per-process socket activity) and the flows under watch for tunnels.
+    /// per-process socket activity) for relays.
     pub fn sample(
         &mut self,
         ctx: &Context<'_>,
@@ -76,8 +78,7 @@ impl HopSensors {
         out: &mut Vec<Event>,
     ) {
         let relays = self.relays.sample(now, io, ctx, &self.relay_settings);
-        let tunnels = self.tunnels.sample(ctx, &self.tunnel_settings, now);
-        self.push(relays, tunnels, out);
+        self.push(relays, Vec::new(), out);
     }
 
     fn push(

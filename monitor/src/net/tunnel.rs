@@ -29,7 +29,7 @@ use super::{sides::Side, table::FlowId, tracker::flow_key, NetTracker};
 use crate::event::{Direction, Endpoint, Event, ProcessRef, Proto};
 
 /// Queries that make a stream (on one flow, or within `DNS_WINDOW_NS`).
-pub const DNS_QUERIES: u64 = 20;
+pub const DNS_QUERIES: u64 = 12;
 /// Average query payload of a tunnel: names of 70 characters or more.
 pub const DNS_QUERY_BYTES: u64 = 100;
 const DNS_WINDOW_NS: u64 = 60_000_000_000;
@@ -214,7 +214,7 @@ impl TunnelDetector {
         out
     }
 
-    /// Judges the open flows under watch (every relay sample).
+    /// Judges the open flows under watch (every `relay.check_ms`).
     pub fn sample(
         &mut self,
         ctx: &Context<'_>,
