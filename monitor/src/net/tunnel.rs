@@ -256,6 +256,11 @@ impl TunnelDetector {
         }
         self.http
             .retain(|_, s| now.saturating_sub(s.seen_ns) < 2 * DNS_WINDOW_NS);
+        // Servers whose queries all left the window.
+        self.dns_recent.retain(|_, q| {
+            q.back()
+                .is_some_and(|(t, _)| now.saturating_sub(*t) <= DNS_WINDOW_NS)
+        });
         out
     }
 
