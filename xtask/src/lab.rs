@@ -202,7 +202,24 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
             "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }),
     )?;
-    println!("lab: scorecard written to {}", json_path.display());
+    let md_path = root.join("target/lab/scorecard.md");
+    score::write_markdown(
+        &md_path,
+        &results,
+        &format!(
+            "Measured by `cargo xtask lab{}` on the development machine (Linux {}), {} rules, data-plane configuration {}, the lab in {} s",
+            if args.mutate { " --mutate" } else { "" },
+            kernel_release(),
+            lab.rules.len(),
+            if lab.dataplane { "on" } else { "off" },
+            started.elapsed().as_secs()
+        ),
+    )?;
+    println!(
+        "lab: scorecard written to {} and {}",
+        json_path.display(),
+        md_path.display()
+    );
     drop(lab);
     check_interrupted()?;
     if summary.failed() > 0 {

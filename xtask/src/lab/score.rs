@@ -244,6 +244,51 @@ impl Summary {
     }
 }
 
+/// Writes the scorecard as the README's Markdown: a summary paragraph
+/// (`heading` says when and where it was measured), then a row a run.
+pub fn write_markdown(path: &Path, results: &[ScenarioResult], heading: &str) -> Result<()> {
+    let s = Summary::of(results);
+    let mut out = format!(
+        "{heading}: **{} attack runs, {} detected, {} missed; {} benign runs, {} quiet, {} false positives; {} skipped; {} errors**.",
+        s.attacks, s.detected, s.missed, s.benign, s.quiet, s.false_positives, s.skipped, s.errors
+    );
+    if let (Some(median), Some(max)) = (s.median(), s.latencies.last()) {
+        out.push_str(&format!(
+            " Time from the attack step to the last expected alert: median {}, max {}.",
+            secs(median).replace('s', " s"),
+            secs(*max).replace('s', " s")
+        ));
+    }
+    out.push_str(
+        "\n\n| scenario | result | expected alerts, time after the attack step |\n|---|---|---|\n",
+    );
+    let mut rows: Vec<&ScenarioResult> = results.iter().collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    for r in rows {
+        let detail = match &r.outcome {
+            Outcome::Detected => r
+                .hits
+                .iter()
+                .map(|h| format!("{} {}", h.expected, secs(h.latency).replace('s', " s")))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Outcome::Quiet => "none raised".into(),
+            Outcome::Missed => format!("missing {}", r.missing.join(", ")),
+            Outcome::FalsePositive => r.false_positives.join("; "),
+            Outcome::Skipped(why) | Outcome::Error(why) => why.clone(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {detail} |\n",
+            r.name,
+            r.outcome.word()
+        ));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Writes the scorecard as JSON.
 pub fn write_json(path: &Path, results: &[ScenarioResult], context: Value) -> Result<()> {
     let s = Summary::of(results);
