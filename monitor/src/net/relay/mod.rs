@@ -40,7 +40,7 @@ use super::{
     NetTracker,
 };
 use crate::{
-    event::{Direction, Event},
+    event::{Direction, Event, Proto},
     process::ProcessTable,
 };
 
@@ -163,6 +163,9 @@ pub struct RelayStats {
 pub struct RelayDetector {
     series: HashMap<FlowId, Series>,
     reported: HashSet<(FlowId, FlowId)>,
+    /// UDP relays reported, by their two sockets: one socket's other
+    /// clients are the same relay.
+    reported_sockets: HashSet<(u64, u64)>,
     candidates: HashMap<(FlowId, FlowId), Candidate>,
     /// Connections each process opened or read from lately, newest last,
     /// with when they opened.
@@ -199,6 +202,38 @@ fn view(id: &FlowId, ctx: &Context<'_>) -> Option<LegView> {
             flow: f.clone(),
             stats: *s,
         })
+}
+
+/// The counts of every flow of a UDP leg's socket, open or recently ended,
+/// summed; the earliest first-payload times.
+fn socket_counts(id: &FlowId, ctx: &Context<'_>) -> Counts {
+    let mut all: Vec<FlowStats> = ctx
+        .net
+        .flows
+        .of_socket(id.socket)
+        .iter()
+        .filter_map(|f| ctx.map.get(&flow_key(f)))
+        .collect();
+    all.extend(
+        ctx.net
+            .recently_closed
+            .get(&id.socket)
+            .into_iter()
+            .flatten()
+            .map(|(_, s)| *s),
+    );
+    let min_known = |a: u64, b: u64| match (a, b) {
+        (0, x) | (x, 0) => x,
+        (x, y) => x.min(y),
+    };
+    all.iter().fold(Counts::default(), |acc, s| Counts {
+        bytes_in: acc.bytes_in + s.bytes_in,
+        bytes_out: acc.bytes_out + s.bytes_out,
+        first_ns: min_known(acc.first_ns, s.first_ns),
+        last_ns: acc.last_ns.max(s.last_ns),
+        first_in_ns: min_known(acc.first_in_ns, s.first_in_ns),
+        first_out_ns: min_known(acc.first_out_ns, s.first_out_ns),
+    })
 }
 
 /// A leg's flow: open, or recently ended.
@@ -451,6 +486,14 @@ impl RelayDetector {
         if one_connection(&a, &b) {
             return None;
         }
+        let sockets = (
+            a.flow.id.socket.min(b.flow.id.socket),
+            a.flow.id.socket.max(b.flow.id.socket),
+        );
+        let udp = a.flow.id.proto == Proto::Udp && b.flow.id.proto == Proto::Udp;
+        if udp && self.reported_sockets.contains(&sockets) {
+            return None;
+        }
         self.stats.examined += 1;
         // A proxy request counts on the connection the process read before
         // it dialled, when that is known.
@@ -486,6 +529,17 @@ impl RelayDetector {
         let proxy = a.proxy_fp() && (cand.handshake.is_some() || !cand.trigger_known);
         if score::exchange(&ca, &cb, cand.handshake, proxy) {
             return Some(Method::Exchange);
+        }
+        // A UDP relay may serve several clients from one socket over one
+        // upstream socket: the sockets' flows summed must match.
+        if a.flow.id.proto == Proto::Udp && b.flow.id.proto == Proto::Udp {
+            let (sa, sb) = (
+                socket_counts(&a.flow.id, ctx),
+                socket_counts(&b.flow.id, ctx),
+            );
+            if (sa != ca || sb != cb) && score::exchange(&sa, &sb, None, false) {
+                return Some(Method::Exchange);
+            }
         }
         let handshake = proxy || cand.handshake.is_some_and(|h| h.received > 0 || h.sent > 0);
         if score::bulk(&ca, &cb, settings.volume_bytes, handshake) {
@@ -634,8 +688,13 @@ impl RelayDetector {
     ) -> RelayRecord {
         if self.reported.len() >= REPORTED_MAX {
             self.reported.clear();
+            self.reported_sockets.clear();
         }
         self.reported.insert(pair_key(&cand.first, &cand.second));
+        if a.flow.id.proto == Proto::Udp && b.flow.id.proto == Proto::Udp {
+            let (x, y) = (a.flow.id.socket, b.flow.id.socket);
+            self.reported_sockets.insert((x.min(y), x.max(y)));
+        }
         let side = |v: &LegView| {
             ctx.sides.map_or(Side::Unknown, |m| {
                 m.side(v.flow.netns, v.flow.id.remote.addr)

@@ -749,3 +749,35 @@ fn a_proxy_serving_one_client_after_another_pairs_each_with_its_own_request() {
         assert_eq!(r.legs[1].socket, r.legs[0].socket + 1, "{r:?}");
     }
 }
+
+#[test]
+fn a_udp_relay_serving_two_clients_over_one_upstream_socket() {
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/tmp/u", 0, Pipes::default());
+    // Two clients' queries to the front socket, one upstream flow.
+    lab.udp_flow(1, 10, "192.0.2.66:5355", "203.0.113.10:40000", 10, false);
+    lab.udp_flow(2, 10, "10.77.0.1:50000", "198.51.100.20:53", 11, true);
+    lab.udp_flow(1, 10, "192.0.2.66:5355", "203.0.113.10:40001", 30, false);
+    lab.count(
+        1,
+        Proto::Udp,
+        "203.0.113.10:40000",
+        traffic(52, 310, 10, 10, 13),
+    );
+    lab.count(
+        1,
+        Proto::Udp,
+        "203.0.113.10:40001",
+        traffic(52, 310, 30, 30, 33),
+    );
+    lab.count(
+        2,
+        Proto::Udp,
+        "198.51.100.20:53",
+        traffic(620, 104, 11, 12, 11),
+    );
+    lab.tick(250);
+    assert_eq!(lab.found.len(), 1, "one relay: {:?}", lab.found);
+    lab.tick(500);
+    assert_eq!(lab.found.len(), 1);
+}
