@@ -648,13 +648,16 @@ mod tests {
         }
         assert_eq!(offset_of!(ExecEvent, task), 24);
         assert_eq!(offset_of!(ExecEvent, stdio), 88);
-        assert_eq!(offset_of!(ExecEvent, exe_len), 116);
-        assert_eq!(offset_of!(ExecEvent, argv_len), 120);
+        assert_eq!(offset_of!(ExecEvent, exe_len), 140);
+        assert_eq!(offset_of!(ExecEvent, argv_len), 144);
         assert_eq!(offset_of!(ExecFailedEvent, filename_len), 100);
         assert_eq!(offset_of!(ExitEvent, exit_code), 80);
         assert_eq!(offset_of!(TaskInfo, comm), 40);
         assert_eq!(offset_of!(NetEvent, header), 0);
         assert_eq!(size_of::<NetEvent>() % 8, 0);
+        assert_eq!(offset_of!(NetEvent, trigger), 136);
+        assert_eq!(offset_of!(FlowStats, first_in_ns), 80);
+        assert_eq!(size_of::<ProxyHead>() % 8, 0);
     }
 
     #[test]
