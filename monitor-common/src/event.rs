@@ -408,6 +408,33 @@ pub struct IoStats {
 }
 assert_size!(IoStats, 32);
 
+/// Unix stream connections a process moved data on lately, by tgid
+/// (`UNIX_LINKS`): each connection as one id that both of its ends share,
+/// so two processes joined by a unix socket (`socat ... UNIX-CONNECT:` on
+/// one side, `UNIX-LISTEN:` on the other; a web server and its FastCGI
+/// workers) show the same id. The ids are opaque (made from the two
+/// sockets' kernel addresses) and never written out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnixLinks {
+    pub ids: [u64; UNIX_LINKS_KEPT],
+    /// Slot the next new id goes to, modulo `UNIX_LINKS_KEPT`.
+    pub next: u64,
+}
+assert_size!(UnixLinks, 8 * UNIX_LINKS_KEPT + 8);
+
+/// Unix connections remembered per process, newest replacing oldest.
+pub const UNIX_LINKS_KEPT: usize = 4;
+
+impl UnixLinks {
+    /// Whether two processes' recent unix connections share one.
+    pub fn joined(&self, other: &Self) -> bool {
+        self.ids
+            .iter()
+            .any(|&id| id != 0 && other.ids.contains(&id))
+    }
+}
+
 /// A change to the machine's network configuration that can turn it into
 /// a relay or a sniffer, with the process that made it (`KIND_CONFIG`).
 /// `change` is one of the `CFG_*` constants, which also say what `arg0`,

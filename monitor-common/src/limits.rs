@@ -24,6 +24,8 @@ pub const MAP_SOCK_IO: &str = "SOCK_IO";
 pub const MAP_PROXY_HEADS: &str = "PROXY_HEADS";
 /// Name of the map of the socket each process last received data on.
 pub const MAP_LAST_RECV: &str = "LAST_RECV";
+/// Name of the map of each process's recent unix connections.
+pub const MAP_UNIX_LINKS: &str = "UNIX_LINKS";
 /// Name of the map of `bind`/`accept` calls in flight.
 pub const MAP_SOCK_CALLS: &str = "SOCK_CALLS";
 /// Name of the map of forwarded-flow counters.
@@ -74,6 +76,8 @@ pub const SOCK_IO_MAX: u32 = 65536;
 pub const PROXY_HEADS_MAX: u32 = 4096;
 /// Processes whose last-received socket is kept at once (LRU).
 pub const LAST_RECV_MAX: u32 = 16384;
+/// Processes whose recent unix connections are kept at once (LRU).
+pub const UNIX_LINKS_MAX: u32 = 16384;
 /// Forwarded flows counted at once.
 pub const FWD_FLOWS_MAX: u32 = 65536;
 /// Interfaces the TC programs watch at once.

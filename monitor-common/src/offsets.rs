@@ -84,8 +84,12 @@ pub struct KernelOffsets {
     pub nf_conn_tuple_orig: u32,
     /// `sizeof(struct nf_conntrack_tuple_hash)`.
     pub nf_conntrack_tuple_hash_size: u32,
+    /// `unix_sock::peer`: the other end of a connected unix socket.
+    /// Optional: [`OFFSET_MISSING`] when the kernel's BTF lacks `af_unix`
+    /// (built as a module), and then unix joins are not seen.
+    pub unix_sock_peer: u32,
 }
-assert_size!(KernelOffsets, 61 * 4);
+assert_size!(KernelOffsets, 62 * 4);
 
 impl KernelOffsets {
     /// All offsets zero: the value the eBPF object is built with, replaced
@@ -104,7 +108,7 @@ mod tests {
     fn zeroed_is_all_zero_and_has_no_padding() {
         let z = KernelOffsets::zeroed();
         // SAFETY: plain u32 fields, size asserted above.
-        let words: [u32; 61] = unsafe { core::mem::transmute(z) };
+        let words: [u32; 62] = unsafe { core::mem::transmute(z) };
         assert!(words.iter().all(|&w| w == 0));
     }
 }

@@ -24,3 +24,5 @@ unsafe impl aya::Pod for crate::event::FwdKey {}
 unsafe impl aya::Pod for crate::event::FwdStats {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::event::IfaceInfo {}
+// SAFETY: plain u64 fields, no padding.
+unsafe impl aya::Pod for crate::event::UnixLinks {}

@@ -335,6 +335,7 @@ pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const BPF_NOEXIST: u64 = 1;
 
 /// `AF_INET` and `AF_INET6`.
+pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 

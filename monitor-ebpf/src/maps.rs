@@ -8,12 +8,12 @@ use aya_ebpf::{
 use monitor_common::{
     event::{
         counter, FlowKey, FlowStats, FwdKey, FwdStats, IfaceInfo, IoKey, IoStats, ProxyHead,
-        SockOwner,
+        SockOwner, UnixLinks,
     },
     limits::{
         EXEC_ATTEMPTS_MAX, FLOWS_MAX, FWD_FLOWS_MAX, IFACES_MAX, LAST_RECV_MAX, NET_RING_BYTES,
         NET_SHARES_MAX, PROC_RING_BYTES, PROXY_HEADS_MAX, SCRATCH_BYTES, SOCK_CALLS_MAX,
-        SOCK_IO_MAX, SOCK_OWNERS_MAX,
+        SOCK_IO_MAX, SOCK_OWNERS_MAX, UNIX_LINKS_MAX,
     },
 };
 
@@ -124,6 +124,12 @@ pub static PROXY_HEADS: LruHashMap<FlowKey, ProxyHead> =
 /// request, then dials). An LRU of recent receivers.
 #[map(name = "LAST_RECV")]
 pub static LAST_RECV: LruHashMap<u32, u64> = LruHashMap::with_max_entries(LAST_RECV_MAX, 0);
+
+/// Each process's recent unix stream connections (see `UnixLinks`), by
+/// tgid: how the daemon sees two processes joined by a unix socket, one
+/// holding a relay's inbound leg and the other its outbound one. An LRU.
+#[map(name = "UNIX_LINKS")]
+pub static UNIX_LINKS: LruHashMap<u32, UnixLinks> = LruHashMap::with_max_entries(UNIX_LINKS_MAX, 0);
 
 /// Counters of forwarded flows, by original tuple. Entries leave when
 /// userspace reports the flow ended (see `probes::forward`).

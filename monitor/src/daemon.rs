@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::limits::{
     MAP_COUNTERS, MAP_FLOWS, MAP_NET_EVENTS, MAP_PROC_EVENTS, MAP_PROXY_HEADS, MAP_READER,
-    MAP_SOCK_IO, MAP_SOCK_OWNERS,
+    MAP_SOCK_IO, MAP_SOCK_OWNERS, MAP_UNIX_LINKS,
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -125,6 +125,7 @@ pub async fn run(
         owners: take_map(ebpf, MAP_SOCK_OWNERS, HashMap::<MapData, _, _>::try_from)?,
         io: take_map(ebpf, MAP_SOCK_IO, HashMap::<MapData, _, _>::try_from)?,
         heads: take_map(ebpf, MAP_PROXY_HEADS, HashMap::<MapData, _, _>::try_from)?,
+        unix: take_map(ebpf, MAP_UNIX_LINKS, HashMap::<MapData, _, _>::try_from)?,
     };
     let mut hops = HopSensors::new(config.relay.settings(), metrics.clone());
     let mut dataplane = start_dataplane(&config, ebpf, &loaded.probes, &metrics);

@@ -304,6 +304,22 @@ impl Monitor {
         self.metric(&format!("edgewatch_probe_attached{{probe=\"{probe}\"}}")) == Some(1.0)
     }
 
+    /// Whether the socket activity probes (`sock_send_length`,
+    /// `sock_recv_length`, Linux 6.4+) are attached. On a kernel that has
+    /// the tracepoints they must be: a probe the verifier refused fails the
+    /// test instead of skipping what depends on it.
+    pub fn socket_activity(&self) -> bool {
+        let attached = self.probe_attached("net_sock_recv_length")
+            && self.probe_attached("net_sock_send_length");
+        if kernel_at_least(6, 4) {
+            assert!(
+                attached,
+                "the socket activity probes did not attach on Linux 6.4+: see the monitor's log"
+            );
+        }
+        attached
+    }
+
     /// The monitor's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -890,4 +906,15 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
 }

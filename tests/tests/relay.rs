@@ -240,7 +240,7 @@ fn socat_port_forward_without_and_with_fork() {
     let parent = u64::from(forked.0.id());
     // Without the activity tracepoints (Linux before 6.4) a relay is
     // pinned on the owner of its first leg: the listener that accepted.
-    let by_child = m.probe_attached("net_sock_send_length");
+    let by_child = m.socket_activity();
     let deadline = std::time::Instant::now() + scaled(Duration::from_secs(20));
     let relays = loop {
         let r = m.events(|v| {

@@ -22,21 +22,23 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use monitor_common::event::{
     counter, EventHeader, FlowKey, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, SockOwner,
-    Trigger, AFTER_ANSWER_HTTP, AFTER_ANSWER_OTHER, FP_CAPTURE_MORE, FP_HTTP, FP_HTTP_CONNECT,
-    FP_HTTP_PROXY, FP_NONE, FP_SOCKS4, FP_SOCKS4A, FP_SOCKS5, KIND_NET_ACCEPT, KIND_NET_BIND,
-    KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN, KIND_NET_RELEASE,
-    KIND_NET_UDP_FLOW, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PROXY_HEAD_BYTES,
+    Trigger, UnixLinks, AFTER_ANSWER_HTTP, AFTER_ANSWER_OTHER, FP_CAPTURE_MORE, FP_HTTP,
+    FP_HTTP_CONNECT, FP_HTTP_PROXY, FP_NONE, FP_SOCKS4, FP_SOCKS4A, FP_SOCKS5, KIND_NET_ACCEPT,
+    KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN,
+    KIND_NET_RELEASE, KIND_NET_UDP_FLOW, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    PROXY_HEAD_BYTES, UNIX_LINKS_KEPT,
 };
 use monitor_common::limits::{NET_SHARE_EVENTS, NET_SHARE_WINDOW_NS};
+use monitor_common::offsets::OFFSET_MISSING;
 
 use crate::{
     kernel::{
         current_netns, last_seen, off, read, sk_netns, sk_tuple, sock_of_fd, v4_mapped, wakeup,
-        ReadError, AF_INET, AF_INET6, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
+        ReadError, AF_INET, AF_INET6, AF_UNIX, BPF_NOEXIST, ETH_P_IP, ETH_P_IPV6,
     },
     maps::{
         count, Share, FLOWS, LAST_RECV, NET_EVENTS, NET_SHARES, PACKET_SCRATCH, PROXY_HEADS,
-        SOCK_CALLS, SOCK_IO, SOCK_OWNERS,
+        SOCK_CALLS, SOCK_IO, SOCK_OWNERS, UNIX_LINKS,
     },
     probes::atomic_add,
 };
@@ -989,6 +991,9 @@ fn record_io(ctx: &BtfTracePointContext, sent: bool) -> Result<(), ReadError> {
         return Ok(());
     }
     let family: u16 = read(sk as u64, off!(sock_common_skc_family))?;
+    if family == AF_UNIX {
+        return note_unix_link(sk as u64);
+    }
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
@@ -1037,6 +1042,57 @@ fn record_io(ctx: &BtfTracePointContext, sent: bool) -> Result<(), ReadError> {
     }
     if !sent {
         note_last_recv(key.tgid, cookie);
+    }
+    Ok(())
+}
+
+/// Remembers a connected unix stream socket the current process moved
+/// data on (see `UNIX_LINKS`). The id is the same from both ends: made
+/// from the two sockets' addresses, lower first. A datagram client of a
+/// shared socket (`/dev/log`) is left out: its peer has no peer, and the
+/// clients of one server must not look joined to each other.
+#[inline(always)]
+fn note_unix_link(sk: u64) -> Result<(), ReadError> {
+    let peer_off = off!(unix_sock_peer);
+    if peer_off == OFFSET_MISSING as u64 {
+        return Ok(());
+    }
+    let ty: u16 = read(sk, off!(sock_sk_type))?;
+    // SOCK_STREAM and SOCK_SEQPACKET (5).
+    if ty as u32 != SOCK_STREAM && ty != 5 {
+        return Ok(());
+    }
+    let peer: u64 = read(sk, peer_off)?;
+    if peer == 0 {
+        return Ok(());
+    }
+    // This socket's own address, read back from its peer: the verifier
+    // allows no arithmetic on the tracepoint's trusted pointer itself.
+    let me: u64 = read(peer, peer_off)?;
+    if me == 0 {
+        return Ok(());
+    }
+    let (lo, hi) = if me < peer { (me, peer) } else { (peer, me) };
+    let id = lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hi.rotate_left(29) | 1;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match UNIX_LINKS.get_ptr_mut(&tgid) {
+        // SAFETY: a live map value of this process; a racing thread of the
+        // same process may lose one id, seen again at its next call.
+        Some(links) => unsafe {
+            let l = &mut *links;
+            if l.ids.contains(&id) {
+                return Ok(());
+            }
+            let slot = (l.next as usize) % UNIX_LINKS_KEPT;
+            l.ids[slot] = id;
+            l.next = l.next.wrapping_add(1);
+        },
+        None => {
+            let mut fresh = UnixLinks::default();
+            fresh.ids[0] = id;
+            fresh.next = 1;
+            let _ = UNIX_LINKS.insert(&tgid, &fresh, 0);
+        }
     }
     Ok(())
 }

@@ -112,6 +112,11 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         sk_buff_nfct: r.optional("sk_buff", "_nfct")?,
         nf_conn_tuple_orig: r.conntrack_tuple()?,
         nf_conntrack_tuple_hash_size: r.size("nf_conntrack_tuple_hash").unwrap_or(OFFSET_MISSING),
+        // `af_unix` may be a module, whose types are not in vmlinux.
+        unix_sock_peer: match r.optional("unix_sock", "peer") {
+            Err(OffsetError::NoStruct(_)) => OFFSET_MISSING,
+            other => other?,
+        },
     })
 }
 

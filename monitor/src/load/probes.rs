@@ -133,13 +133,13 @@ pub const PROBES: &[ProbeSpec] = &[
         name: "net_sock_send_length",
         hook: Hook::BtfTracepoint("sock_send_length"),
         required: false,
-        loses: "which process sends on which socket (Linux 6.4+); relays are paired by socket owner, short forwards inside an SSH session go unseen",
+        loses: "which process sends on which socket (Linux 6.4+); relays are paired by socket owner, short forwards inside an SSH session and relays split over a unix socket go unseen",
     },
     ProbeSpec {
         name: "net_sock_recv_length",
         hook: Hook::BtfTracepoint("sock_recv_length"),
         required: false,
-        loses: "which process receives on which socket and what it read before it dialled (Linux 6.4+); relays are paired by socket owner, short forwards inside an SSH session go unseen",
+        loses: "which process receives on which socket and what it read before it dialled (Linux 6.4+); relays are paired by socket owner, short forwards inside an SSH session and relays split over a unix socket go unseen",
     },
     ProbeSpec {
         name: "net_skb_ingress",

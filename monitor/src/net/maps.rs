@@ -6,7 +6,7 @@ use aya::{
     maps::{HashMap, IterableMap as _, MapData},
     Pod,
 };
-use monitor_common::event::{FlowKey, FlowStats, IoKey, IoStats, ProxyHead, SockOwner};
+use monitor_common::event::{FlowKey, FlowStats, IoKey, IoStats, ProxyHead, SockOwner, UnixLinks};
 
 use super::FlowMap;
 
@@ -18,6 +18,8 @@ pub struct KernelFlows {
     /// First bytes of flows that looked like proxy requests
     /// (`PROXY_HEADS`, an LRU hash).
     pub heads: HashMap<MapData, FlowKey, ProxyHead>,
+    /// Each process's recent unix connections (`UNIX_LINKS`, an LRU hash).
+    pub unix: HashMap<MapData, u32, UnixLinks>,
 }
 
 /// A kernel counter whose last-seen stamp is monotonic (see
@@ -76,6 +78,10 @@ impl FlowMap for KernelFlows {
 
     fn proxy_head(&self, key: &FlowKey) -> Option<ProxyHead> {
         self.heads.get(key, 0).ok()
+    }
+
+    fn unix_links(&self, tgid: u32) -> Option<UnixLinks> {
+        self.unix.get(&tgid, 0).ok()
     }
 }
 

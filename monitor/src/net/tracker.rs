@@ -1,9 +1,9 @@
 //! Turns kernel socket events and flow counters into output events.
 
 use monitor_common::event::{
-    FlowKey, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, SockOwner, Trigger, KIND_NET_ACCEPT,
-    KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_LISTEN,
-    KIND_NET_RELEASE, KIND_NET_UDP_FLOW,
+    FlowKey, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, SockOwner, Trigger, UnixLinks,
+    KIND_NET_ACCEPT, KIND_NET_BIND, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT,
+    KIND_NET_LISTEN, KIND_NET_RELEASE, KIND_NET_UDP_FLOW,
 };
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +41,11 @@ pub trait FlowMap {
     /// The first bytes of a flow whose first payload looked like a proxy
     /// request, from the kernel's `PROXY_HEADS`.
     fn proxy_head(&self, _key: &FlowKey) -> Option<ProxyHead> {
+        None
+    }
+    /// The unix connections process `tgid` moved data on lately, from the
+    /// kernel's `UNIX_LINKS` (None without the activity tracepoints).
+    fn unix_links(&self, _tgid: u32) -> Option<UnixLinks> {
         None
     }
 }
@@ -630,6 +635,7 @@ pub struct MemFlows {
     pub owners: HashMap<u64, SockOwner>,
     pub io: HashMap<IoKey, IoStats>,
     pub heads: HashMap<FlowKey, ProxyHead>,
+    pub unix: HashMap<u32, UnixLinks>,
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -651,6 +657,9 @@ impl FlowMap for MemFlows {
     }
     fn proxy_head(&self, key: &FlowKey) -> Option<ProxyHead> {
         self.heads.get(key).copied()
+    }
+    fn unix_links(&self, tgid: u32) -> Option<UnixLinks> {
+        self.unix.get(&tgid).copied()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Relay detection by behaviour: two connections whose bytes pass from one
 //! to the other, both ways, held by one process or by processes joined by
-//! a pipe or by parentage.
+//! a pipe, a unix socket or parentage.
 //!
 //! Names and ports lie; the shape of the traffic does not. Pairs of
 //! connections come from two places:
@@ -17,7 +17,10 @@
 //! - **sampling** ([`RelayDetector::sample`]): every `relay.sample_ms`,
 //!   the connections each process used lately (the kernel's per-process
 //!   socket activity, and owners) are paired and judged, which finds
-//!   long-lived relays older than the monitor and slow interactive ones.
+//!   long-lived relays older than the monitor and slow interactive ones;
+//! - **unix joins** (every tick): the recent connections of two processes
+//!   that pass data over one unix stream connection (`UNIX_LINKS`) are
+//!   paired, one holding the inbound leg and the other dialling out.
 //!
 //! The judgement itself is in [`score`]; the proxy request parser in
 //! [`proxy`].
@@ -170,8 +173,15 @@ pub struct RelayDetector {
     /// Connections each process opened or read from lately, newest last,
     /// with when they opened.
     legs_of: HashMap<u32, VecDeque<(FlowId, u64)>>,
+    /// Recent forks, oldest first: (when, parent, child). A forking server
+    /// accepts in the parent and moves the bytes in a child, so a unix
+    /// join of the child counts for the parent's connections.
+    forks: VecDeque<(u64, u32, u32)>,
     stats: RelayStats,
 }
+
+/// Recent forks remembered at most (see `RelayDetector::forks`).
+const FORKS_KEPT: usize = 4096;
 
 /// The unordered key of a pair.
 fn pair_key(a: &FlowId, b: &FlowId) -> (FlowId, FlowId) {
@@ -280,6 +290,14 @@ impl RelayDetector {
         now: u64,
     ) -> Vec<RelayRecord> {
         let mut out = Vec::new();
+        for ev in events {
+            if let Event::Fork(f) = ev {
+                if self.forks.len() >= FORKS_KEPT {
+                    self.forks.pop_front();
+                }
+                self.forks.push_back((now, f.task.ppid, f.task.pid));
+            }
+        }
         for (id, open, r) in events.iter().filter_map(super::flow_change) {
             if open {
                 let pid = r.process.as_ref().map_or(0, |p| p.pid);
@@ -363,6 +381,35 @@ impl RelayDetector {
         if legs.len() > LEGS_KEPT {
             legs.pop_front();
         }
+        self.pair(
+            id,
+            pid,
+            partners,
+            trigger_known,
+            true,
+            ctx,
+            settings,
+            now,
+            out,
+        );
+    }
+
+    /// Puts `id` (process `pid`'s connection) under watch with each of
+    /// `partners`, judging each pair at once: on a proxy request only when
+    /// `opening` (the connection just opened, no bytes can tell yet).
+    #[allow(clippy::too_many_arguments)]
+    fn pair(
+        &mut self,
+        id: FlowId,
+        pid: u32,
+        partners: Vec<(FlowId, u32, Via, Option<Handshake>)>,
+        trigger_known: bool,
+        opening: bool,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+        out: &mut Vec<RelayRecord>,
+    ) {
         let mut made = 0;
         for (a, holder, via, handshake) in partners {
             if a == id || made >= PARTNERS_MAX {
@@ -387,7 +434,7 @@ impl RelayDetector {
                 trigger_known,
                 created_ns: now,
             };
-            if let Some(r) = self.judge(&cand, ctx, settings, now, true) {
+            if let Some(r) = self.judge(&cand, ctx, settings, now, opening) {
                 out.push(r);
             } else {
                 self.candidates.insert(key, cand);
@@ -457,6 +504,7 @@ impl RelayDetector {
                 self.candidates.remove(&key);
             }
         }
+        self.join_unix(ctx, settings, now, &mut out);
         // Forget processes whose connections are all gone.
         self.legs_of.retain(|_, legs| {
             legs.retain(|(id, at)| {
@@ -465,6 +513,93 @@ impl RelayDetector {
             !legs.is_empty()
         });
         out
+    }
+
+    /// Pairs the recent connections of processes joined by a unix socket
+    /// (one holds the inbound leg and writes to the socket, the other
+    /// reads from it and dials). The kernel learns of the join at the
+    /// first bytes the processes pass, which usually come after the dial,
+    /// so this runs every tick over the connections of the last
+    /// `PAIR_WINDOW_NS`, pairing each with the peer's connections opened
+    /// before it in that window. A process's unix connections include
+    /// those of the children it forked in the window (a forking server
+    /// accepts, then a child moves the bytes). Reads one kernel record per
+    /// process holding recent connections and per such child, and nothing
+    /// unless two processes hold recent connections.
+    fn join_unix(
+        &mut self,
+        ctx: &Context<'_>,
+        settings: &RelaySettings,
+        now: u64,
+        out: &mut Vec<RelayRecord>,
+    ) {
+        let since = now.saturating_sub(PAIR_WINDOW_NS);
+        while self.forks.front().is_some_and(|(at, _, _)| *at < since) {
+            self.forks.pop_front();
+        }
+        let holders: Vec<u32> = self
+            .legs_of
+            .iter()
+            .filter(|(_, legs)| legs.back().is_some_and(|(_, at)| *at >= since))
+            .map(|(pid, _)| *pid)
+            .collect();
+        if holders.len() < 2 {
+            return;
+        }
+        let mut links: HashMap<u32, Vec<u64>> = HashMap::new();
+        for &h in &holders {
+            let members = std::iter::once(h).chain(
+                self.forks
+                    .iter()
+                    .filter(|(_, parent, _)| *parent == h)
+                    .map(|(_, _, child)| *child),
+            );
+            let ids: Vec<u64> = members
+                .filter_map(|p| ctx.map.unix_links(p))
+                .flat_map(|l| l.ids)
+                .filter(|id| *id != 0)
+                .collect();
+            if !ids.is_empty() {
+                links.insert(h, ids);
+            }
+        }
+        let mut work = Vec::new();
+        for (pid, mine) in &links {
+            for (other, theirs) in &links {
+                if other == pid || !mine.iter().any(|id| theirs.contains(id)) {
+                    continue;
+                }
+                let Some(legs) = self.legs_of.get(other) else {
+                    continue;
+                };
+                for (b, at_b) in self.legs_of[pid].iter().filter(|(_, at)| *at >= since) {
+                    let partners: Vec<_> = legs
+                        .iter()
+                        .filter(|(a, at_a)| {
+                            at_a <= at_b && at_b - at_a <= PAIR_WINDOW_NS && known(a, ctx)
+                        })
+                        .map(|(a, _)| (*a, *other, Via::Unix, None))
+                        .collect();
+                    if !partners.is_empty() {
+                        work.push((*b, *pid, partners));
+                    }
+                }
+            }
+        }
+        for (b, pid, partners) in work {
+            let trigger_known = flow_of(&b, ctx).is_some_and(|f| f.trigger.cookie != 0);
+            self.pair(
+                b,
+                pid,
+                partners,
+                trigger_known,
+                false,
+                ctx,
+                settings,
+                now,
+                out,
+            );
+        }
     }
 
     /// Judges one pair; a relay's record when it is one (and not reported

@@ -56,6 +56,8 @@ pub enum Via {
     /// Two processes joined by a pipe or fifo (one's stdout is the
     /// other's stdin).
     Pipe,
+    /// Two processes that pass data over one unix stream connection.
+    Unix,
 }
 
 /// One leg of a relay.

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use monitor_common::event::{
-    EventHeader, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, Trigger, FP_SOCKS5,
+    EventHeader, FlowStats, IoKey, IoStats, NetEvent, ProxyHead, Trigger, UnixLinks, FP_SOCKS5,
     KIND_NET_ACCEPT, KIND_NET_CLOSE, KIND_NET_CONNECT, KIND_NET_CONNECT_RESULT, KIND_NET_UDP_FLOW,
     PROTO_TCP, PROTO_UDP,
 };
@@ -541,6 +541,151 @@ fn legs_in_two_processes_joined_by_a_pipe_are_one_relay() {
     );
     lab.tick(5250);
     assert!(lab.found.is_empty());
+}
+
+/// Two processes: pid 10 accepts a wan client at 0 ms, pid 20 (a sibling,
+/// not its child) dials the LAN host at 1 ms; 78 bytes in, 300 back,
+/// passed between them. `links`: each process's unix connections.
+fn split_forward(lab: &mut Lab, links: [(u32, u64); 2]) {
+    lab.process(10, 5, "/usr/bin/socat", 0, Pipes::default());
+    lab.process(20, 6, "/opt/.cache/upd", 0, Pipes::default());
+    for (pid, id) in links {
+        let mut l = UnixLinks::default();
+        l.ids[1] = id;
+        lab.map.unix.insert(pid, l);
+    }
+    lab.accept(1, 10, "192.0.2.66:8000", "203.0.113.10:40000", 0, NONE);
+    lab.connect(2, 20, "10.77.0.1:50000", "10.77.0.10:22", 1, NONE);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 0, 2, 6),
+    );
+    lab.count(2, Proto::Tcp, "10.77.0.10:22", traffic(300, 78, 1, 5, 3));
+}
+
+#[test]
+fn legs_in_two_processes_joined_by_a_unix_socket_are_one_relay() {
+    let mut lab = Lab::new();
+    split_forward(&mut lab, [(10, 0xabc1), (20, 0xabc1)]);
+    // A decoy: a third process with connections of its own and another
+    // unix connection, busy at the same time.
+    lab.process(30, 1, "/usr/sbin/nginx", 0, Pipes::default());
+    let mut l = UnixLinks::default();
+    l.ids[0] = 0x5151;
+    lab.map.unix.insert(30, l);
+    lab.accept(3, 30, "192.0.2.66:443", "203.0.113.20:41000", 0, NONE);
+    lab.count(
+        3,
+        Proto::Tcp,
+        "203.0.113.20:41000",
+        traffic(300, 78, 0, 2, 6),
+    );
+    lab.tick(250);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+    let r = &lab.found[0];
+    assert_eq!(r.via, Via::Unix);
+    assert_eq!(r.method, Method::Exchange);
+    assert_eq!((r.legs[0].socket, r.legs[1].socket), (1, 2));
+    // Reported once.
+    lab.tick(500);
+    assert_eq!(lab.found.len(), 1);
+}
+
+#[test]
+fn a_forking_server_joined_through_its_child() {
+    // `socat TCP-LISTEN:...,fork UNIX-CONNECT:...`: the listener (10)
+    // accepts, its child (11) writes to the unix socket; the dialler (20)
+    // reads it.
+    let mut lab = Lab::new();
+    lab.process(10, 5, "/usr/bin/socat", 0, Pipes::default());
+    lab.process(20, 6, "/usr/bin/socat", 0, Pipes::default());
+    lab.accept(1, 10, "192.0.2.66:8000", "203.0.113.10:40000", 0, NONE);
+    let fork = Event::Fork(crate::event::ForkRecord {
+        ts: String::new(),
+        task: crate::event::Task {
+            pid: 11,
+            tid: 11,
+            ppid: 10,
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            egid: 0,
+            auid: None,
+            comm: "socat".into(),
+            cgroup_id: 1,
+        },
+        exe: None,
+    });
+    let ctx = Context {
+        net: &lab.net,
+        map: &lab.map,
+        procs: &lab.procs,
+        clock: &lab.clock,
+        sides: Some(&lab.sides),
+    };
+    let found = lab.det.observe(&[fork], &ctx, &lab.settings, MS);
+    assert!(found.is_empty());
+    lab.connect(2, 20, "10.77.0.1:50000", "10.77.0.10:22", 1, NONE);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 0, 2, 6),
+    );
+    lab.count(2, Proto::Tcp, "10.77.0.10:22", traffic(300, 78, 1, 5, 3));
+    let mut l = UnixLinks::default();
+    l.ids[2] = 0x77;
+    lab.map.unix.insert(11, l);
+    lab.map.unix.insert(20, l);
+    lab.tick(250);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+    assert_eq!(lab.found[0].via, Via::Unix);
+}
+
+#[test]
+fn processes_with_unrelated_unix_connections_are_not_joined() {
+    // Both talk over unix sockets (to a logger, say), but not to each
+    // other: the same bytes by chance make no relay.
+    let mut lab = Lab::new();
+    split_forward(&mut lab, [(10, 0xabc1), (20, 0xabc2)]);
+    lab.tick(250);
+    assert!(lab.found.is_empty(), "{:?}", lab.found);
+    // No unix connection at all.
+    let mut lab = Lab::new();
+    split_forward(&mut lab, [(99, 1), (98, 1)]);
+    lab.tick(250);
+    assert!(lab.found.is_empty(), "{:?}", lab.found);
+}
+
+#[test]
+fn a_unix_joined_pair_far_apart_in_time_is_not_paired() {
+    // The dialler's connection came 5 s after the other: not its relay.
+    let mut lab = Lab::new();
+    lab.process(10, 5, "/usr/bin/socat", 0, Pipes::default());
+    lab.process(20, 6, "/usr/bin/socat", 0, Pipes::default());
+    for pid in [10, 20] {
+        let mut l = UnixLinks::default();
+        l.ids[0] = 7;
+        lab.map.unix.insert(pid, l);
+    }
+    lab.accept(1, 10, "192.0.2.66:8000", "203.0.113.10:40000", 0, NONE);
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 0, 2, 5006),
+    );
+    lab.connect(2, 20, "10.77.0.1:50000", "10.77.0.10:22", 5000, NONE);
+    lab.count(
+        2,
+        Proto::Tcp,
+        "10.77.0.10:22",
+        traffic(300, 78, 5000, 5005, 5003),
+    );
+    lab.tick(5250);
+    assert!(lab.found.is_empty(), "{:?}", lab.found);
 }
 
 #[test]
