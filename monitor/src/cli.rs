@@ -95,8 +95,9 @@ pub enum ConfigCommand {
     /// Validate a configuration file; errors are reported as file:line:col.
     ///
     /// Checks the syntax and every key and value, alert sinks included,
-    /// without needing root; files, rule paths and ports are first opened
-    /// by `monitor run`. Exit code 2 when invalid.
+    /// and compiles the rules it names (the built-in pack and
+    /// `detect.rule_paths`) as `monitor run` would, without needing root;
+    /// ports are first opened by `monitor run`. Exit code 2 when invalid.
     Check {
         /// The configuration file (TOML).
         #[arg(value_name = "PATH")]

@@ -118,6 +118,8 @@ pub struct DetectConfig {
     pub builtin_rules: bool,
     /// Directories (or files) of extra rules, `*.toml`.
     pub rule_paths: Vec<PathBuf>,
+    /// Rule ids not to run.
+    pub disabled_rules: Vec<String>,
     /// Where open dedup windows are kept across restarts.
     pub state_file: Option<PathBuf>,
 }
@@ -128,6 +130,7 @@ impl Default for DetectConfig {
             enabled: true,
             builtin_rules: true,
             rule_paths: Vec::new(),
+            disabled_rules: Vec::new(),
             state_file: None,
         }
     }

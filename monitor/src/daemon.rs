@@ -87,7 +87,7 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let metrics = Metrics::new();
-    let rules = load_rules(&config.detect)?;
+    let rules = load_rules(&config.detect, &[])?;
     let mut detect = Detect::new(rules, Some(metrics.clone()));
     if let Some(path) = &config.detect.state_file {
         detect.keep_state(path.clone());
@@ -448,7 +448,7 @@ fn reload(
         None => Ok(Config::embedded()),
     };
     let result = config.map_err(|e| e.to_string()).and_then(|c| {
-        load_rules(&c.detect)
+        load_rules(&c.detect, &[])
             .map(|rules| (c, rules))
             .map_err(|e| e.to_string())
     });

@@ -5,7 +5,7 @@ use monitor::{
     cli::{Cli, Command, ConfigCommand, RulesCommand},
     config::{Config, DEFAULT_TOML},
     daemon,
-    detect::rule,
+    detect::{rule, stage::load_rules},
     load, replay, EXIT_FAILURE, EXIT_USAGE,
 };
 use tracing_subscriber::EnvFilter;
@@ -28,25 +28,38 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
         }
-        Command::Config(ConfigCommand::Check { path }) => match Config::load(&path) {
-            Ok(_) => {
-                println!("{}: ok", path.display());
-                ExitCode::SUCCESS
+        Command::Config(ConfigCommand::Check { path }) => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_USAGE, &e),
+            };
+            // The rules it names, compiled as `run` would.
+            match load_rules(&config.detect, &[]) {
+                Ok(rules) => {
+                    println!("{}: ok, {} rules", path.display(), rules.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_USAGE, &e),
             }
-            Err(e) => fail(EXIT_USAGE, &e),
-        },
+        }
         Command::Rules(RulesCommand::Show) => {
             print!("{}", rule::BUILTIN);
             ExitCode::SUCCESS
         }
         Command::Rules(RulesCommand::Check { paths }) => {
-            for path in &paths {
-                match rule::load_path(path) {
-                    Ok(rules) => println!("{}: {} rules ok", path.display(), rules.len()),
-                    Err(e) => return fail(EXIT_USAGE, &e),
+            // Checked with the built-in pack, as `run` loads them: an id
+            // that clashes with a built-in one, or an override or exception
+            // naming no rule, is an error here too.
+            match rule::load_pack(true, &paths, &[]) {
+                Ok((rules, counts)) => {
+                    for (file, n) in counts.iter().filter(|(f, _)| f != rule::BUILTIN_NAME) {
+                        println!("{file}: {n} rules ok");
+                    }
+                    println!("{} rules in all, the built-in pack included", rules.len());
+                    ExitCode::SUCCESS
                 }
+                Err(e) => fail(EXIT_USAGE, &e),
             }
-            ExitCode::SUCCESS
         }
         Command::Replay {
             events,

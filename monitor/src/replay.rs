@@ -8,7 +8,7 @@ use std::{
 use crate::{
     config::Config,
     detect::{
-        rule::{self, RuleError},
+        rule::RuleError,
         stage::{load_rules, Detect},
     },
 };
@@ -44,10 +44,7 @@ pub fn run(
     extra: &[std::path::PathBuf],
     out: &mut dyn Write,
 ) -> Result<Summary, ReplayError> {
-    let mut rules = load_rules(&config.detect)?;
-    for p in extra {
-        rules.extend(rule::load_path(p)?);
-    }
+    let rules = load_rules(&config.detect, extra)?;
     let mut detect = Detect::new(rules, None);
     let name = path.display().to_string();
     let reader: Box<dyn BufRead> = if name == "-" {

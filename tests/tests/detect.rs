@@ -263,6 +263,69 @@ fn rules_check_reports_file_line_and_column() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("EW-PROC-001"));
 }
 
+/// `config check` compiles the rule files the configuration names, so
+/// what `run` would refuse (a user rule reusing a built-in id) fails the
+/// check, with the way out in the message; the same rule as an override
+/// passes, and `rules check` agrees.
+#[test]
+fn config_check_refuses_what_run_would_refuse() {
+    let dup = TempPath::write(
+        "dup.toml",
+        "[[rule]]\nid = \"EW-PROC-003\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1059\"]\nkinds = [\"exec\"]\n",
+    );
+    let check = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(monitor_bin())
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let config = |rules: &std::path::Path, disabled: &str| {
+        TempPath::write(
+            "config.toml",
+            &format!(
+                "[detect]\nrule_paths = [{:?}]\ndisabled_rules = [{disabled}]\n",
+                rules.display().to_string()
+            ),
+        )
+    };
+    let c = config(dup.path(), "");
+    let (code, _, err) = check(&["config".as_ref(), "check".as_ref(), c.path().as_os_str()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:2:6: rule id EW-PROC-003 is already defined",
+            dup.path().display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("overrides = \"EW-PROC-003\""), "{err}");
+    let (code, _, err) = check(&["rules".as_ref(), "check".as_ref(), dup.path().as_os_str()]);
+    assert_eq!(code, Some(2), "{err}");
+
+    let fixed = TempPath::write(
+        "fixed.toml",
+        "[[rule]]\nid = \"EW-PROC-003\"\noverrides = \"EW-PROC-003\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1059\"]\nkinds = [\"exec\"]\n",
+    );
+    let c = config(fixed.path(), "\"EW-PROC-007\"");
+    let (code, out, err) = check(&["config".as_ref(), "check".as_ref(), c.path().as_os_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok,"), "{out}");
+    let (code, out, err) = check(&["rules".as_ref(), "check".as_ref(), fixed.path().as_os_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 rules ok"), "{out}");
+
+    // A disabled rule id that names no rule.
+    let c = config(fixed.path(), "\"EW-PROC-07\"");
+    let (code, _, err) = check(&["config".as_ref(), "check".as_ref(), c.path().as_os_str()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("detect.disabled_rules: no rule has the id \"EW-PROC-07\"; did you mean \"EW-PROC-007\"?"), "{err}");
+}
+
 #[test]
 fn replay_runs_recorded_events_through_the_rules() {
     let listen = r#"{"kind":"listen","ts":"2026-01-01T00:00:00Z","proto":"tcp","netns":1,"socket":1,"local":{"addr":"0.0.0.0","port":80},"process":{"pid":100,"comm":"lighttpd","exe":"/usr/sbin/lighttpd","argv":["lighttpd"],"ancestry":[{"pid":1,"exe":"/sbin/init"}]}}"#;

@@ -3,7 +3,11 @@
 //! A rule file is TOML with one `[[rule]]` table per rule. See the README
 //! section "Rules" for the format; `builtin.toml` is the embedded pack.
 
-use std::{fmt, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::Path,
+};
 
 use regex::Regex;
 use serde::Deserialize;
@@ -50,6 +54,26 @@ impl Severity {
 struct FileSpec {
     #[serde(default)]
     rule: Vec<Spanned<RuleSpec>>,
+    /// Exceptions added to rules defined anywhere (the built-in pack too).
+    #[serde(default)]
+    exception: Vec<Spanned<ExceptionSpec>>,
+    /// Named value lists, for `in = "name"` in any file.
+    #[serde(default)]
+    lists: BTreeMap<Spanned<String>, Vec<toml::Value>>,
+}
+
+/// `[[exception]]`: events matching all of `match` raise nothing for
+/// `rule`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExceptionSpec {
+    rule: Spanned<String>,
+    /// Why the exception is there, for the next reader.
+    #[serde(default)]
+    #[allow(dead_code)]
+    comment: String,
+    #[serde(rename = "match")]
+    matches: Vec<CondSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +102,8 @@ struct RuleSpec {
     rate_limit: Option<RateSpec>,
     #[serde(default = "yes")]
     enabled: bool,
+    /// The id of a rule (a built-in one) this one replaces.
+    overrides: Option<Spanned<String>>,
 }
 
 fn default_dedup() -> u64 {
@@ -133,7 +159,7 @@ struct CondSpec {
     field: Option<Spanned<String>>,
     equals: Option<toml::Value>,
     #[serde(rename = "in")]
-    in_: Option<Vec<toml::Value>>,
+    in_: Option<Spanned<InSpec>>,
     prefix: Option<OneOrMany>,
     suffix: Option<OneOrMany>,
     contains: Option<OneOrMany>,
@@ -146,6 +172,14 @@ struct CondSpec {
     all: Option<Vec<CondSpec>>,
     not: Option<Box<CondSpec>>,
     ancestor: Option<Vec<CondSpec>>,
+}
+
+/// The values of `in`: written out, or the name of a `[lists]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum InSpec {
+    Values(Vec<toml::Value>),
+    List(String),
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -242,10 +276,14 @@ fn kind_names() -> impl Iterator<Item = &'static str> {
         .map(crate::event::Kind::as_str)
 }
 
+/// Named lists by name, as JSON values, with where each was defined.
+type Lists = HashMap<String, (Vec<serde_json::Value>, String)>;
+
 struct Ctx<'a> {
     src: &'a Source<'a>,
     /// Offset of the enclosing rule, for errors without a finer span.
     rule_at: usize,
+    lists: &'a Lists,
 }
 
 impl Ctx<'_> {
@@ -316,7 +354,20 @@ fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
         ops.push(Op::Equals(json(v)));
     }
     if let Some(v) = spec.in_ {
-        ops.push(Op::In(v.into_iter().map(json).collect()));
+        let at = v.span().start;
+        match v.into_inner() {
+            InSpec::Values(v) => ops.push(Op::In(v.into_iter().map(json).collect())),
+            InSpec::List(name) => match ctx.lists.get(&name) {
+                Some((values, _)) => ops.push(Op::In(values.clone())),
+                None => {
+                    let known: Vec<&str> = ctx.lists.keys().map(String::as_str).collect();
+                    return Err(ctx.err(
+                        at,
+                        format!("no list named {name:?}{}", suggest(&name, known)),
+                    ));
+                }
+            },
+        }
     }
     if let Some(v) = spec.prefix {
         ops.push(Op::Prefix(v.into_vec()));
@@ -393,15 +444,109 @@ fn check_kinds(kinds: &[String], ctx: &Ctx<'_>) -> Result<(), RuleError> {
     Ok(())
 }
 
-/// Parses and validates the rules in one source.
-pub fn parse(src: &Source<'_>) -> Result<Vec<Rule>, RuleError> {
-    let file: FileSpec = toml::from_str(src.text)
-        .map_err(|e| src.error(e.span().map_or(0, |s| s.start), e.message()))?;
-    let mut rules = Vec::new();
+/// A place in a source, for errors found once every source is parsed.
+#[derive(Debug, Clone)]
+struct Place {
+    path: String,
+    line: usize,
+    col: usize,
+}
+
+impl Place {
+    fn at(src: &Source<'_>, offset: usize) -> Self {
+        let (line, col) = line_col(src.text, offset);
+        Self {
+            path: src.name.to_owned(),
+            line,
+            col,
+        }
+    }
+
+    fn error(&self, message: String) -> RuleError {
+        RuleError::Invalid {
+            path: self.path.clone(),
+            line: self.line,
+            col: self.col,
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.path, self.line, self.col)
+    }
+}
+
+/// A rule as one source defines it, before the pack is put together.
+struct Defined {
+    rule: Rule,
+    enabled: bool,
+    /// Where its id is written.
+    id_at: Place,
+    /// The rule it replaces, and where that is written.
+    overrides: Option<(String, Place)>,
+}
+
+/// An `[[exception]]`: its rule id, its conditions as one, where it is.
+struct Exception {
+    rule: String,
+    cond: Cond,
+    at: Place,
+}
+
+/// One source compiled.
+struct Unit {
+    defined: Vec<Defined>,
+    exceptions: Vec<Exception>,
+}
+
+/// ", did you mean X?" for the known name nearest to `name`, when one is
+/// near enough to be a typo.
+pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    known
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map_or(String::new(), |(_, k)| format!("; did you mean {k:?}?"))
+}
+
+fn parse_spec(src: &Source<'_>) -> Result<FileSpec, RuleError> {
+    toml::from_str(src.text).map_err(|e| src.error(e.span().map_or(0, |s| s.start), e.message()))
+}
+
+/// Adds a source's `[lists]` to `lists`; a name defined twice is an error.
+fn collect_lists(
+    src: &Source<'_>,
+    spec: &mut FileSpec,
+    lists: &mut Lists,
+) -> Result<(), RuleError> {
+    for (name, values) in std::mem::take(&mut spec.lists) {
+        let at = Place::at(src, name.span().start);
+        let name = name.into_inner();
+        if let Some((_, first)) = lists.get(&name) {
+            return Err(at.error(format!("list {name:?} is already defined at {first}")));
+        }
+        lists.insert(
+            name,
+            (values.into_iter().map(json).collect(), at.to_string()),
+        );
+    }
+    Ok(())
+}
+
+/// Compiles one source's rules and exceptions.
+fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit, RuleError> {
+    let mut defined = Vec::new();
     for spanned in file.rule {
         let rule_at = spanned.span().start;
         let spec = spanned.into_inner();
-        let ctx = Ctx { src, rule_at };
+        let ctx = Ctx {
+            src,
+            rule_at,
+            lists,
+        };
         let id_at = spec.id.span().start;
         let id = spec.id.into_inner();
         if id.is_empty()
@@ -466,61 +611,204 @@ pub fn parse(src: &Source<'_>) -> Result<Vec<Rule>, RuleError> {
                 ),
             ));
         }
-        if !spec.enabled {
-            continue;
-        }
         let (line, _) = line_col(src.text, rule_at);
-        rules.push(Rule {
-            id,
-            title: spec.title,
-            description: spec.description,
-            severity: spec.severity,
-            attack: spec.attack.into_iter().map(Spanned::into_inner).collect(),
-            kinds: spec.kinds,
-            matches,
-            except: compile_all(spec.except)?,
-            sequence,
-            dedup_secs: spec.dedup_secs,
-            rate_limit: spec.rate_limit.map(|r| (r.max, r.per_secs)),
-            origin: format!("{}:{line}", src.name),
+        let overrides = spec
+            .overrides
+            .map(|o| (o.get_ref().clone(), Place::at(src, o.span().start)));
+        defined.push(Defined {
+            rule: Rule {
+                id,
+                title: spec.title,
+                description: spec.description,
+                severity: spec.severity,
+                attack: spec.attack.into_iter().map(Spanned::into_inner).collect(),
+                kinds: spec.kinds,
+                matches,
+                except: compile_all(spec.except)?,
+                sequence,
+                dedup_secs: spec.dedup_secs,
+                rate_limit: spec.rate_limit.map(|r| (r.max, r.per_secs)),
+                origin: format!("{}:{line}", src.name),
+            },
+            enabled: spec.enabled,
+            id_at: Place::at(src, id_at),
+            overrides,
         });
     }
-    Ok(rules)
+    let mut exceptions = Vec::new();
+    for spanned in file.exception {
+        let at = spanned.span().start;
+        let e = spanned.into_inner();
+        let ctx = Ctx {
+            src,
+            rule_at: at,
+            lists,
+        };
+        if e.matches.is_empty() {
+            return Err(ctx.err(
+                at,
+                "an exception needs match conditions (an exception matching every event would turn the rule off: use detect.disabled_rules)",
+            ));
+        }
+        let conds = e
+            .matches
+            .into_iter()
+            .map(|c| compile_cond(c, &ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        exceptions.push(Exception {
+            rule: e.rule.get_ref().clone(),
+            cond: Cond::All(conds),
+            at: Place::at(src, e.rule.span().start),
+        });
+    }
+    Ok(Unit {
+        defined,
+        exceptions,
+    })
+}
+
+/// Puts the pack together: overrides replace the rules they name, a
+/// second rule with an id already defined is an error, disabled rules go,
+/// exceptions join their rules. Returns the rules and how many each
+/// source defined.
+fn resolve(
+    units: Vec<(String, Unit)>,
+    disabled: &[String],
+) -> Result<(Vec<Rule>, Vec<(String, usize)>), RuleError> {
+    let mut ids: HashMap<String, Place> = HashMap::new();
+    let mut overridden: HashMap<String, Place> = HashMap::new();
+    let mut active: Vec<Rule> = Vec::new();
+    let mut counts = Vec::new();
+    let mut exceptions = Vec::new();
+    for (name, unit) in units {
+        counts.push((name, unit.defined.len()));
+        exceptions.extend(unit.exceptions);
+        for d in unit.defined {
+            let id = d.rule.id.clone();
+            if let Some((target, at)) = &d.overrides {
+                if !ids.contains_key(target) {
+                    return Err(at.error(format!(
+                        "overrides {target:?}, which no rule loaded before this one defines{}",
+                        suggest(target, ids.keys().map(String::as_str))
+                    )));
+                }
+                if let Some(first) = overridden.get(target) {
+                    return Err(at.error(format!("{target} is already overridden at {first}")));
+                }
+                overridden.insert(target.clone(), at.clone());
+                active.retain(|r| &r.id != target);
+                if &id != target {
+                    if let Some(prev) = ids.get(&id) {
+                        return Err(d
+                            .id_at
+                            .error(format!("rule id {id} is already defined at {prev}")));
+                    }
+                }
+            } else if let Some(prev) = ids.get(&id) {
+                return Err(d.id_at.error(format!(
+                    "rule id {id} is already defined at {prev}; to replace that rule write overrides = \"{id}\" in this one, to turn it off list it in detect.disabled_rules"
+                )));
+            }
+            ids.insert(id, d.id_at.clone());
+            if d.enabled {
+                active.push(d.rule);
+            }
+        }
+    }
+    for id in disabled {
+        if !ids.contains_key(id) {
+            return Err(RuleError::Content {
+                path: "detect.disabled_rules".to_owned(),
+                message: format!(
+                    "no rule has the id {id:?}{}",
+                    suggest(id, ids.keys().map(String::as_str))
+                ),
+            });
+        }
+    }
+    active.retain(|r| !disabled.contains(&r.id));
+    for e in exceptions {
+        match active.iter_mut().find(|r| r.id == e.rule) {
+            Some(r) => r.except.push(e.cond),
+            // Its rule is turned off: nothing to except.
+            None if ids.contains_key(&e.rule) => {}
+            None => {
+                return Err(e.at.error(format!(
+                    "an exception for {:?}, which no rule defines{}",
+                    e.rule,
+                    suggest(&e.rule, ids.keys().map(String::as_str))
+                )))
+            }
+        }
+    }
+    Ok((active, counts))
+}
+
+/// Compiles sources as one pack, in order.
+fn load_sources(
+    sources: &[(String, String)],
+    disabled: &[String],
+) -> Result<(Vec<Rule>, Vec<(String, usize)>), RuleError> {
+    let mut specs = Vec::new();
+    let mut lists = Lists::new();
+    for (name, text) in sources {
+        let src = Source { name, text };
+        let mut spec = parse_spec(&src)?;
+        collect_lists(&src, &mut spec, &mut lists)?;
+        specs.push(spec);
+    }
+    let mut units = Vec::new();
+    for ((name, text), spec) in sources.iter().zip(specs) {
+        let src = Source { name, text };
+        units.push((name.clone(), compile_unit(&src, spec, &lists)?));
+    }
+    resolve(units, disabled)
+}
+
+/// Parses and validates the rules in one source, on its own: the rules it
+/// leaves enabled.
+pub fn parse(src: &Source<'_>) -> Result<Vec<Rule>, RuleError> {
+    let sources = [(src.name.to_owned(), src.text.to_owned())];
+    load_sources(&sources, &[]).map(|(rules, _)| rules)
 }
 
 /// The embedded built-in rule pack.
 pub const BUILTIN: &str = include_str!("builtin.toml");
 
+/// Name the built-in pack goes by in errors and rule origins.
+pub const BUILTIN_NAME: &str = "<builtin rules>";
+
 /// Loads the built-in pack (unless disabled) and every `*.toml` file in
-/// the given directories, rejecting duplicate rule ids.
+/// the given paths, as one pack (see [`load_pack`]).
 pub fn load(builtin: bool, dirs: &[std::path::PathBuf]) -> Result<Vec<Rule>, RuleError> {
-    let mut rules = Vec::new();
-    if builtin {
-        rules.extend(parse(&Source {
-            name: "<builtin rules>",
-            text: BUILTIN,
-        })?);
-    }
-    for dir in dirs {
-        rules.extend(load_path(dir)?);
-    }
-    let mut seen = std::collections::HashMap::new();
-    for r in &rules {
-        if let Some(other) = seen.insert(r.id.clone(), r.origin.clone()) {
-            let (path, line) = r.origin.rsplit_once(':').unwrap_or((&r.origin, "0"));
-            return Err(RuleError::Invalid {
-                path: path.to_owned(),
-                line: line.parse().unwrap_or(0),
-                col: 1,
-                message: format!("rule id {} is already defined at {other}", r.id),
-            });
-        }
-    }
-    Ok(rules)
+    load_pack(builtin, dirs, &[]).map(|(rules, _)| rules)
 }
 
-/// Loads one rule file, or every `*.toml` file of a directory (sorted).
-pub fn load_path(path: &Path) -> Result<Vec<Rule>, RuleError> {
+/// Loads the built-in pack (unless `builtin` is false) and every rule file
+/// of `paths` (files, or directories of `*.toml` files, sorted) as one
+/// pack: named lists are shared; a rule with `overrides` replaces the rule
+/// it names; any other rule whose id is already defined is an error;
+/// `[[exception]]` entries join their rules; `disabled` rule ids are left
+/// out (each must name a rule). Returns the rules and how many rules each
+/// file defines.
+pub fn load_pack(
+    builtin: bool,
+    paths: &[std::path::PathBuf],
+    disabled: &[String],
+) -> Result<(Vec<Rule>, Vec<(String, usize)>), RuleError> {
+    let mut sources = Vec::new();
+    if builtin {
+        sources.push((BUILTIN_NAME.to_owned(), BUILTIN.to_owned()));
+    }
+    for path in paths {
+        sources.extend(read_path(path)?);
+    }
+    load_sources(&sources, disabled)
+}
+
+/// The text of one rule file, or of every `*.toml` file of a directory
+/// (sorted), with their names.
+fn read_path(path: &Path) -> Result<Vec<(String, String)>, RuleError> {
     let read_err = |source| RuleError::Read {
         path: path.display().to_string(),
         source,
@@ -537,19 +825,15 @@ pub fn load_path(path: &Path) -> Result<Vec<Rule>, RuleError> {
     } else {
         vec![path.to_path_buf()]
     };
-    let mut rules = Vec::new();
-    for file in files {
-        let name = file.display().to_string();
-        let text = std::fs::read_to_string(&file).map_err(|source| RuleError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        rules.extend(parse(&Source {
-            name: &name,
-            text: &text,
-        })?);
-    }
-    Ok(rules)
+    files
+        .into_iter()
+        .map(|file| {
+            let name = file.display().to_string();
+            std::fs::read_to_string(&file)
+                .map(|text| (name.clone(), text))
+                .map_err(|source| RuleError::Read { path: name, source })
+        })
+        .collect()
 }
 
 #[cfg(test)]

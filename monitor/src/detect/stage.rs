@@ -11,12 +11,19 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Loads the rules a configuration asks for.
-pub fn load_rules(config: &DetectConfig) -> Result<Vec<rule::Rule>, rule::RuleError> {
+/// Loads the rules a configuration asks for, with `extra` rule paths
+/// after its own: everything `run` would refuse (a duplicate id, an
+/// override or exception naming no rule, a bad field or regex) is an
+/// error here.
+pub fn load_rules(
+    config: &DetectConfig,
+    extra: &[std::path::PathBuf],
+) -> Result<Vec<rule::Rule>, rule::RuleError> {
     if !config.enabled {
         return Ok(Vec::new());
     }
-    rule::load(config.builtin_rules, &config.rule_paths)
+    let paths: Vec<_> = config.rule_paths.iter().chain(extra).cloned().collect();
+    rule::load_pack(config.builtin_rules, &paths, &config.disabled_rules).map(|(rules, _)| rules)
 }
 
 pub struct Detect {

@@ -972,3 +972,240 @@ fn windows_end_on_later_events_each_at_its_own_time() {
     assert_eq!(repeats(e.observe(&quiet(100))), [("/tmp/b".to_owned(), 2)]);
     assert!(e.flush().is_empty());
 }
+
+/// A rule directory holding `files`, removed when dropped.
+struct RuleDir(std::path::PathBuf);
+
+impl RuleDir {
+    fn new(files: &[(&str, &str)]) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "edgewatch-tuning-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        Self(dir)
+    }
+
+    fn load(&self, disabled: &[&str]) -> Result<Vec<rule::Rule>, rule::RuleError> {
+        let disabled: Vec<String> = disabled.iter().map(|s| (*s).to_owned()).collect();
+        rule::load_pack(true, std::slice::from_ref(&self.0), &disabled).map(|(r, _)| r)
+    }
+}
+
+impl Drop for RuleDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The web shell of `web_shell_spawning_a_shell_alerts`: nginx's worker
+/// runs `sh -c id`.
+fn web_shell_events() -> Vec<Value> {
+    vec![exec(
+        1,
+        200,
+        "/usr/bin/dash",
+        &["sh", "-c", "id"],
+        &[WORKER, NGINX, INIT],
+    )]
+}
+
+fn fired_with(rules: Vec<rule::Rule>) -> Vec<String> {
+    let mut e = Engine::new(rules);
+    web_server(&mut e);
+    fired(&mut e, &web_shell_events())
+}
+
+#[test]
+fn one_builtin_rule_can_be_turned_off() {
+    let dir = RuleDir::new(&[]);
+    assert!(fired_with(dir.load(&[]).expect("rules")).contains(&"EW-PROC-001".to_owned()));
+    let rules = dir.load(&["EW-PROC-001"]).expect("rules");
+    assert!(!rules.iter().any(|r| r.id == "EW-PROC-001"));
+    assert!(rules.iter().any(|r| r.id == "EW-PROC-002"), "only that one");
+    assert!(!fired_with(rules).contains(&"EW-PROC-001".to_owned()));
+    // A misspelt id is an error naming the nearest.
+    let err = dir.load(&["EW-PROC-01"]).expect_err("unknown id");
+    let msg = err.to_string();
+    assert!(msg.contains("detect.disabled_rules"), "{msg}");
+    assert!(msg.contains("did you mean \"EW-PROC-001\""), "{msg}");
+}
+
+#[test]
+fn a_user_rule_overrides_one_builtin() {
+    let dir = RuleDir::new(&[(
+        "local.toml",
+        "[[rule]]\nid = \"EW-PROC-001\"\noverrides = \"EW-PROC-001\"\ntitle = \"t\"\nseverity = \"critical\"\nattack = [\"T1190\"]\nkinds = [\"exec\"]\nmatch = [{ field = \"applet\", equals = \"never-run\" }]\n",
+    )]);
+    let rules = dir.load(&[]).expect("rules");
+    let ours: Vec<_> = rules.iter().filter(|r| r.id == "EW-PROC-001").collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].severity, rule::Severity::Critical);
+    assert!(!fired_with(rules).contains(&"EW-PROC-001".to_owned()));
+    // Under another id, the built-in goes and the new one runs.
+    let dir = RuleDir::new(&[(
+        "local.toml",
+        "[[rule]]\nid = \"LOCAL-1\"\noverrides = \"EW-PROC-001\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1190\"]\nkinds = [\"exec\"]\nmatch = [{ field = \"exe_name\", equals = \"dash\" }]\n",
+    )]);
+    let fired = fired_with(dir.load(&[]).expect("rules"));
+    assert!(fired.contains(&"LOCAL-1".to_owned()), "{fired:?}");
+    assert!(!fired.contains(&"EW-PROC-001".to_owned()), "{fired:?}");
+    // Disabled with an override: the built-in is off, nothing replaces it.
+    let dir = RuleDir::new(&[(
+        "local.toml",
+        "[[rule]]\nid = \"EW-PROC-001\"\noverrides = \"EW-PROC-001\"\nenabled = false\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"exec\"]\n",
+    )]);
+    assert!(!dir
+        .load(&[])
+        .expect("rules")
+        .iter()
+        .any(|r| r.id == "EW-PROC-001"));
+}
+
+#[test]
+fn reusing_a_builtin_id_without_overrides_is_an_error_that_says_what_to_do() {
+    for enabled in ["true", "false"] {
+        let dir = RuleDir::new(&[(
+            "local.toml",
+            &format!("[[rule]]\nid = \"EW-PROC-003\"\ntitle = \"t\"\nseverity = \"low\"\nenabled = {enabled}\nkinds = [\"exec\"]\n"),
+        )]);
+        let msg = dir.load(&[]).expect_err("duplicate").to_string();
+        assert!(
+            msg.contains(
+                "local.toml:2:6: rule id EW-PROC-003 is already defined at <builtin rules>:"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("overrides = \"EW-PROC-003\""), "{msg}");
+        assert!(msg.contains("detect.disabled_rules"), "{msg}");
+    }
+    // Overriding a rule nobody defined, or one rule twice.
+    let dir = RuleDir::new(&[(
+        "local.toml",
+        "[[rule]]\nid = \"L-1\"\noverrides = \"EW-PROC-0001\"\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"exec\"]\n",
+    )]);
+    let msg = dir.load(&[]).expect_err("unknown").to_string();
+    assert!(
+        msg.contains("local.toml:3:13: overrides \"EW-PROC-0001\""),
+        "{msg}"
+    );
+    assert!(msg.contains("did you mean \"EW-PROC-001\""), "{msg}");
+    let twice = "[[rule]]\nid = \"L-1\"\noverrides = \"EW-PROC-001\"\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"exec\"]\n\n[[rule]]\nid = \"L-2\"\noverrides = \"EW-PROC-001\"\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"exec\"]\n";
+    let dir = RuleDir::new(&[("local.toml", twice)]);
+    let msg = dir.load(&[]).expect_err("twice").to_string();
+    assert!(
+        msg.contains("EW-PROC-001 is already overridden at"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_exception_silences_one_case_of_a_builtin_without_copying_it() {
+    let dir = RuleDir::new(&[(
+        "exceptions.toml",
+        "[[exception]]\nrule = \"EW-PROC-001\"\ncomment = \"the web UI runs id for its status page\"\nmatch = [{ field = \"cmdline\", equals = \"sh -c id\" }]\n",
+    )]);
+    let rules = dir.load(&[]).expect("rules");
+    assert!(!fired_with(rules.clone()).contains(&"EW-PROC-001".to_owned()));
+    // Another command through the same service still alerts.
+    let mut e = Engine::new(rules);
+    web_server(&mut e);
+    let other = exec(
+        1,
+        201,
+        "/usr/bin/dash",
+        &["sh", "-c", "uname -a"],
+        &[WORKER, NGINX, INIT],
+    );
+    assert!(fired(&mut e, &[other]).contains(&"EW-PROC-001".to_owned()));
+    // An exception for a rule nobody defined.
+    let dir = RuleDir::new(&[(
+        "exceptions.toml",
+        "[[exception]]\nrule = \"EW-PROC-01\"\nmatch = [{ field = \"cmdline\", equals = \"x\" }]\n",
+    )]);
+    let msg = dir.load(&[]).expect_err("unknown").to_string();
+    assert!(
+        msg.contains("exceptions.toml:2:8: an exception for \"EW-PROC-01\""),
+        "{msg}"
+    );
+    // An exception without conditions would turn the rule off.
+    let dir = RuleDir::new(&[(
+        "exceptions.toml",
+        "[[exception]]\nrule = \"EW-PROC-001\"\nmatch = []\n",
+    )]);
+    assert!(dir.load(&[]).is_err());
+}
+
+#[test]
+fn named_lists_serve_in_conditions_of_any_file() {
+    let dir = RuleDir::new(&[
+        ("a-lists.toml", "[lists]\nweb_ui_commands = [\"sh -c id\", \"sh -c uptime\"]\n"),
+        (
+            "b-exceptions.toml",
+            "[[exception]]\nrule = \"EW-PROC-001\"\nmatch = [{ field = \"cmdline\", in = \"web_ui_commands\" }]\n",
+        ),
+    ]);
+    assert!(!fired_with(dir.load(&[]).expect("rules")).contains(&"EW-PROC-001".to_owned()));
+    let dir = RuleDir::new(&[(
+        "b.toml",
+        "[[exception]]\nrule = \"EW-PROC-001\"\nmatch = [{ field = \"cmdline\", in = \"web_ui_comands\" }]\n",
+    )]);
+    let msg = dir.load(&[]).expect_err("no such list").to_string();
+    assert!(
+        msg.contains("b.toml:3:36: no list named \"web_ui_comands\""),
+        "{msg}"
+    );
+    let dir = RuleDir::new(&[
+        ("a.toml", "[lists]\nx = [1]\n"),
+        ("b.toml", "[lists]\nx = [2]\n"),
+    ]);
+    let msg = dir.load(&[]).expect_err("twice").to_string();
+    assert!(
+        msg.contains("b.toml:2:1: list \"x\" is already defined at"),
+        "{msg}"
+    );
+}
+
+/// The README's tuning example loads, and does what it says.
+#[test]
+fn readme_tuning_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("# In a file of detect.rule_paths.")
+        .expect("the README has the tuning example");
+    let text = &readme[start..];
+    let text = &text[..text.find("```").expect("end of the example")];
+    let dir = RuleDir::new(&[("tuning.toml", text)]);
+    let rules = dir.load(&["EW-PROC-007"]).expect("the example loads");
+    let r = rules
+        .iter()
+        .find(|r| r.id == "EW-PROC-003")
+        .expect("the override");
+    assert_eq!(r.severity, rule::Severity::Low);
+    let mut e = Engine::new(rules);
+    let lighttpd = (100, "/usr/sbin/lighttpd");
+    let listen = net(0, "listen", lighttpd.0, lighttpd.1, &[INIT], 80);
+    assert!(fired(&mut e, &[listen]).is_empty());
+    let status = exec(
+        1,
+        200,
+        "/usr/bin/dash",
+        &["sh", "-c", "uptime"],
+        &[lighttpd, INIT],
+    );
+    assert!(fired(&mut e, &[status]).is_empty());
+    let other = exec(
+        2,
+        201,
+        "/usr/bin/dash",
+        &["sh", "-c", "id"],
+        &[lighttpd, INIT],
+    );
+    assert!(fired(&mut e, &[other]).contains(&"EW-PROC-001".to_owned()));
+}
