@@ -51,8 +51,8 @@ fn main() -> ExitCode {
             // that clashes with a built-in one, or an override or exception
             // naming no rule, is an error here too.
             match rule::load_pack(true, &paths, &[]) {
-                Ok((rules, counts)) => {
-                    for (file, n) in counts.iter().filter(|(f, _)| f != rule::BUILTIN_NAME) {
+                Ok(rule::Pack { rules, per_file }) => {
+                    for (file, n) in per_file.iter().filter(|(f, _)| f != rule::BUILTIN_NAME) {
                         println!("{file}: {n} rules ok");
                     }
                     println!("{} rules in all, the built-in pack included", rules.len());

@@ -444,6 +444,13 @@ fn check_kinds(kinds: &[String], ctx: &Ctx<'_>) -> Result<(), RuleError> {
     Ok(())
 }
 
+/// A loaded rule pack: the rules to run, and how many rules each source
+/// defined (the built-in pack's name first, then each file).
+pub struct Pack {
+    pub rules: Vec<Rule>,
+    pub per_file: Vec<(String, usize)>,
+}
+
 /// A place in a source, for errors found once every source is parsed.
 #[derive(Debug, Clone)]
 struct Place {
@@ -671,10 +678,7 @@ fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit,
 /// second rule with an id already defined is an error, disabled rules go,
 /// exceptions join their rules. Returns the rules and how many each
 /// source defined.
-fn resolve(
-    units: Vec<(String, Unit)>,
-    disabled: &[String],
-) -> Result<(Vec<Rule>, Vec<(String, usize)>), RuleError> {
+fn resolve(units: Vec<(String, Unit)>, disabled: &[String]) -> Result<Pack, RuleError> {
     let mut ids: HashMap<String, Place> = HashMap::new();
     let mut overridden: HashMap<String, Place> = HashMap::new();
     let mut active: Vec<Rule> = Vec::new();
@@ -741,14 +745,14 @@ fn resolve(
             }
         }
     }
-    Ok((active, counts))
+    Ok(Pack {
+        rules: active,
+        per_file: counts,
+    })
 }
 
 /// Compiles sources as one pack, in order.
-fn load_sources(
-    sources: &[(String, String)],
-    disabled: &[String],
-) -> Result<(Vec<Rule>, Vec<(String, usize)>), RuleError> {
+fn load_sources(sources: &[(String, String)], disabled: &[String]) -> Result<Pack, RuleError> {
     let mut specs = Vec::new();
     let mut lists = Lists::new();
     for (name, text) in sources {
@@ -769,7 +773,7 @@ fn load_sources(
 /// leaves enabled.
 pub fn parse(src: &Source<'_>) -> Result<Vec<Rule>, RuleError> {
     let sources = [(src.name.to_owned(), src.text.to_owned())];
-    load_sources(&sources, &[]).map(|(rules, _)| rules)
+    load_sources(&sources, &[]).map(|p| p.rules)
 }
 
 /// The embedded built-in rule pack.
@@ -781,7 +785,7 @@ pub const BUILTIN_NAME: &str = "<builtin rules>";
 /// Loads the built-in pack (unless disabled) and every `*.toml` file in
 /// the given paths, as one pack (see [`load_pack`]).
 pub fn load(builtin: bool, dirs: &[std::path::PathBuf]) -> Result<Vec<Rule>, RuleError> {
-    load_pack(builtin, dirs, &[]).map(|(rules, _)| rules)
+    load_pack(builtin, dirs, &[]).map(|p| p.rules)
 }
 
 /// Loads the built-in pack (unless `builtin` is false) and every rule file
@@ -795,7 +799,7 @@ pub fn load_pack(
     builtin: bool,
     paths: &[std::path::PathBuf],
     disabled: &[String],
-) -> Result<(Vec<Rule>, Vec<(String, usize)>), RuleError> {
+) -> Result<Pack, RuleError> {
     let mut sources = Vec::new();
     if builtin {
         sources.push((BUILTIN_NAME.to_owned(), BUILTIN.to_owned()));

@@ -23,7 +23,7 @@ pub fn load_rules(
         return Ok(Vec::new());
     }
     let paths: Vec<_> = config.rule_paths.iter().chain(extra).cloned().collect();
-    rule::load_pack(config.builtin_rules, &paths, &config.disabled_rules).map(|(rules, _)| rules)
+    rule::load_pack(config.builtin_rules, &paths, &config.disabled_rules).map(|p| p.rules)
 }
 
 pub struct Detect {

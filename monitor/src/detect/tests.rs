@@ -994,7 +994,7 @@ impl RuleDir {
 
     fn load(&self, disabled: &[&str]) -> Result<Vec<rule::Rule>, rule::RuleError> {
         let disabled: Vec<String> = disabled.iter().map(|s| (*s).to_owned()).collect();
-        rule::load_pack(true, std::slice::from_ref(&self.0), &disabled).map(|(r, _)| r)
+        rule::load_pack(true, std::slice::from_ref(&self.0), &disabled).map(|p| p.rules)
     }
 }
 
