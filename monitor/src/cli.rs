@@ -42,6 +42,9 @@ pub enum Command {
         #[arg(long, short, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Print the JSON Schema of every line the monitor writes (events of
+    /// every kind, and alerts); rule fields are checked against it.
+    Schema,
     /// The self-check canary: exits at once. The running monitor execs it
     /// and expects to see the exec (see `[selfcheck]`).
     #[command(hide = true)]

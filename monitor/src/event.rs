@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Event kinds, a closed set: also the values of the `kind` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Exec,
@@ -101,7 +101,9 @@ impl Kind {
 }
 
 /// What one of the standard descriptors 0, 1, 2 refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FdKind {
     /// Not open.
@@ -152,7 +154,7 @@ fn is_tty_major(major: u32) -> bool {
 }
 
 /// One ancestor of a process: its pid and executable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Ancestor {
     pub pid: u32,
     pub exe: Option<String>,
@@ -164,7 +166,7 @@ pub struct Ancestor {
 }
 
 /// Identity and credentials common to process events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Task {
     pub pid: u32,
     pub tid: u32,
@@ -207,7 +209,7 @@ impl Termination {
 }
 
 /// One output line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Exec(Box<ExecRecord>),
@@ -276,7 +278,7 @@ impl Event {
 }
 
 /// Transport protocol of a socket event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -321,7 +323,7 @@ impl Proto {
 }
 
 /// Which side started a connection or flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// This machine's socket opened it (connect, or sent the first UDP packet).
@@ -340,14 +342,14 @@ impl Direction {
 }
 
 /// An address and port. IPv4-mapped IPv6 addresses are shown as IPv4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Endpoint {
     pub addr: std::net::IpAddr,
     pub port: u16,
 }
 
 /// The process behind a socket event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProcessRef {
     pub pid: u32,
     pub comm: String,
@@ -361,14 +363,14 @@ pub struct ProcessRef {
 }
 
 /// The process at the other end of a connection, when it is on this machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerRef {
     pub pid: u32,
     pub exe: Option<String>,
 }
 
 /// One socket event; which fields are present depends on the kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct NetRecord {
     pub ts: String,
     pub proto: Option<Proto>,
@@ -411,7 +413,7 @@ pub struct NetRecord {
     pub seeded: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExecRecord {
     /// RFC 3339 wall-clock time.
     pub ts: String,
@@ -429,7 +431,7 @@ pub struct ExecRecord {
     pub ancestry: Vec<Ancestor>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExecFailedRecord {
     pub ts: String,
     #[serde(flatten)]
@@ -449,7 +451,7 @@ pub struct ExecFailedRecord {
     pub ancestry: Vec<Ancestor>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ForkRecord {
     pub ts: String,
     #[serde(flatten)]
@@ -458,7 +460,7 @@ pub struct ForkRecord {
     pub exe: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExitRecord {
     pub ts: String,
     #[serde(flatten)]
@@ -474,7 +476,7 @@ pub struct ExitRecord {
 }
 
 /// A process found in /proc at start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProcessRecord {
     pub ts: String,
     pub seeded: bool,

@@ -24,6 +24,16 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Canary => ExitCode::SUCCESS,
+        Command::Schema => {
+            let schema = monitor::detect::catalogue::line_schema();
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_FAILURE, &e),
+            }
+        }
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS

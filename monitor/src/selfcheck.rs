@@ -30,15 +30,26 @@ use crate::{clock::BootClock, decode::KernelEvent, event::Event, metrics::Metric
 pub const CANARY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A `self_check` line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SelfCheckRecord {
     pub ts: String,
-    /// `probe_detached`, `canary_missed` or `canary_recovered`.
-    pub status: String,
+    pub status: SelfCheckStatus,
     /// The probe whose link was detached.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub probe: Option<String>,
     pub detail: String,
+}
+
+/// What a `self_check` line reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SelfCheckStatus {
+    /// One of the monitor's probes was detached from outside.
+    ProbeDetached,
+    /// The canary's exec did not come back through the pipeline in time.
+    CanaryMissed,
+    /// A canary came back after misses.
+    CanaryRecovered,
 }
 
 /// One bpf link this process holds.
@@ -149,7 +160,7 @@ impl SelfCheck {
             tracing::error!(probe = %probe, link_id = link.link_id, "a probe was detached from outside the monitor");
             out.push(Event::SelfCheck(Box::new(SelfCheckRecord {
                 ts: clock.rfc3339(BootClock::boot_now_ns()),
-                status: "probe_detached".to_owned(),
+                status: SelfCheckStatus::ProbeDetached,
                 probe: Some(probe.clone()),
                 detail: format!(
                     "bpf link {} ({} link of program {}) no longer attached",
@@ -173,7 +184,7 @@ impl SelfCheck {
                 self.canary_failing = true;
                 out.push(self.record(
                     clock,
-                    "canary_missed",
+                    SelfCheckStatus::CanaryMissed,
                     format!(
                         "the exec of canary process {pid} did not reach the pipeline within {} s",
                         self.canary_timeout.as_secs()
@@ -234,7 +245,7 @@ impl SelfCheck {
                 self.canary_failing = false;
                 out.push(self.record(
                     clock,
-                    "canary_recovered",
+                    SelfCheckStatus::CanaryRecovered,
                     format!("canary process {pid} seen again"),
                 ));
             }
@@ -242,10 +253,10 @@ impl SelfCheck {
         true
     }
 
-    fn record(&self, clock: &BootClock, status: &str, detail: String) -> Event {
+    fn record(&self, clock: &BootClock, status: SelfCheckStatus, detail: String) -> Event {
         Event::SelfCheck(Box::new(SelfCheckRecord {
             ts: clock.rfc3339(BootClock::boot_now_ns()),
-            status: status.to_owned(),
+            status,
             probe: None,
             detail,
         }))
@@ -292,7 +303,10 @@ mod tests {
         let statuses: Vec<String> = out
             .iter()
             .map(|e| match e {
-                Event::SelfCheck(r) => r.status.clone(),
+                Event::SelfCheck(r) => serde_json::to_value(r.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
                 _ => String::new(),
             })
             .collect();
@@ -304,7 +318,9 @@ mod tests {
         assert!(!sc.is_canary(&exec_of(pid + 1), &clock, &mut out));
         assert!(sc.is_canary(&exec_of(pid), &clock, &mut out));
         assert_eq!(metrics.selfcheck_canary_ok.get(), 1);
-        assert!(matches!(&out[..], [Event::SelfCheck(r)] if r.status == "canary_recovered"));
+        assert!(
+            matches!(&out[..], [Event::SelfCheck(r)] if r.status == SelfCheckStatus::CanaryRecovered)
+        );
         let exit = KernelEvent::Exit(ExitEvent {
             header: EventHeader {
                 pid,

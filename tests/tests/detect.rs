@@ -263,6 +263,41 @@ fn rules_check_reports_file_line_and_column() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("EW-PROC-001"));
 }
 
+/// A misspelt field is a load error at its place, naming the nearest known
+/// field; `monitor schema` prints the schema the fields come from.
+#[test]
+fn a_misspelt_field_is_an_error_and_the_schema_is_printed() {
+    let bad = TempPath::write(
+        "typo.toml",
+        "[[rule]]\nid = \"T-1\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1059\"]\nkinds = [\"exec\"]\nmatch = [{ field = \"exe_nmae\", equals = \"sh\" }]\n",
+    );
+    let out = Command::new(monitor_bin())
+        .args(["rules", "check"])
+        .arg(bad.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:7:20: unknown field \"exe_nmae\" in exec events; did you mean \"exe_name\"?",
+            bad.path().display()
+        )),
+        "{stderr}"
+    );
+    let out = Command::new(monitor_bin())
+        .arg("schema")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(schema["title"], "edgewatch output line");
+    let defs = schema["$defs"].as_object().expect("$defs");
+    for name in ["ExecRecord", "NetRecord", "RelayRecord", "AlertRecord"] {
+        assert!(defs.contains_key(name), "no {name} in the schema");
+    }
+}
+
 /// `config check` compiles the rule files the configuration names, so
 /// what `run` would refuse (a user rule reusing a built-in id) fails the
 /// check, with the way out in the message; the same rule as an override

@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// What changed. A closed set: also the `type` label of the metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     /// A forwarding-related sysctl written (`ip_forward`, `forwarding`, ...).
@@ -67,7 +67,7 @@ impl Change {
 
 /// One `config_change` line. Which optional fields are set depends on
 /// `change`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConfigChangeRecord {
     pub ts: String,
     pub change: Change,

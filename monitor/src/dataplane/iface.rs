@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::net::sides::{Side, SideMap, Subnet};
 
 /// What an interface is for. A closed set: also a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Faces the internet (or the operator's upstream).

@@ -70,14 +70,14 @@ pub struct Settings {
 }
 
 /// A flow's two ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tuple {
     pub src: Endpoint,
     pub dst: Endpoint,
 }
 
 /// Interface a flow came in or left by.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Side {
     pub iface: Option<String>,
     /// Absent for an interface the monitor does not watch.
@@ -85,7 +85,9 @@ pub struct Side {
 }
 
 /// Counts of one direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Counts {
     /// IP bytes, headers included.
     pub bytes: u64,
@@ -95,7 +97,7 @@ pub struct Counts {
 }
 
 /// Why a forwarded flow is a relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransitReason {
     /// In from wan, out to wan: the gateway is a hop between two outside hosts.
@@ -116,7 +118,7 @@ impl TransitReason {
 }
 
 /// A `forward` or `transit` line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ForwardRecord {
     pub ts: String,
     /// When the first packet was counted.

@@ -7,6 +7,7 @@
 //! Repeats of one rule on one lineage within its dedup window fold into one
 //! alert with a count, and per-rule rate limits count what they suppress.
 
+pub mod catalogue;
 pub mod fields;
 pub mod rule;
 pub mod stage;
@@ -23,7 +24,7 @@ use self::{
 use crate::clock::secs_to_ns;
 
 /// One alert line (`"kind": "alert"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AlertRecord {
     pub ts: String,
     /// Stable id of this alert: repeats and updates carry the same id.
@@ -76,7 +77,7 @@ struct Window {
 
 /// An open dedup window as saved across restarts: the alert already sent
 /// for a rule and lineage, and when its window ends (Unix ns).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SavedWindow {
     pub rule: String,
     pub lineage: u64,

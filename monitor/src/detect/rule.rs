@@ -13,11 +13,22 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::catalogue::Catalogue;
 use crate::config::{line_col, Source};
 
 /// Alert severities, lowest first.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -279,11 +290,16 @@ fn kind_names() -> impl Iterator<Item = &'static str> {
 /// Named lists by name, as JSON values, with where each was defined.
 type Lists = HashMap<String, (Vec<serde_json::Value>, String)>;
 
+#[derive(Clone, Copy)]
 struct Ctx<'a> {
     src: &'a Source<'a>,
     /// Offset of the enclosing rule, for errors without a finer span.
     rule_at: usize,
     lists: &'a Lists,
+    /// The event kinds the conditions apply to (empty: any).
+    kinds: &'a [String],
+    /// Inside an `ancestor` condition: fields are an ancestor's.
+    ancestor: bool,
 }
 
 impl Ctx<'_> {
@@ -328,19 +344,23 @@ fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
                 "a condition is either one field test or one of any, all, not, ancestor",
             ));
         }
-        let list = |l: Vec<CondSpec>| {
+        let list = |l: Vec<CondSpec>, ctx: &Ctx<'_>| {
             l.into_iter()
                 .map(|c| compile_cond(c, ctx))
                 .collect::<Result<Vec<_>, _>>()
         };
+        let up = Ctx {
+            ancestor: true,
+            ..*ctx
+        };
         return Ok(if let Some(l) = spec.any {
-            Cond::Any(list(l)?)
+            Cond::Any(list(l, ctx)?)
         } else if let Some(l) = spec.all {
-            Cond::All(list(l)?)
+            Cond::All(list(l, ctx)?)
         } else if let Some(n) = spec.not {
             Cond::Not(Box::new(compile_cond(*n, ctx)?))
         } else {
-            Cond::Ancestor(list(spec.ancestor.unwrap_or_default())?)
+            Cond::Ancestor(list(spec.ancestor.unwrap_or_default(), &up)?)
         });
     }
     let Some(field) = spec.field else {
@@ -423,6 +443,12 @@ fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
         return Err(ctx.err(field.span().start, format!("bad field path {path:?}")));
     }
+    let known = if ctx.ancestor {
+        Catalogue::check_ancestor(path)
+    } else {
+        Catalogue::get().check(ctx.kinds, path)
+    };
+    known.map_err(|m| ctx.err(field.span().start, m))?;
     Ok(Cond::Field {
         path: FieldPath(path.split('.').map(str::to_owned).collect()),
         op: ops.remove(0),
@@ -549,10 +575,13 @@ fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit,
     for spanned in file.rule {
         let rule_at = spanned.span().start;
         let spec = spanned.into_inner();
+        let kinds = spec.kinds.clone();
         let ctx = Ctx {
             src,
             rule_at,
             lists,
+            kinds: &kinds,
+            ancestor: false,
         };
         let id_at = spec.id.span().start;
         let id = spec.id.into_inner();
@@ -597,9 +626,18 @@ fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit,
                 let mut steps = Vec::new();
                 for s in seq.steps {
                     check_kinds(&s.kinds, &ctx)?;
+                    let step = Ctx {
+                        kinds: &s.kinds,
+                        ..ctx
+                    };
+                    let matches = s
+                        .matches
+                        .into_iter()
+                        .map(|c| compile_cond(c, &step))
+                        .collect::<Result<Vec<_>, _>>()?;
                     steps.push(Step {
                         kinds: s.kinds,
-                        matches: compile_all(s.matches)?,
+                        matches,
                     });
                 }
                 Some(Sequence {
@@ -650,6 +688,8 @@ fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit,
             src,
             rule_at: at,
             lists,
+            kinds: &[],
+            ancestor: false,
         };
         if e.matches.is_empty() {
             return Err(ctx.err(
@@ -1002,6 +1042,23 @@ mod tests {
         fn any_rule_parses_or_points_inside(text in any_rule()) {
             crate::fuzz::rules(text.as_bytes());
         }
+    }
+
+    /// The fuzz seed of the tuning forms compiles to the override, with
+    /// its exception, and a list resolved into a set of values.
+    #[test]
+    fn tuning_seed_compiles() {
+        let rules = parse_str(include_str!("../../../fuzz/seeds/rules/tuning.toml")).expect("seed");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].id, "SEED-2");
+        assert_eq!(rules[0].except.len(), 1);
+        let Cond::Field {
+            op: Op::In(values), ..
+        } = &rules[0].matches[0]
+        else {
+            panic!("{:?}", rules[0].matches[0]);
+        };
+        assert_eq!(values.len(), 4);
     }
 
     #[test]

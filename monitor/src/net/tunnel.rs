@@ -42,7 +42,7 @@ const PING_CLOCK_BYTES: usize = 16;
 const HTTP_WINDOW: usize = 30;
 
 /// What protocol a tunnel hides in. A closed set: also a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Carrier {
     Dns,
@@ -64,7 +64,7 @@ impl Carrier {
 
 /// A `tunnel` event: a flow of the gateway's own, or one it forwards,
 /// carrying traffic inside a protocol that should not carry it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TunnelRecord {
     pub ts: String,
     pub protocol: Carrier,

@@ -8,7 +8,7 @@ use crate::{
 };
 
 /// How a relay was recognised. A closed set: also a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// A proxy request on one leg named the address the other leg dialled.
@@ -46,7 +46,7 @@ impl Method {
 }
 
 /// How the processes holding the two legs are joined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
     /// One process holds both legs.
@@ -61,7 +61,7 @@ pub enum Via {
 }
 
 /// One leg of a relay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Leg {
     pub socket: u64,
     pub proto: Proto,
@@ -84,7 +84,7 @@ pub struct Leg {
 
 /// The proxy request seen on a leg: its protocol and the target it named.
 /// Never the payload itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProxyRequest {
     pub protocol: String,
     /// `addr:port` or `host:port`; absent when the captured bytes did not
@@ -94,7 +94,7 @@ pub struct ProxyRequest {
 }
 
 /// A `relay` event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RelayRecord {
     pub ts: String,
     pub process: Option<ProcessRef>,
