@@ -416,16 +416,21 @@ fn write_out(output: &mut Output, kinds: &[Kind], detect: &mut Detect, out: &mut
 fn emit(output: &mut Output, kinds: &[Kind], detect: &mut Detect, events: &[Event]) {
     let alerts_wanted = kinds.contains(&Kind::Alert);
     for ev in events {
-        let value = match serde_json::to_value(ev) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "event could not be serialised; dropped");
-                continue;
+        // Only events a rule runs for (or that name services) are turned
+        // into JSON values for the rules.
+        let alerts = if detect.wants(ev.kind()) {
+            match serde_json::to_value(ev) {
+                Ok(v) => detect.observe(&v),
+                Err(e) => {
+                    tracing::error!(error = %e, "event could not be serialised for the rules");
+                    Vec::new()
+                }
             }
+        } else {
+            Vec::new()
         };
-        let alerts = detect.observe(&value);
         if kinds.contains(&ev.kind()) {
-            output.write_value(ev.kind(), &value);
+            output.write_event(ev);
         }
         if alerts_wanted {
             for alert in &alerts {

@@ -6,7 +6,10 @@ use std::{
     path::Path,
 };
 
-use crate::{event::Kind, metrics::Metrics};
+use crate::{
+    event::{Event, Kind},
+    metrics::Metrics,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open event file {path}: {source}")]
@@ -27,6 +30,8 @@ struct Sink {
 pub struct Output {
     sinks: Vec<Sink>,
     metrics: Metrics,
+    /// One line at a time, reused.
+    line: Vec<u8>,
 }
 
 impl Output {
@@ -54,21 +59,40 @@ impl Output {
                 failing: false,
             });
         }
-        Ok(Self { sinks, metrics })
+        Ok(Self {
+            sinks,
+            metrics,
+            line: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Writes one event, serialised straight from its typed record, to
+    /// every sink.
+    pub fn write_event(&mut self, event: &Event) {
+        self.line.clear();
+        if let Err(e) = serde_json::to_writer(&mut self.line, event) {
+            tracing::error!(error = %e, "event could not be serialised; dropped");
+            return;
+        }
+        self.line.push(b'\n');
+        self.write_line(event.kind());
     }
 
     /// Writes one event, in its JSON form, to every sink.
     pub fn write_value(&mut self, kind: Kind, event: &serde_json::Value) {
-        let mut line = match serde_json::to_vec(event) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "event could not be serialised; dropped");
-                return;
-            }
-        };
-        line.push(b'\n');
+        self.line.clear();
+        if let Err(e) = serde_json::to_writer(&mut self.line, event) {
+            tracing::error!(error = %e, "event could not be serialised; dropped");
+            return;
+        }
+        self.line.push(b'\n');
+        self.write_line(kind);
+    }
+
+    /// Writes the line in `self.line` to every sink and counts it.
+    fn write_line(&mut self, kind: Kind) {
         for sink in &mut self.sinks {
-            let result = sink.writer.write_all(&line);
+            let result = sink.writer.write_all(&self.line);
             Self::account(&self.metrics, sink, result);
         }
         self.metrics

@@ -12,7 +12,10 @@ pub mod fields;
 pub mod rule;
 pub mod stage;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet, VecDeque},
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -99,6 +102,10 @@ const WINDOWS_MAX: usize = 16_384;
 
 pub struct Engine {
     rules: Vec<Rule>,
+    /// Which rules an event of each kind runs (see [`KindIndex`]).
+    index: KindIndex,
+    /// Derived fields of the event being judged, computed once for it.
+    derived: DerivedCache,
     /// Pids owning a listening TCP socket (network-facing services).
     listeners: HashMap<u64, u32>,
     /// The monitor's own pid: its metrics listener is not a service.
@@ -163,11 +170,10 @@ fn op_match(op: &Op, v: Option<&Value>) -> bool {
                         || v.as_array()
                             .is_some_and(|a| a.iter().any(|e| values_equal(e, x)))
                 }
-                Op::In(xs) => {
-                    xs.iter().any(|x| values_equal(v, x))
-                        || v.as_array().is_some_and(|a| {
-                            a.iter().any(|e| xs.iter().any(|x| values_equal(e, x)))
-                        })
+                Op::In(set) => {
+                    set.contains(v)
+                        || v.as_array()
+                            .is_some_and(|a| a.iter().any(|e| set.contains(e)))
                 }
                 Op::Prefix(ps) => str_match(v, &|s| ps.iter().any(|p| s.starts_with(p.as_str()))),
                 Op::Suffix(ps) => str_match(v, &|s| ps.iter().any(|p| s.ends_with(p.as_str()))),
@@ -181,9 +187,87 @@ fn op_match(op: &Op, v: Option<&Value>) -> bool {
     }
 }
 
+/// The rules each event kind runs, so an event touches only the rules
+/// for its kind: a rule runs for the kinds it names, or every kind when it
+/// names none; a sequence for the kinds of all its steps (any step that
+/// names none makes it run for every kind).
+#[derive(Default)]
+struct KindIndex {
+    by_kind: HashMap<String, Vec<usize>>,
+    /// Rules for every kind, and so for kinds no rule names.
+    every: Vec<usize>,
+}
+
+impl KindIndex {
+    fn new(rules: &[Rule]) -> Self {
+        let mut index = KindIndex::default();
+        let mut named: Vec<(usize, Vec<&String>)> = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let kinds: Option<Vec<&String>> = match &r.sequence {
+                Some(seq) if seq.steps.iter().any(|s| s.kinds.is_empty()) => None,
+                Some(seq) => Some(seq.steps.iter().flat_map(|s| &s.kinds).collect()),
+                None if r.kinds.is_empty() => None,
+                None => Some(r.kinds.iter().collect()),
+            };
+            match kinds {
+                None => index.every.push(i),
+                Some(k) => named.push((i, k)),
+            }
+        }
+        for (i, kinds) in &named {
+            for k in kinds {
+                let list = index.by_kind.entry((*k).clone()).or_default();
+                if !list.contains(i) {
+                    list.push(*i);
+                }
+            }
+        }
+        // Each kind's list in rule order, the every-kind rules merged in.
+        for list in index.by_kind.values_mut() {
+            list.extend(&index.every);
+            list.sort_unstable();
+            list.dedup();
+        }
+        index
+    }
+
+    fn rules_for(&self, kind: &str) -> &[usize] {
+        self.by_kind.get(kind).map_or(&self.every, Vec::as_slice)
+    }
+
+    /// Whether any rule runs for events of `kind`.
+    fn wants(&self, kind: &str) -> bool {
+        !self.rules_for(kind).is_empty()
+    }
+}
+
+/// The derived fields of one event, each computed at its first use.
+/// Conditions on an ancestor (another object) do not use it.
+#[derive(Default)]
+struct DerivedCache {
+    /// Address of the event the values are of.
+    event: usize,
+    values: [Option<Value>; DERIVED_SLOTS],
+    /// The event's ancestors as `ancestor` conditions see them.
+    ancestors: Option<Vec<Value>>,
+}
+
+/// Derived fields [`DerivedCache`] keeps (`fields::derived` names).
+const DERIVED_NAMES: [&str; 6] = [
+    "exe_name",
+    "exe_dir",
+    "applet",
+    "cmdline",
+    "exe_location",
+    "argv0_mismatch",
+];
+const DERIVED_SLOTS: usize = DERIVED_NAMES.len();
+
 impl Engine {
     pub fn new(rules: Vec<Rule>) -> Self {
         Self {
+            index: KindIndex::new(&rules),
+            derived: DerivedCache::default(),
             rules,
             listeners: HashMap::new(),
             self_pid: u64::from(std::process::id()),
@@ -199,6 +283,7 @@ impl Engine {
 
     /// Replaces the rules, keeping what the engine learnt of the machine.
     pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        self.index = KindIndex::new(&rules);
         self.rules = rules;
         self.windows.clear();
         self.rates.clear();
@@ -275,44 +360,68 @@ impl Engine {
 
     /// Value of a field for a condition: derived fields first, then the
     /// event's own fields.
-    fn field(&mut self, ev: &Value, path: &[String]) -> Option<Value> {
+    fn field<'e>(&mut self, ev: &'e Value, path: &[String]) -> Option<Cow<'e, Value>> {
         if path.len() == 1 {
             if path[0] == "lineage" {
-                return Some(self.lineage_of(ev).into());
+                return Some(Cow::Owned(self.lineage_of(ev).into()));
             }
             if path[0] == "listener" {
-                return Some(pid_of(ev).is_some_and(|p| self.is_listener(p)).into());
+                return Some(Cow::Owned(
+                    pid_of(ev).is_some_and(|p| self.is_listener(p)).into(),
+                ));
+            }
+            let this_event = self.derived.event == std::ptr::from_ref(ev) as usize;
+            if let Some(slot) = DERIVED_NAMES
+                .iter()
+                .position(|n| *n == path[0])
+                .filter(|_| this_event)
+            {
+                if let Some(v) = &self.derived.values[slot] {
+                    return Some(Cow::Owned(v.clone()));
+                }
+                let v = derived(&path[0], ev, &mut self.fs)?;
+                self.derived.values[slot] = Some(v.clone());
+                return Some(Cow::Owned(v));
             }
             if let Some(v) = derived(&path[0], ev, &mut self.fs) {
-                return Some(v);
+                return Some(Cow::Owned(v));
             }
         }
-        lookup(ev, path).cloned()
+        lookup(ev, path).map(Cow::Borrowed)
     }
 
     fn cond(&mut self, c: &Cond, ev: &Value) -> bool {
         match c {
             Cond::Field { path, op } => {
                 let v = self.field(ev, &path.0);
-                op_match(op, v.as_ref())
+                op_match(op, v.as_deref())
             }
             Cond::Any(cs) => cs.iter().any(|c| self.cond(c, ev)),
             Cond::All(cs) => cs.iter().all(|c| self.cond(c, ev)),
             Cond::Not(c) => !self.cond(c, ev),
             Cond::Ancestor(cs) => {
-                let ancestors: Vec<Value> = ancestry_of(ev)
-                    .iter()
-                    .map(|a| {
-                        let pid = a.get("pid").and_then(Value::as_u64).unwrap_or(0);
-                        serde_json::json!({
-                            "pid": pid,
-                            "exe": a.get("exe").cloned().unwrap_or(Value::Null),
-                            "listener": self.is_listener(pid),
-                            "reparented": a.get("reparented").and_then(Value::as_bool).unwrap_or(false),
+                // The ancestors as conditions see them, made once per event.
+                let this_event = self.derived.event == std::ptr::from_ref(ev) as usize;
+                let ancestors = match self.derived.ancestors.take() {
+                    Some(a) if this_event => a,
+                    _ => ancestry_of(ev)
+                        .iter()
+                        .map(|a| {
+                            let pid = a.get("pid").and_then(Value::as_u64).unwrap_or(0);
+                            serde_json::json!({
+                                "pid": pid,
+                                "exe": a.get("exe").cloned().unwrap_or(Value::Null),
+                                "listener": self.is_listener(pid),
+                                "reparented": a.get("reparented").and_then(Value::as_bool).unwrap_or(false),
+                            })
                         })
-                    })
-                    .collect();
-                ancestors.iter().any(|a| cs.iter().all(|c| self.cond(c, a)))
+                        .collect(),
+                };
+                let hit = ancestors.iter().any(|a| cs.iter().all(|c| self.cond(c, a)));
+                if this_event {
+                    self.derived.ancestors = Some(ancestors);
+                }
+                hit
             }
         }
     }
@@ -340,7 +449,14 @@ impl Engine {
             return out;
         }
         let rules = std::mem::take(&mut self.rules);
-        for (i, rule) in rules.iter().enumerate() {
+        let index = std::mem::take(&mut self.index);
+        let kind = ev.get("kind").and_then(Value::as_str).unwrap_or_default();
+        self.derived = DerivedCache {
+            event: std::ptr::from_ref(ev) as usize,
+            ..DerivedCache::default()
+        };
+        for &i in index.rules_for(kind) {
+            let rule = &rules[i];
             if let Some(seq) = &rule.sequence {
                 if let Some(evidence) = self.step(i, seq, ev, now) {
                     if let Some(a) = self.raise(i, rule, ev, evidence, now) {
@@ -360,7 +476,14 @@ impl Engine {
             }
         }
         self.rules = rules;
+        self.index = index;
         out
+    }
+
+    /// Whether events of `kind` matter to the engine: a rule runs for
+    /// them, or they tell which processes are network-facing services.
+    pub fn wants(&self, kind: &str) -> bool {
+        matches!(kind, "listen" | "close" | "connection" | "exit") || self.index.wants(kind)
     }
 
     /// Advances sequence rule `i`; returns the evidence when it completes.

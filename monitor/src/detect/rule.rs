@@ -236,7 +236,7 @@ impl fmt::Display for FieldPath {
 #[derive(Debug, Clone)]
 pub enum Op {
     Equals(serde_json::Value),
-    In(Vec<serde_json::Value>),
+    In(ValueSet),
     Prefix(Vec<String>),
     Suffix(Vec<String>),
     Contains(Vec<String>),
@@ -244,6 +244,48 @@ pub enum Op {
     Gt(f64),
     Lt(f64),
     Exists(bool),
+}
+
+/// The values of an `in` condition: strings in a hash set, numbers
+/// compared as numbers, anything else by equality.
+#[derive(Debug, Clone, Default)]
+pub struct ValueSet {
+    strings: std::collections::HashSet<String>,
+    numbers: Vec<f64>,
+    others: Vec<serde_json::Value>,
+}
+
+impl ValueSet {
+    pub fn new(values: impl IntoIterator<Item = serde_json::Value>) -> Self {
+        let mut set = Self::default();
+        for v in values {
+            match v {
+                serde_json::Value::String(s) => {
+                    set.strings.insert(s);
+                }
+                serde_json::Value::Number(n) => set.numbers.extend(n.as_f64()),
+                other => set.others.push(other),
+            }
+        }
+        set
+    }
+
+    /// Whether `v` equals one of the values (numbers by value).
+    pub fn contains(&self, v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => self.strings.contains(s.as_str()),
+            serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| self.numbers.contains(&x)),
+            other => self.others.contains(other),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len() + self.numbers.len() + self.others.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A compiled rule.
@@ -376,9 +418,9 @@ fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
     if let Some(v) = spec.in_ {
         let at = v.span().start;
         match v.into_inner() {
-            InSpec::Values(v) => ops.push(Op::In(v.into_iter().map(json).collect())),
+            InSpec::Values(v) => ops.push(Op::In(ValueSet::new(v.into_iter().map(json)))),
             InSpec::List(name) => match ctx.lists.get(&name) {
-                Some((values, _)) => ops.push(Op::In(values.clone())),
+                Some((values, _)) => ops.push(Op::In(ValueSet::new(values.iter().cloned()))),
                 None => {
                     let known: Vec<&str> = ctx.lists.keys().map(String::as_str).collect();
                     return Err(ctx.err(

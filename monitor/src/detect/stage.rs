@@ -118,6 +118,12 @@ impl Detect {
         }
     }
 
+    /// Whether the rules need to see events of `kind` (see
+    /// [`Engine::wants`]).
+    pub fn wants(&self, kind: Kind) -> bool {
+        self.engine.wants(kind.as_str())
+    }
+
     /// Runs the rules over one event in its JSON form; returns the alerts
     /// as JSON, ready to write.
     pub fn observe(&mut self, event: &Value) -> Vec<Value> {

@@ -1209,3 +1209,27 @@ fn readme_tuning_example_loads() {
     );
     assert!(fired(&mut e, &[other]).contains(&"EW-PROC-001".to_owned()));
 }
+
+/// Derived fields are computed once per event, and an `ancestor`
+/// condition's derived fields are the ancestor's, never the event's.
+#[test]
+fn derived_fields_of_the_event_and_of_its_ancestors_stay_apart() {
+    let text = "[[rule]]\nid = \"D-1\"\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"exec\"]\nmatch = [{ field = \"exe_name\", equals = \"dash\" }, { ancestor = [{ field = \"exe_name\", equals = \"nginx\" }] }, { field = \"exe_name\", in = [\"dash\"] }]\n\n[[rule]]\nid = \"D-2\"\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"exec\"]\nmatch = [{ field = \"exe_name\", equals = \"dash\" }, { ancestor = [{ field = \"exe_name\", equals = \"dash\" }] }]\n\n[[rule]]\nid = \"D-3\"\ntitle = \"t\"\nseverity = \"low\"\nmatch = [{ field = \"exe_name\", equals = \"nginx\" }]\n";
+    let rules = rule::parse(&Source {
+        name: "d.toml",
+        text,
+    })
+    .expect("rules");
+    let mut e = Engine::new(rules);
+    let ev = exec(
+        1,
+        200,
+        "/usr/bin/dash",
+        &["sh", "-c", "id"],
+        &[WORKER, NGINX, INIT],
+    );
+    assert_eq!(fired(&mut e, &[ev]), ["D-1"]);
+    // A rule without kinds runs for every kind, a listen too.
+    let listen = net(2, "listen", 300, "/usr/sbin/nginx", &[INIT], 8080);
+    assert_eq!(fired(&mut e, &[listen]), ["D-3"]);
+}

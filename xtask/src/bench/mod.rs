@@ -87,9 +87,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         let config = format!("{BASE}{}", topo.dataplane_config());
         let (ratios, programs) = rounds(&bin, &config, &true_prog, &topo, opts)?;
         drop(topo);
+        let exec_cost = exec_cost(&bin, &config, &true_prog, opts)?;
         let drain = drain(&bin)?;
         let footprint = footprint(&bin, &pause_prog, opts.population)?;
-        report(root, opts, &ratios, &programs, &drain, &footprint)
+        report(
+            root, opts, &ratios, &programs, &exec_cost, &drain, &footprint,
+        )
     })();
     if let Some(v) = stats_before {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", v.trim());
@@ -172,6 +175,45 @@ fn rounds(
         eprintln!("xtask bench: round {}/{} done", round + 1, opts.rounds);
     }
     Ok((ratios, programs))
+}
+
+/// The daemon's CPU per exec of the exec storm (its fork, exec and exit
+/// records, through every stage): with the default output, and with the
+/// output limited to alerts. Microseconds, one figure per round.
+struct ExecCost {
+    default_output: Vec<f64>,
+    alerts_only: Vec<f64>,
+}
+
+/// Measures [`ExecCost`]: for each output, the monitor's CPU over an exec
+/// storm, less what it spends idle over as long, per exec.
+fn exec_cost(bin: &Path, config: &str, program: &Path, opts: &Options) -> Result<ExecCost> {
+    let alerts_only = format!("{config}\n[output]\nkinds = [\"alert\"]\n");
+    let mut cost = ExecCost {
+        default_output: Vec::new(),
+        alerts_only: Vec::new(),
+    };
+    for round in 0..opts.rounds.min(3) {
+        for (cfg, into) in [
+            (config, &mut cost.default_output),
+            (alerts_only.as_str(), &mut cost.alerts_only),
+        ] {
+            let m = Running::start(bin, cfg, None, false)?;
+            std::thread::sleep(Duration::from_secs(2));
+            let idle_start = m.cpu_ns()?;
+            std::thread::sleep(Duration::from_secs(1));
+            let idle_per_s = m.cpu_ns()?.saturating_sub(idle_start) as f64;
+            let before = m.cpu_ns()?;
+            let (n, secs) = workload::exec_count(program, opts.secs)?;
+            // Let the daemon finish the storm's last records.
+            std::thread::sleep(Duration::from_millis(500));
+            let busy = m.cpu_ns()?.saturating_sub(before) as f64 - idle_per_s * (secs + 0.5);
+            m.stop()?;
+            into.push(busy.max(0.0) / n.max(1) as f64 / 1e3);
+        }
+        eprintln!("xtask bench: exec cost round {} done", round + 1);
+    }
+    Ok(cost)
 }
 
 struct DrainStep {
@@ -398,6 +440,7 @@ fn report(
     opts: &Options,
     ratios: &[Ratio],
     programs: &[ProgramStat],
+    exec_cost: &ExecCost,
     drain: &[DrainStep],
     fp: &Footprint,
 ) -> Result<()> {
@@ -531,6 +574,18 @@ fn report(
             ),
             "<= 64 MiB",
             mib(fp.hwm_kib) <= 64.0,
+        ),
+        (
+            "daemon CPU per exec (fork, exec, exit), default output",
+            format!("{:.2} µs", median(&exec_cost.default_output)),
+            "<= 3 µs",
+            median(&exec_cost.default_output) <= 3.0,
+        ),
+        (
+            "daemon CPU per exec, output limited to alerts",
+            format!("{:.2} µs", median(&exec_cost.alerts_only)),
+            "<= 1 µs",
+            median(&exec_cost.alerts_only) <= 1.0,
         ),
         (
             "daemon CPU, otherwise idle, with the population",

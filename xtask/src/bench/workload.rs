@@ -17,6 +17,13 @@ use anyhow::{bail, Context as _, Result};
 /// fork+exec of a static program that exits at once, as fast as one
 /// thread can; execs per second.
 pub fn exec_storm(program: &Path, secs: f64) -> Result<f64> {
+    let (n, elapsed) = exec_count(program, secs)?;
+    Ok(n as f64 / elapsed)
+}
+
+/// Runs `program` again and again for `secs`; how many times, and the
+/// seconds it took.
+pub fn exec_count(program: &Path, secs: f64) -> Result<(u64, f64)> {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed().as_secs_f64() < secs {
@@ -26,7 +33,7 @@ pub fn exec_storm(program: &Path, secs: f64) -> Result<f64> {
         }
         n += 1;
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok((n, start.elapsed().as_secs_f64()))
 }
 
 /// TCP connect, accept, close on loopback; connections per second.
