@@ -164,14 +164,23 @@ pub struct TunnelSettings {
 
 #[derive(Default)]
 pub struct TunnelDetector {
-    /// Open flows under watch: DNS, ICMP echo and HTTP ones.
-    watched: HashSet<FlowId>,
+    /// Open flows under watch (DNS, ICMP echo and HTTP ones): when the
+    /// watch began, and when a tick last read the flow's counters.
+    watched: HashMap<FlowId, (u64, u64)>,
     /// DNS queries of recently ended flows, by process and server.
     dns_recent: HashMap<(u32, std::net::IpAddr), VecDeque<(u64, Queries)>>,
     http: HashMap<FlowId, HttpSeries>,
     reported: HashSet<FlowId>,
     reported_servers: HashSet<(u32, std::net::IpAddr)>,
 }
+
+/// Flows watched for less than this are read every tick.
+const WATCH_FRESH_NS: u64 = 2_000_000_000;
+/// An outbound connection that sent nothing for this long is not watched
+/// for HTTP any more.
+const WATCH_QUIET_NS: u64 = 10_000_000_000;
+/// Older flows read at most per tick.
+const OLD_READ_PER_TICK: usize = 1024;
 
 /// Flows reported at most, past which the memory of them starts over.
 const REPORTED_MAX: usize = 16_384;
@@ -200,11 +209,11 @@ impl TunnelDetector {
                     Proto::Udp => r.local.is_some_and(|l| is_dns(&id, &l)),
                 };
                 if watch {
-                    self.watched.insert(id);
+                    self.watched.insert(id, (now, now));
                 }
                 continue;
             }
-            if self.watched.remove(&id) {
+            if self.watched.remove(&id).is_some() {
                 if let Some(t) = self.judge_ended(&id, ctx, settings, now) {
                     out.push(t);
                 }
@@ -222,8 +231,36 @@ impl TunnelDetector {
         now: u64,
     ) -> Vec<TunnelRecord> {
         let mut out = Vec::new();
-        let ids: Vec<FlowId> = self.watched.iter().copied().collect();
-        for id in ids {
+        // Flows watched for under two seconds are read every tick; older
+        // ones once a second, the longest waiting first and at most
+        // `OLD_READ_PER_TICK` of them: the work of a tick stays bounded
+        // whatever the number of open connections.
+        let due_after = |since: u64| {
+            if now.saturating_sub(since) < WATCH_FRESH_NS {
+                0
+            } else {
+                1_000_000_000
+            }
+        };
+        let mut ids: Vec<(bool, u64, FlowId)> = self
+            .watched
+            .iter()
+            .filter(|(_, (since, checked))| now.saturating_sub(*checked) >= due_after(*since))
+            .map(|(id, (since, checked))| {
+                (now.saturating_sub(*since) >= WATCH_FRESH_NS, *checked, *id)
+            })
+            .collect();
+        ids.sort_unstable_by_key(|(old, checked, _)| (*old, *checked));
+        let fresh = ids.iter().filter(|(old, _, _)| !old).count();
+        ids.truncate(fresh + OLD_READ_PER_TICK);
+        for (_, _, id) in ids {
+            let since = match self.watched.get_mut(&id) {
+                Some(w) => {
+                    w.1 = now;
+                    w.0
+                }
+                None => continue,
+            };
             if self.reported.contains(&id) {
                 continue;
             }
@@ -240,8 +277,10 @@ impl TunnelDetector {
                 Proto::Udp => dns_verdict(queries(&id, &flow.local, &stats)),
                 Proto::Tcp if stats.fp_out == FP_HTTP => self.http(&id, &stats, now),
                 Proto::Tcp => {
-                    // Not an HTTP request: no longer of interest.
-                    if stats.bytes_out > 0 {
+                    // Not an HTTP request, or silent for long (an HTTP
+                    // client speaks first, at once): no longer of
+                    // interest.
+                    if stats.bytes_out > 0 || now.saturating_sub(since) > WATCH_QUIET_NS {
                         self.watched.remove(&id);
                     }
                     None

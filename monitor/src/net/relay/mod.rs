@@ -103,6 +103,16 @@ const CANDIDATES_MAX: usize = 8192;
 const OLDER_LEG_NS: u64 = 1_000_000_000;
 /// A pair is watched this long after it was made, then left to sampling.
 const CANDIDATE_TTL_NS: u64 = 60_000_000_000;
+/// A pair over which nothing moved either way this long after it was
+/// made is left to sampling (a server's idle clients, paired with each
+/// other, would otherwise be judged every tick for a minute).
+const CANDIDATE_IDLE_NS: u64 = 5_000_000_000;
+/// Pairs younger than this are judged every tick (a short relay is
+/// reported within a tick of its exchange); older ones once a second.
+const CANDIDATE_FRESH_NS: u64 = 2_000_000_000;
+/// Older pairs judged at most per tick, longest waiting first: the work
+/// of a tick stays bounded whatever the number of pairs under watch.
+const OLD_JUDGED_PER_TICK: usize = 1024;
 
 /// A pair of connections under watch.
 #[derive(Debug, Clone)]
@@ -124,6 +134,8 @@ struct Candidate {
     /// from there, so a proxy request on `first` did not.
     trigger_known: bool,
     created_ns: u64,
+    /// When a tick last judged it.
+    judged_ns: u64,
 }
 
 /// One leg as the detector judges it: the flow and its counters, open or
@@ -173,6 +185,9 @@ pub struct RelayDetector {
     /// Connections each process opened or read from lately, newest last,
     /// with when they opened.
     legs_of: HashMap<u32, VecDeque<(FlowId, u64)>>,
+    /// Set by `judge` when nothing has moved on either leg of the pair it
+    /// judged.
+    idle: bool,
     /// Recent forks, oldest first: (when, parent, child). A forking server
     /// accepts in the parent and moves the bytes in a child, so a unix
     /// join of the child counts for the parent's connections.
@@ -433,6 +448,7 @@ impl RelayDetector {
                 handshake,
                 trigger_known,
                 created_ns: now,
+                judged_ns: now,
             };
             if let Some(r) = self.judge(&cand, ctx, settings, now, opening) {
                 out.push(r);
@@ -486,22 +502,34 @@ impl RelayDetector {
         now: u64,
     ) -> Vec<RelayRecord> {
         let mut out = Vec::new();
-        let cands: Vec<((FlowId, FlowId), Candidate)> = self
+        let fresh = |c: &Candidate| now.saturating_sub(c.created_ns) < CANDIDATE_FRESH_NS;
+        let mut due: Vec<((FlowId, FlowId), Candidate)> = self
             .candidates
             .iter()
+            .filter(|(_, c)| fresh(c) || now.saturating_sub(c.judged_ns) >= CANDIDATE_FRESH_NS / 2)
             .map(|(k, c)| (*k, c.clone()))
             .collect();
-        for (key, cand) in cands {
+        // Fresh pairs all; older ones longest waiting first, up to the
+        // budget (the rest wait for a later tick).
+        due.sort_by_key(|(_, c)| (!fresh(c), c.judged_ns));
+        let fresh_n = due.iter().filter(|(_, c)| fresh(c)).count();
+        due.truncate(fresh_n + OLD_JUDGED_PER_TICK);
+        for (key, cand) in due {
+            self.idle = false;
             if let Some(r) = self.judge(&cand, ctx, settings, now, false) {
                 out.push(r);
                 self.candidates.remove(&key);
                 continue;
             }
+            let age = now.saturating_sub(cand.created_ns);
             let open = |f: &FlowId| ctx.net.flows.get(f).is_some();
-            if now.saturating_sub(cand.created_ns) > CANDIDATE_TTL_NS
+            if age > CANDIDATE_TTL_NS
+                || (self.idle && age > CANDIDATE_IDLE_NS)
                 || (!open(&cand.first) && !open(&cand.second))
             {
                 self.candidates.remove(&key);
+            } else if let Some(c) = self.candidates.get_mut(&key) {
+                c.judged_ns = now;
             }
         }
         self.join_unix(ctx, settings, now, &mut out);
@@ -618,6 +646,8 @@ impl RelayDetector {
             return None;
         }
         let (a, b) = (view(&cand.first, ctx)?, view(&cand.second, ctx)?);
+        self.idle =
+            a.stats.bytes_in + a.stats.bytes_out + b.stats.bytes_in + b.stats.bytes_out == 0;
         if one_connection(&a, &b) {
             return None;
         }
@@ -1028,6 +1058,17 @@ impl RelayDetector {
                 .iter()
                 .flat_map(|(user, legs, via)| legs.iter().map(move |(_, id)| (*user, *via, *id)))
                 .collect();
+            // Each leg read once; a leg over which nothing moved either
+            // way pairs with nothing (every test needs bytes on both legs),
+            // so a server's idle clients cost one read each, not one per
+            // pair.
+            let moved: HashMap<FlowId, bool> = legs
+                .iter()
+                .map(|(_, _, id)| {
+                    let m = view(id, ctx).is_some_and(|v| v.stats.bytes_in + v.stats.bytes_out > 0);
+                    (*id, m)
+                })
+                .collect();
             for i in 0..legs.len() {
                 for j in i + 1..legs.len() {
                     let ((ua, va, a), (ub, vb, b)) = (legs[i], legs[j]);
@@ -1036,7 +1077,11 @@ impl RelayDetector {
                     if ua != pid && ub != pid {
                         continue;
                     }
-                    if a == b || self.reported.contains(&pair_key(&a, &b)) {
+                    if a == b
+                        || self.reported.contains(&pair_key(&a, &b))
+                        || !moved.get(&a).copied().unwrap_or(false)
+                        || !moved.get(&b).copied().unwrap_or(false)
+                    {
                         continue;
                     }
                     let via = if va == Via::Ancestor || vb == Via::Ancestor {
@@ -1064,6 +1109,7 @@ impl RelayDetector {
                         handshake: None,
                         trigger_known: false,
                         created_ns: now,
+                        judged_ns: now,
                     };
                     if let Some(r) = self.judge(&cand, ctx, settings, now, false) {
                         out.push(r);

@@ -926,3 +926,56 @@ fn a_udp_relay_serving_two_clients_over_one_upstream_socket() {
     lab.tick(500);
     assert_eq!(lab.found.len(), 1);
 }
+
+#[test]
+fn idle_pairs_leave_the_watch_and_busy_ones_are_judged_within_a_second() {
+    // A server's idle clients paired with each other: nothing moves, and
+    // after a few seconds the pairs are no longer read every tick.
+    let mut lab = Lab::new();
+    lab.process(10, 1, "/usr/sbin/server", 0, Pipes::default());
+    for i in 0..20u64 {
+        lab.accept(
+            100 + i,
+            10,
+            "192.0.2.66:443",
+            &format!("203.0.113.10:{}", 40000 + i),
+            i,
+            NONE,
+        );
+    }
+    assert!(!lab.det.candidates.is_empty());
+    for t in (250..=6000).step_by(250) {
+        lab.tick(t);
+    }
+    assert!(
+        lab.det.candidates.is_empty(),
+        "{}",
+        lab.det.candidates.len()
+    );
+    assert!(lab.found.is_empty());
+
+    // A forward whose client speaks three seconds after it connected is
+    // still judged, within a second of its exchange.
+    let mut lab = Lab::new();
+    forward(&mut lab);
+    for t in (250..=3000).step_by(250) {
+        lab.tick(t);
+    }
+    lab.count(
+        1,
+        Proto::Tcp,
+        "203.0.113.10:40000",
+        traffic(78, 300, 0, 3002, 3006),
+    );
+    lab.count(
+        2,
+        Proto::Tcp,
+        "10.77.0.10:22",
+        traffic(300, 78, 1, 3005, 3003),
+    );
+    lab.tick(3250);
+    lab.tick(3500);
+    lab.tick(3750);
+    lab.tick(4000);
+    assert_eq!(lab.found.len(), 1, "{:?}", lab.found);
+}
