@@ -246,7 +246,7 @@ pub async fn run(
                 let evictions = enricher.net.flows.evictions();
                 metrics.net_flow_table_evictions.inc_by(evictions - flow_evictions_seen);
                 flow_evictions_seen = evictions;
-                tokio::task::block_in_place(|| output.flush());
+                output.flush();
             }
             _ = relay_tick.tick(), if config.relay.enabled => {
                 tokio::task::block_in_place(|| {
@@ -310,7 +310,7 @@ pub async fn run(
             output.write_value(Kind::Alert, alert);
         }
     }
-    output.flush();
+    output.finish();
     if let Some(sinks) = detect.take_sinks() {
         sinks.close(ALERT_SINK_GRACE).await;
     }
@@ -408,7 +408,7 @@ fn handle(
 fn write_out(output: &mut Output, kinds: &[Kind], detect: &mut Detect, out: &mut Vec<Event>) {
     emit(output, kinds, detect, out);
     out.clear();
-    tokio::task::block_in_place(|| output.flush());
+    output.flush();
 }
 
 /// Runs the detect stage over events and writes those of the kinds the

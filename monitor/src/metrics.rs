@@ -50,6 +50,7 @@ pub struct Metrics {
     pub process_table_evictions: IntCounter,
     pub probe_attached: IntGaugeVec,
     pub output_errors: IntCounterVec,
+    pub output_dropped: IntCounterVec,
     pub net_opened: IntCounterVec,
     pub net_closed: IntCounterVec,
     pub net_sent_bytes: IntCounterVec,
@@ -126,6 +127,11 @@ impl Metrics {
             "output_errors_total",
             "Events that could not be written to a sink, by sink.",
             &["sink"],
+        );
+        let output_dropped = counter_vec(
+            "output_dropped_total",
+            "Events not written because the writer was too far behind (its reader stalled), by kind.",
+            &["kind"],
         );
         let net_opened = counter_vec(
             "net_connections_opened_total",
@@ -305,6 +311,7 @@ impl Metrics {
         // rate() over it is defined before the first increment.
         for k in Kind::ALL {
             events.with_label_values(&[k.as_str()]);
+            output_dropped.with_label_values(&[k.as_str()]);
         }
         for (_, name) in crate::decode::KERNEL_KINDS {
             kernel_lost.with_label_values(&[name]);
@@ -368,6 +375,7 @@ impl Metrics {
             process_table_evictions,
             probe_attached,
             output_errors,
+            output_dropped,
             net_opened,
             net_closed,
             net_sent_bytes,

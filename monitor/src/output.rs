@@ -27,11 +27,27 @@ struct Sink {
     failing: bool,
 }
 
+/// Batches of lines the writer thread may hold before new ones are
+/// dropped (and counted): a stalled reader of the event stream (a full
+/// pipe to journald) costs events, never detection.
+pub const QUEUE_BATCHES: usize = 256;
+
+/// One batch of lines for the writer, with how many lines of each kind.
+struct Batch {
+    lines: Vec<u8>,
+    kinds: Vec<(Kind, u64)>,
+}
+
+/// The output stage: lines are serialised here, on the pipeline's thread,
+/// and written to the sinks by a writer thread behind a bounded queue.
 pub struct Output {
-    sinks: Vec<Sink>,
+    queue: Option<std::sync::mpsc::SyncSender<Batch>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     metrics: Metrics,
-    /// One line at a time, reused.
-    line: Vec<u8>,
+    /// The batch being filled.
+    pending: Batch,
+    /// Set while batches are being dropped, so a stall logs once.
+    stalled: bool,
 }
 
 impl Output {
@@ -59,71 +75,145 @@ impl Output {
                 failing: false,
             });
         }
+        let (queue, rx) = std::sync::mpsc::sync_channel::<Batch>(QUEUE_BATCHES);
+        let m = metrics.clone();
+        let writer = std::thread::Builder::new()
+            .name("output".into())
+            .spawn(move || {
+                for batch in rx {
+                    for sink in &mut sinks {
+                        let result = sink
+                            .writer
+                            .write_all(&batch.lines)
+                            .and_then(|()| sink.writer.flush());
+                        account(&m, sink, result);
+                    }
+                    for (kind, n) in batch.kinds {
+                        m.events.with_label_values(&[kind.as_str()]).inc_by(n);
+                    }
+                }
+            })
+            .map_err(|source| OpenError {
+                path: "output writer thread".to_owned(),
+                source,
+            })?;
         Ok(Self {
-            sinks,
+            queue: Some(queue),
+            writer: Some(writer),
             metrics,
-            line: Vec::with_capacity(4096),
+            pending: Batch {
+                lines: Vec::with_capacity(1 << 16),
+                kinds: Vec::new(),
+            },
+            stalled: false,
         })
     }
 
-    /// Writes one event, serialised straight from its typed record, to
-    /// every sink.
+    /// Adds one event, serialised straight from its typed record.
     pub fn write_event(&mut self, event: &Event) {
-        self.line.clear();
-        if let Err(e) = serde_json::to_writer(&mut self.line, event) {
+        let at = self.pending.lines.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending.lines, event) {
+            self.pending.lines.truncate(at);
             tracing::error!(error = %e, "event could not be serialised; dropped");
             return;
         }
-        self.line.push(b'\n');
-        self.write_line(event.kind());
+        self.pending.lines.push(b'\n');
+        self.count(event.kind());
     }
 
-    /// Writes one event, in its JSON form, to every sink.
+    /// Adds one line already in JSON form (an alert).
     pub fn write_value(&mut self, kind: Kind, event: &serde_json::Value) {
-        self.line.clear();
-        if let Err(e) = serde_json::to_writer(&mut self.line, event) {
+        let at = self.pending.lines.len();
+        if let Err(e) = serde_json::to_writer(&mut self.pending.lines, event) {
+            self.pending.lines.truncate(at);
             tracing::error!(error = %e, "event could not be serialised; dropped");
             return;
         }
-        self.line.push(b'\n');
-        self.write_line(kind);
+        self.pending.lines.push(b'\n');
+        self.count(kind);
     }
 
-    /// Writes the line in `self.line` to every sink and counts it.
-    fn write_line(&mut self, kind: Kind) {
-        for sink in &mut self.sinks {
-            let result = sink.writer.write_all(&self.line);
-            Self::account(&self.metrics, sink, result);
+    fn count(&mut self, kind: Kind) {
+        match self.pending.kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.pending.kinds.push((kind, 1)),
         }
-        self.metrics
-            .events
-            .with_label_values(&[kind.as_str()])
-            .inc();
     }
 
-    /// Flushes buffered lines, at the end of each batch.
+    /// Hands the lines of the batch to the writer, at the end of each
+    /// batch. Never waits: when the writer is that far behind, the lines
+    /// are dropped and counted (`edgewatch_output_dropped_total`).
     pub fn flush(&mut self) {
-        for sink in &mut self.sinks {
-            let result = sink.writer.flush();
-            Self::account(&self.metrics, sink, result);
+        if self.pending.lines.is_empty() {
+            return;
         }
-    }
-
-    /// One place that both logs and counts a sink error, so they agree.
-    fn account(metrics: &Metrics, sink: &mut Sink, result: io::Result<()>) {
-        match result {
+        let batch = std::mem::replace(
+            &mut self.pending,
+            Batch {
+                lines: Vec::with_capacity(1 << 16),
+                kinds: Vec::new(),
+            },
+        );
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(batch) {
             Ok(()) => {
-                if sink.failing {
-                    tracing::info!(sink = sink.name, "event sink recovered");
-                    sink.failing = false;
+                if self.stalled {
+                    tracing::info!("event output caught up");
+                    self.stalled = false;
                 }
             }
-            Err(e) => {
-                metrics.output_errors.with_label_values(&[sink.name]).inc();
-                if !sink.failing {
-                    tracing::error!(sink = sink.name, error = %e, "event sink failing; events to it are lost and counted");
-                    sink.failing = true;
+            Err(
+                std::sync::mpsc::TrySendError::Full(batch)
+                | std::sync::mpsc::TrySendError::Disconnected(batch),
+            ) => {
+                for (kind, n) in batch.kinds {
+                    self.metrics
+                        .output_dropped
+                        .with_label_values(&[kind.as_str()])
+                        .inc_by(n);
                 }
+                if !self.stalled {
+                    tracing::error!(
+                        queued = QUEUE_BATCHES,
+                        "event output stalled (its reader is not reading); events are dropped and counted, detection goes on"
+                    );
+                    self.stalled = true;
+                }
+            }
+        }
+    }
+
+    /// Flushes, then waits for the writer to write everything queued (at
+    /// shutdown).
+    pub fn finish(&mut self) {
+        self.flush();
+        self.queue = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// One place that both logs and counts a sink error, so they agree.
+fn account(metrics: &Metrics, sink: &mut Sink, result: io::Result<()>) {
+    match result {
+        Ok(()) => {
+            if sink.failing {
+                tracing::info!(sink = sink.name, "event sink recovered");
+                sink.failing = false;
+            }
+        }
+        Err(e) => {
+            metrics.output_errors.with_label_values(&[sink.name]).inc();
+            if !sink.failing {
+                tracing::error!(sink = sink.name, error = %e, "event sink failing; events to it are lost and counted");
+                sink.failing = true;
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Faults: the monitor killed with SIGKILL and restarted mid-flow (state
 //! rebuilt from /proc and sock_diag, a relay spanning the restart still
 //! caught, alerts already sent not sent again), and the disk holding the
-//! event file full (errors counted, the monitor runs on and recovers).
+//! event file full (errors counted, the monitor runs on and recovers), and
+//! the reader of the event stream stalled (events dropped and counted,
+//! detection goes on).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -284,6 +286,64 @@ fn a_full_disk_under_the_event_file_is_counted_and_recovered_from() {
             break;
         }
         assert!(Instant::now() < deadline, "the file sink did not recover");
+    }
+    drop(m);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The event stream's reader stops reading (a pipe nobody drains, as a
+/// stuck journald): lines are dropped and counted, and detection goes on
+/// (a rule still raises its alert, counted in the metrics).
+#[test]
+fn a_stalled_event_reader_costs_events_not_detection() {
+    if !is_root("a_stalled_event_reader_costs_events_not_detection") {
+        return;
+    }
+    let dir = scratch_dir("faults-stall");
+    let fifo = dir.join("events.fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
+    // A reader that holds the pipe open and never reads.
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("open the fifo for reading");
+    let m = Monitor::start_with(&format!(
+        "[output]\nstdout = false\nfile = \"{}\"\nseed_events = false\n[network]\nseed_events = false\n",
+        fifo.display()
+    ));
+    let long = "x".repeat(2000);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut n = 0;
+    while m
+        .metric("edgewatch_output_dropped_total{kind=\"exec\"}")
+        .unwrap_or_default()
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no drop counted after {n} execs");
+        for _ in 0..50 {
+            let _ = Command::new("/usr/bin/true").arg(&long).status();
+            n += 1;
+        }
+    }
+    // Detection goes on: a program run from /tmp raises EW-PROC-003.
+    let series = "edgewatch_alerts_total{rule=\"EW-PROC-003\",severity=\"medium\"}";
+    let before = m.metric(series).unwrap_or_default();
+    let copy = dir.join("stall-probe");
+    std::fs::copy("/usr/bin/true", &copy).expect("copy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = Command::new("setsid").arg("-f").arg(&copy).status();
+        std::thread::sleep(Duration::from_millis(500));
+        if m.metric(series).unwrap_or_default() > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert while the event reader is stalled: detection froze"
+        );
     }
     drop(m);
     let _ = std::fs::remove_dir_all(&dir);

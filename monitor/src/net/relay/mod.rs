@@ -646,8 +646,14 @@ impl RelayDetector {
             return None;
         }
         let (a, b) = (view(&cand.first, ctx)?, view(&cand.second, ctx)?);
-        self.idle =
-            a.stats.bytes_in + a.stats.bytes_out + b.stats.bytes_in + b.stats.bytes_out == 0;
+        self.idle = [
+            a.stats.bytes_in,
+            a.stats.bytes_out,
+            b.stats.bytes_in,
+            b.stats.bytes_out,
+        ]
+        .iter()
+        .all(|n| *n == 0);
         if one_connection(&a, &b) {
             return None;
         }
@@ -1065,7 +1071,8 @@ impl RelayDetector {
             let moved: HashMap<FlowId, bool> = legs
                 .iter()
                 .map(|(_, _, id)| {
-                    let m = view(id, ctx).is_some_and(|v| v.stats.bytes_in + v.stats.bytes_out > 0);
+                    let m = view(id, ctx)
+                        .is_some_and(|v| v.stats.bytes_in != 0 || v.stats.bytes_out != 0);
                     (*id, m)
                 })
                 .collect();
