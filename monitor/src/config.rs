@@ -112,32 +112,6 @@ impl Default for RelayConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct DetectConfig {
-    pub enabled: bool,
-    /// Load the embedded rule pack.
-    pub builtin_rules: bool,
-    /// Directories (or files) of extra rules, `*.toml`.
-    pub rule_paths: Vec<PathBuf>,
-    /// Rule ids not to run.
-    pub disabled_rules: Vec<String>,
-    /// Where open dedup windows are kept across restarts.
-    pub state_file: Option<PathBuf>,
-}
-
-impl Default for DetectConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            builtin_rules: true,
-            rule_paths: Vec::new(),
-            disabled_rules: Vec::new(),
-            state_file: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     pub flow_table_capacity: usize,
     pub flow_update_secs: u64,
@@ -299,51 +273,11 @@ impl DataplaneConfig {
     }
 }
 
-/// A configuration or rule file that could not be read or is invalid; the
-/// message names `file:line:col`.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{col}: {message}")]
-    Invalid {
-        path: String,
-        line: usize,
-        col: usize,
-        message: String,
-    },
-    /// Wrong as a whole, or in something it names (a certificate file),
-    /// with no one place in the file to point at.
-    #[error("{path}: {message}")]
-    Content { path: String, message: String },
-}
+pub use crate::detect::stage::DetectConfig;
+pub use crate::source::{line_col, FileError, Source};
 
 /// A configuration error.
 pub type ConfigError = FileError;
-
-/// Where a configuration or rule text came from, for error messages.
-#[derive(Debug, Clone)]
-pub struct Source<'a> {
-    pub name: &'a str,
-    pub text: &'a str,
-}
-
-impl Source<'_> {
-    /// An error at byte `offset` of this source.
-    pub fn error(&self, offset: usize, message: &str) -> FileError {
-        let (line, col) = line_col(self.text, offset);
-        FileError::Invalid {
-            path: self.name.to_owned(),
-            line,
-            col,
-            message: message.trim().replace('\n', " "),
-        }
-    }
-}
 
 impl Config {
     /// The embedded default configuration.
@@ -482,18 +416,6 @@ impl Config {
 
 fn invalid(src: &Source<'_>, offset: usize, message: &str) -> ConfigError {
     src.error(offset, message)
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 impl fmt::Display for Kind {

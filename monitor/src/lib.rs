@@ -26,6 +26,7 @@ pub mod process;
 pub mod read;
 pub mod replay;
 pub mod selfcheck;
+pub mod source;
 pub mod web_config;
 
 /// Exit code for bad configuration or usage (clap uses it too).

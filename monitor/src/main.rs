@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Canary => ExitCode::SUCCESS,
         Command::Schema => {
-            let schema = monitor::detect::catalogue::line_schema();
+            let schema = monitor::event::catalogue::line_schema();
             match serde_json::to_string_pretty(&schema) {
                 Ok(text) => {
                     println!("{text}");

@@ -336,12 +336,12 @@ impl Metrics {
         for s in SINKS {
             output_errors.with_label_values(&[s]);
         }
-        for m in crate::net::relay::Method::ALL {
+        for m in crate::event::relay::Method::ALL {
             for allowed in ["false", "true"] {
                 relays.with_label_values(&[m.as_str(), allowed]);
             }
         }
-        for c in crate::net::tunnel::Carrier::ALL {
+        for c in crate::event::tunnel::Carrier::ALL {
             for forwarded in ["false", "true"] {
                 tunnels.with_label_values(&[c.as_str(), forwarded]);
             }
@@ -349,17 +349,17 @@ impl Metrics {
         for r in ["ok", "failed"] {
             rule_reloads.with_label_values(&[r]);
         }
-        let roles = crate::dataplane::iface::Role::ALL.map(|r| r.as_str());
+        let roles = crate::event::forward::Role::ALL.map(|r| r.as_str());
         for i in roles.iter().chain(&["unknown"]) {
             for o in roles.iter().chain(&["unknown"]) {
                 forwarded_bytes.with_label_values(&[i, o]);
                 forwarded_packets.with_label_values(&[i, o]);
             }
         }
-        for r in crate::dataplane::TransitReason::ALL {
+        for r in crate::event::forward::TransitReason::ALL {
             transit_flows.with_label_values(&[r.as_str()]);
         }
-        for c in crate::dataplane::change::Change::ALL {
+        for c in crate::event::config_change::Change::ALL {
             config_changes.with_label_values(&[c.as_str()]);
         }
         for p in PROBES {

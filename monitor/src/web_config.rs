@@ -26,7 +26,7 @@ use rustls::{
 };
 use serde::Deserialize;
 
-use crate::config::{line_col, FileError};
+use crate::source::{line_col, FileError};
 
 /// A string never printed, not even by `Debug`: a private key or a
 /// password hash.

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, ops::Range, path::PathBuf, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::syslog::Transport;
 use super::{http::HttpTarget, syslog::Facility};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -73,18 +74,6 @@ impl SinkType {
             Self::Webhook => &["url", "headers", "timeout_ms"],
         }
     }
-}
-
-/// How a syslog sink reaches its collector.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// A local datagram socket such as /dev/log.
-    Unix,
-    /// One datagram per message (RFC 5426).
-    Udp,
-    /// Octet-counting framing (RFC 6587).
-    Tcp,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -12,7 +12,7 @@ use tokio::{
     net::{TcpStream, UdpSocket, UnixDatagram},
 };
 
-use super::{config::Transport, Alert, DeliveryError};
+use super::{Alert, DeliveryError};
 use crate::detect::rule::Severity;
 
 /// The structured-data id of the alert fields. 32473 is the private
@@ -23,6 +23,18 @@ pub const APP_NAME: &str = "edgewatch";
 /// Most bytes of the command line quoted in MSG; the whole alert is in
 /// the other sinks.
 const CMDLINE_MAX: usize = 1024;
+
+/// How a syslog sink reaches its collector.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A local datagram socket such as /dev/log.
+    Unix,
+    /// One datagram per message (RFC 5426).
+    Udp,
+    /// Octet-counting framing (RFC 6587).
+    Tcp,
+}
 
 /// Syslog facilities an alert can be filed under.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -9,36 +9,11 @@ use std::{
     path::Path,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::net::sides::{Side, SideMap, Subnet};
 
-/// What an interface is for. A closed set: also a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Faces the internet (or the operator's upstream).
-    Wan,
-    /// Faces the protected network.
-    Lan,
-    /// The management network.
-    Mgmt,
-    /// A tunnel or overlay (tun, wireguard, gre, ...).
-    Tunnel,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Wan, Role::Lan, Role::Mgmt, Role::Tunnel];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Wan => "wan",
-            Role::Lan => "lan",
-            Role::Mgmt => "mgmt",
-            Role::Tunnel => "tunnel",
-        }
-    }
-}
+pub use crate::event::forward::Role;
 
 /// `{ name = "eth0", role = "wan" }` in `[dataplane] interfaces`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

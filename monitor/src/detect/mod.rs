@@ -7,7 +7,6 @@
 //! Repeats of one rule on one lineage within its dedup window fold into one
 //! alert with a count, and per-rule rate limits count what they suppress.
 
-pub mod catalogue;
 pub mod fields;
 pub mod rule;
 pub mod stage;
@@ -26,38 +25,7 @@ use self::{
 };
 use crate::clock::secs_to_ns;
 
-/// One alert line (`"kind": "alert"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct AlertRecord {
-    pub ts: String,
-    /// Stable id of this alert: repeats and updates carry the same id.
-    pub alert_id: String,
-    pub rule: String,
-    pub title: String,
-    pub severity: Severity,
-    pub attack: Vec<String>,
-    #[serde(skip_serializing_if = "String::is_empty", default)]
-    pub description: String,
-    /// The process: pid, exe, argv, ancestry.
-    pub process: Value,
-    /// Connections involved (socket events among the evidence).
-    pub connections: Vec<Value>,
-    /// The events that matched, oldest first.
-    pub evidence: Vec<Value>,
-    /// How many times the rule matched on this lineage in the window.
-    pub count: u64,
-    /// A later line for an alert already raised, with the final count of
-    /// the window.
-    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
-    pub repeat: bool,
-    /// The process lineage the alert is about: the nearest network-facing
-    /// ancestor, else the parent.
-    pub lineage: u64,
-    /// When the dedup window ends (RFC 3339): matches until then only
-    /// raise `count`. Absent when the rule never folds repeats.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub window_end: Option<String>,
-}
+pub use crate::event::alert::AlertRecord;
 
 /// What the engine counts for metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

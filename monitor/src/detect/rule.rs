@@ -13,51 +13,10 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::catalogue::Catalogue;
-use crate::config::{line_col, Source};
+use crate::event::catalogue::Catalogue;
+use crate::source::{line_col, Source};
 
-/// Alert severities, lowest first.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Deserialize,
-    serde::Serialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 5] = [
-        Severity::Info,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
+pub use crate::event::alert::Severity;
 
 /// A rule file as written.
 #[derive(Debug, Deserialize)]
@@ -320,7 +279,7 @@ pub struct Step {
 }
 
 /// A rule file or directory that is invalid.
-pub type RuleError = crate::config::FileError;
+pub type RuleError = crate::source::FileError;
 
 /// Event kinds a rule may name: every kind the monitor writes.
 fn kind_names() -> impl Iterator<Item = &'static str> {
@@ -576,16 +535,7 @@ struct Unit {
     exceptions: Vec<Exception>,
 }
 
-/// ", did you mean X?" for the known name nearest to `name`, when one is
-/// near enough to be a typo.
-pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
-    known
-        .into_iter()
-        .map(|k| (strsim::damerau_levenshtein(name, k), k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
-        .min()
-        .map_or(String::new(), |(_, k)| format!("; did you mean {k:?}?"))
-}
+pub use crate::source::suggest;
 
 fn parse_spec(src: &Source<'_>) -> Result<FileSpec, RuleError> {
     toml::from_str(src.text).map_err(|e| src.error(e.span().map_or(0, |s| s.start), e.message()))

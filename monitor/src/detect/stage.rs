@@ -1,15 +1,44 @@
 //! The detect stage as the daemon and `monitor replay` run it: events in,
 //! events and alerts out, with metrics kept in step with the engine.
 
+use std::path::PathBuf;
+
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{rule, AlertRecord, Engine, EngineStats, SavedWindow};
 use crate::{
     alert::{Alert, Sinks},
-    config::DetectConfig,
     event::Kind,
     metrics::Metrics,
 };
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+/// The detect stage's settings (`[detect]`).
+pub struct DetectConfig {
+    pub enabled: bool,
+    /// Load the embedded rule pack.
+    pub builtin_rules: bool,
+    /// Directories (or files) of extra rules, `*.toml`.
+    pub rule_paths: Vec<PathBuf>,
+    /// Rule ids not to run.
+    pub disabled_rules: Vec<String>,
+    /// Where open dedup windows are kept across restarts.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            builtin_rules: true,
+            rule_paths: Vec::new(),
+            disabled_rules: Vec::new(),
+            state_file: None,
+        }
+    }
+}
 
 /// Loads the rules a configuration asks for, with `extra` rule paths
 /// after its own: everything `run` would refuse (a duplicate id, an

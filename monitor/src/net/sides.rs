@@ -5,34 +5,7 @@
 
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
-
-/// The side of the gateway a connection's far end is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    Wan,
-    Lan,
-    Mgmt,
-    Tunnel,
-    /// Loopback, or one of the gateway's own addresses.
-    Local,
-    /// A namespace the monitor has no map of, or no route.
-    Unknown,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Wan => "wan",
-            Side::Lan => "lan",
-            Side::Mgmt => "mgmt",
-            Side::Tunnel => "tunnel",
-            Side::Local => "local",
-            Side::Unknown => "unknown",
-        }
-    }
-}
+pub use crate::event::Side;
 
 /// One connected network of an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]

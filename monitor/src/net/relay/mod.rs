@@ -26,7 +26,6 @@
 //! [`proxy`].
 
 pub mod proxy;
-mod record;
 pub mod score;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -34,7 +33,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use monitor_common::event::{FlowStats, IoKey, IoStats};
 use serde::Deserialize;
 
-pub use self::record::{Leg, Method, ProxyRequest, RelayRecord, Via};
 use self::score::{Counts, Handshake, Window};
 use super::{
     sides::Side,
@@ -42,6 +40,7 @@ use super::{
     tracker::flow_key,
     NetTracker,
 };
+pub use crate::event::relay::{Leg, Method, ProxyRequest, RelayRecord, Via};
 use crate::{
     event::{Direction, Event, Proto},
     process::ProcessTable,

@@ -10,8 +10,7 @@ use std::{
 
 use serde_json::{json, Map, Value};
 
-use super::AlertRecord;
-use crate::event::{Event, Kind};
+use super::{alert::AlertRecord, Event, Kind};
 
 /// Fields the rule engine computes from an event (see `fields::derived`
 /// and `Engine::field`), usable on every kind.
@@ -177,7 +176,7 @@ impl Catalogue {
             .collect();
         Err(format!(
             "unknown field {path:?} in {of}{}",
-            super::rule::suggest(path, known.iter().map(String::as_str))
+            crate::source::suggest(path, known.iter().map(String::as_str))
         ))
     }
 
@@ -189,7 +188,7 @@ impl Catalogue {
         Err(format!(
             "unknown ancestor field {path:?}: ancestors have {}{}",
             ANCESTOR.join(", "),
-            super::rule::suggest(path, ANCESTOR)
+            crate::source::suggest(path, ANCESTOR)
         ))
     }
 }

@@ -2,10 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    event::{Direction, Endpoint, ProcessRef, Proto},
-    net::sides::Side,
-};
+use super::{Direction, Endpoint, ProcessRef, Proto, Side};
 
 /// How a relay was recognised. A closed set: also a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]

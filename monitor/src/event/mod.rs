@@ -3,6 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod alert;
+pub mod catalogue;
+pub mod config_change;
+pub mod forward;
+pub mod relay;
+pub mod self_check;
+pub mod tunnel;
+
 /// Event kinds, a closed set: also the values of the `kind` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -226,12 +234,12 @@ pub enum Event {
     UdpFlow(Box<NetRecord>),
     FlowUpdate(Box<NetRecord>),
     Connection(Box<NetRecord>),
-    Relay(Box<crate::net::relay::RelayRecord>),
-    Tunnel(Box<crate::net::tunnel::TunnelRecord>),
-    Forward(Box<crate::dataplane::ForwardRecord>),
-    Transit(Box<crate::dataplane::ForwardRecord>),
-    ConfigChange(Box<crate::dataplane::change::ConfigChangeRecord>),
-    SelfCheck(Box<crate::selfcheck::SelfCheckRecord>),
+    Relay(Box<relay::RelayRecord>),
+    Tunnel(Box<tunnel::TunnelRecord>),
+    Forward(Box<forward::ForwardRecord>),
+    Transit(Box<forward::ForwardRecord>),
+    ConfigChange(Box<config_change::ConfigChangeRecord>),
+    SelfCheck(Box<self_check::SelfCheckRecord>),
 }
 
 impl Event {
@@ -496,6 +504,33 @@ pub struct ProcessRecord {
     pub cwd: Option<String>,
     pub stdio: [FdKind; 3],
     pub ancestry: Vec<Ancestor>,
+}
+
+/// The side of the gateway a connection's far end is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Wan,
+    Lan,
+    Mgmt,
+    Tunnel,
+    /// Loopback, or one of the gateway's own addresses.
+    Local,
+    /// A namespace the monitor has no map of, or no route.
+    Unknown,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Wan => "wan",
+            Side::Lan => "lan",
+            Side::Mgmt => "mgmt",
+            Side::Tunnel => "tunnel",
+            Side::Local => "local",
+            Side::Unknown => "unknown",
+        }
+    }
 }
 
 #[cfg(test)]
