@@ -1,12 +1,12 @@
 //! Configuration: the embedded default, loading from a file, and errors
-//! that point at `file:line:col`.
+//! that point at `file:line:col`. Each stage owns its section's settings
+//! type (re-exported here); this module assembles and validates them.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use serde::Deserialize;
-use toml::Spanned;
 
-use crate::{clock::secs_to_ns, event::Kind, load::probes::PROBES, web_config::WebConfig};
+use crate::{event::Kind, load::probes::PROBES, web_config::WebConfig};
 
 /// The embedded default configuration, printed by `monitor config default`.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -26,254 +26,16 @@ pub struct Config {
     pub selfcheck: SelfCheckConfig,
 }
 
-/// `[selfcheck]`: the monitor's checks of itself (see `crate::selfcheck`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SelfCheckConfig {
-    /// Seconds between canaries; 0 turns them off.
-    pub canary_secs: u64,
-    pub link_check_secs: Spanned<u64>,
-}
-
-impl Default for SelfCheckConfig {
-    fn default() -> Self {
-        Self {
-            canary_secs: 60,
-            link_check_secs: Spanned::new(0..0, 10),
-        }
-    }
-}
-
-/// `[dataplane]`: forwarded traffic and the configuration changes that
-/// enable relaying (see `crate::dataplane`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataplaneConfig {
-    pub enabled: bool,
-    /// Network namespace of the gateway's interfaces; unset: the monitor's.
-    pub netns: Option<PathBuf>,
-    /// Interface roles; interfaces not listed take the default role.
-    pub interfaces: Vec<crate::dataplane::iface::IfaceRole>,
-    /// Services published from wan on purpose (DNAT port forwards).
-    pub published: Vec<crate::dataplane::Published>,
-    pub flow_table_capacity: Spanned<u32>,
-    pub scan_ms: Spanned<u64>,
-    pub report_secs: u64,
-    pub idle_secs: u64,
-}
-
-impl Default for DataplaneConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            netns: None,
-            interfaces: Vec::new(),
-            published: Vec::new(),
-            flow_table_capacity: Spanned::new(0..0, monitor_common::limits::FWD_FLOWS_MAX),
-            scan_ms: Spanned::new(0..0, 1000),
-            report_secs: 30,
-            idle_secs: 120,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RelayConfig {
-    pub enabled: bool,
-    /// Bytes each way after which a balanced pair of connections is a relay.
-    pub volume_bytes: u64,
-    /// How often connection counters are sampled for relays, in ms.
-    pub sample_ms: Spanned<u64>,
-    /// How often pairs of connections under watch are judged, in ms.
-    pub check_ms: Spanned<u64>,
-    /// Correlated samples each way that make a low-volume pair a relay.
-    pub interactive_samples: u32,
-    /// A connection belongs to a process's candidate legs if it used it
-    /// this recently, in seconds.
-    pub active_secs: u64,
-    /// Proxies run on purpose: `{ exe = "/usr/sbin/nginx", ports = [80, 443] }`.
-    pub allowed_proxies: Vec<crate::net::relay::AllowedProxy>,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            volume_bytes: 16 * 1024,
-            sample_ms: Spanned::new(0..0, 1000),
-            check_ms: Spanned::new(0..0, 250),
-            interactive_samples: 3,
-            active_secs: 30,
-            allowed_proxies: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NetworkConfig {
-    pub flow_table_capacity: usize,
-    pub flow_update_secs: u64,
-    pub udp_idle_secs: u64,
-    pub tcp_idle_secs: u64,
-    pub sweep_secs: Spanned<u64>,
-    pub seed_events: bool,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self {
-            flow_table_capacity: monitor_common::limits::FLOWS_MAX as usize,
-            flow_update_secs: 30,
-            udp_idle_secs: 60,
-            tcp_idle_secs: 3600,
-            sweep_secs: Spanned::new(0..0, 5),
-            seed_events: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutputConfig {
-    pub stdout: bool,
-    pub file: Option<PathBuf>,
-    pub kinds: Vec<Kind>,
-    pub seed_events: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    pub listen: SocketAddr,
-    pub enabled: bool,
-    /// TLS and basic authentication: a web configuration file in the
-    /// Prometheus exporter-toolkit format. Unset: plain HTTP, no
-    /// authentication.
-    pub web_config_file: Option<Spanned<PathBuf>>,
-    /// What `web_config_file` says, read when the configuration is.
-    #[serde(skip)]
-    pub web: Option<Arc<WebConfig>>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct KernelConfig {
-    pub ring_buffer_bytes: Spanned<u32>,
-    pub ebpf_log_level: EbpfLogLevel,
-    /// Optional probes not to attach, by name.
-    pub disabled_probes: Vec<Spanned<String>>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum EbpfLogLevel {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
-
-impl EbpfLogLevel {
-    /// The value of aya-log's `AYA_LOG_LEVEL` global for this level.
-    pub fn aya_level(self) -> u8 {
-        match self {
-            Self::Off => 0,
-            Self::Error => 1,
-            Self::Warn => 2,
-            Self::Info => 3,
-            Self::Debug => 4,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProcessTableConfig {
-    pub capacity: Spanned<usize>,
-    pub exited_retention_secs: u64,
-}
-
-impl Default for OutputConfig {
-    fn default() -> Self {
-        Self {
-            stdout: true,
-            file: None,
-            kinds: Kind::ALL.to_vec(),
-            seed_events: true,
-        }
-    }
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9810)),
-            enabled: true,
-            web_config_file: None,
-            web: None,
-        }
-    }
-}
-
-impl Default for KernelConfig {
-    fn default() -> Self {
-        Self {
-            ring_buffer_bytes: Spanned::new(0..0, monitor_common::limits::PROC_RING_BYTES),
-            ebpf_log_level: EbpfLogLevel::Warn,
-            disabled_probes: Vec::new(),
-        }
-    }
-}
-
-impl Default for ProcessTableConfig {
-    fn default() -> Self {
-        Self {
-            capacity: Spanned::new(0..0, 32768),
-            exited_retention_secs: 60,
-        }
-    }
-}
-
-impl NetworkConfig {
-    /// The flow tracker's timings.
-    pub fn settings(&self) -> crate::net::NetSettings {
-        crate::net::NetSettings {
-            update_interval_ns: secs_to_ns(self.flow_update_secs),
-            udp_idle_ns: secs_to_ns(self.udp_idle_secs),
-            tcp_idle_ns: secs_to_ns(self.tcp_idle_secs),
-        }
-    }
-}
-
-impl RelayConfig {
-    /// The relay detector's settings.
-    pub fn settings(&self) -> crate::net::relay::RelaySettings {
-        crate::net::relay::RelaySettings {
-            volume_bytes: self.volume_bytes,
-            active_ns: secs_to_ns(self.active_secs),
-            interactive_samples: self.interactive_samples,
-            allowed: self.allowed_proxies.clone(),
-        }
-    }
-}
-
-impl DataplaneConfig {
-    /// The data plane stage's settings.
-    pub fn settings(&self) -> crate::dataplane::Settings {
-        crate::dataplane::Settings {
-            netns: self.netns.clone(),
-            roles: self.interfaces.clone(),
-            published: self.published.clone(),
-            report_ns: secs_to_ns(self.report_secs),
-            idle_ns: secs_to_ns(self.idle_secs),
-        }
-    }
-}
-
+pub use crate::dataplane::DataplaneConfig;
 pub use crate::detect::stage::DetectConfig;
+pub use crate::load::EbpfLogLevel;
+pub use crate::load::KernelConfig;
+pub use crate::metrics::MetricsConfig;
+pub use crate::net::sensors::RelayConfig;
+pub use crate::net::NetworkConfig;
+pub use crate::output::OutputConfig;
+pub use crate::process::ProcessTableConfig;
+pub use crate::selfcheck::SelfCheckConfig;
 pub use crate::source::{line_col, FileError, Source};
 
 /// A configuration error.

@@ -547,6 +547,31 @@ fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<
     resp
 }
 
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: std::net::SocketAddr,
+    pub enabled: bool,
+    /// TLS and basic authentication: a web configuration file in the
+    /// Prometheus exporter-toolkit format. Unset: plain HTTP, no
+    /// authentication.
+    pub web_config_file: Option<toml::Spanned<std::path::PathBuf>>,
+    /// What `web_config_file` says, read when the configuration is.
+    #[serde(skip)]
+    pub web: Option<std::sync::Arc<crate::web_config::WebConfig>>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9810)),
+            enabled: true,
+            web_config_file: None,
+            web: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

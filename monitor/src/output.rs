@@ -218,3 +218,23 @@ fn account(metrics: &Metrics, sink: &mut Sink, result: io::Result<()>) {
         }
     }
 }
+
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    pub stdout: bool,
+    pub file: Option<std::path::PathBuf>,
+    pub kinds: Vec<crate::event::Kind>,
+    pub seed_events: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            stdout: true,
+            file: None,
+            kinds: crate::event::Kind::ALL.to_vec(),
+            seed_events: true,
+        }
+    }
+}

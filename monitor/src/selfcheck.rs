@@ -240,6 +240,24 @@ impl SelfCheck {
     }
 }
 
+/// `[selfcheck]`: the monitor's checks of itself (see `crate::selfcheck`).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfCheckConfig {
+    /// Seconds between canaries; 0 turns them off.
+    pub canary_secs: u64,
+    pub link_check_secs: toml::Spanned<u64>,
+}
+
+impl Default for SelfCheckConfig {
+    fn default() -> Self {
+        Self {
+            canary_secs: 60,
+            link_check_secs: toml::Spanned::new(0..0, 10),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use monitor_common::event::{EventHeader, ExecEvent, ExitEvent};

@@ -520,6 +520,52 @@ pub(crate) fn netns_inode() -> std::io::Result<u32> {
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32)
 }
 
+/// `[dataplane]`: forwarded traffic and the configuration changes that
+/// enable relaying (see `crate::dataplane`).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    pub enabled: bool,
+    /// Network namespace of the gateway's interfaces; unset: the monitor's.
+    pub netns: Option<std::path::PathBuf>,
+    /// Interface roles; interfaces not listed take the default role.
+    pub interfaces: Vec<crate::dataplane::iface::IfaceRole>,
+    /// Services published from wan on purpose (DNAT port forwards).
+    pub published: Vec<crate::dataplane::Published>,
+    pub flow_table_capacity: toml::Spanned<u32>,
+    pub scan_ms: toml::Spanned<u64>,
+    pub report_secs: u64,
+    pub idle_secs: u64,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            netns: None,
+            interfaces: Vec::new(),
+            published: Vec::new(),
+            flow_table_capacity: toml::Spanned::new(0..0, monitor_common::limits::FWD_FLOWS_MAX),
+            scan_ms: toml::Spanned::new(0..0, 1000),
+            report_secs: 30,
+            idle_secs: 120,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// The data plane stage's settings.
+    pub fn settings(&self) -> crate::dataplane::Settings {
+        crate::dataplane::Settings {
+            netns: self.netns.clone(),
+            roles: self.interfaces.clone(),
+            published: self.published.clone(),
+            report_ns: crate::clock::secs_to_ns(self.report_secs),
+            idle_ns: crate::clock::secs_to_ns(self.idle_secs),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use monitor_common::event::FwdTuple;

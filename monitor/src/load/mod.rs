@@ -266,6 +266,48 @@ fn attach(ebpf: &mut Ebpf, spec: &ProbeSpec, targets: &mut Targets) -> Result<()
     Ok(())
 }
 
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    pub ring_buffer_bytes: toml::Spanned<u32>,
+    pub ebpf_log_level: EbpfLogLevel,
+    /// Optional probes not to attach, by name.
+    pub disabled_probes: Vec<toml::Spanned<String>>,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: toml::Spanned::new(0..0, monitor_common::limits::PROC_RING_BYTES),
+            ebpf_log_level: EbpfLogLevel::Warn,
+            disabled_probes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfLogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl EbpfLogLevel {
+    /// The value of aya-log's `AYA_LOG_LEVEL` global for this level.
+    pub fn aya_level(self) -> u8 {
+        match self {
+            Self::Off => 0,
+            Self::Error => 1,
+            Self::Warn => 2,
+            Self::Info => 3,
+            Self::Debug => 4,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

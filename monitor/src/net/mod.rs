@@ -85,6 +85,41 @@ pub fn unspecified() -> Endpoint {
     }
 }
 
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub flow_table_capacity: usize,
+    pub flow_update_secs: u64,
+    pub udp_idle_secs: u64,
+    pub tcp_idle_secs: u64,
+    pub sweep_secs: toml::Spanned<u64>,
+    pub seed_events: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            flow_table_capacity: monitor_common::limits::FLOWS_MAX as usize,
+            flow_update_secs: 30,
+            udp_idle_secs: 60,
+            tcp_idle_secs: 3600,
+            sweep_secs: toml::Spanned::new(0..0, 5),
+            seed_events: true,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The flow tracker's timings.
+    pub fn settings(&self) -> crate::net::NetSettings {
+        crate::net::NetSettings {
+            update_interval_ns: crate::clock::secs_to_ns(self.flow_update_secs),
+            udp_idle_ns: crate::clock::secs_to_ns(self.udp_idle_secs),
+            tcp_idle_ns: crate::clock::secs_to_ns(self.tcp_idle_secs),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

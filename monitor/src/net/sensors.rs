@@ -106,3 +106,48 @@ impl HopSensors {
         }
     }
 }
+
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    pub enabled: bool,
+    /// Bytes each way after which a balanced pair of connections is a relay.
+    pub volume_bytes: u64,
+    /// How often connection counters are sampled for relays, in ms.
+    pub sample_ms: toml::Spanned<u64>,
+    /// How often pairs of connections under watch are judged, in ms.
+    pub check_ms: toml::Spanned<u64>,
+    /// Correlated samples each way that make a low-volume pair a relay.
+    pub interactive_samples: u32,
+    /// A connection belongs to a process's candidate legs if it used it
+    /// this recently, in seconds.
+    pub active_secs: u64,
+    /// Proxies run on purpose: `{ exe = "/usr/sbin/nginx", ports = [80, 443] }`.
+    pub allowed_proxies: Vec<crate::net::relay::AllowedProxy>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            volume_bytes: 16 * 1024,
+            sample_ms: toml::Spanned::new(0..0, 1000),
+            check_ms: toml::Spanned::new(0..0, 250),
+            interactive_samples: 3,
+            active_secs: 30,
+            allowed_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The relay detector's settings.
+    pub fn settings(&self) -> crate::net::relay::RelaySettings {
+        crate::net::relay::RelaySettings {
+            volume_bytes: self.volume_bytes,
+            active_ns: crate::clock::secs_to_ns(self.active_secs),
+            interactive_samples: self.interactive_samples,
+            allowed: self.allowed_proxies.clone(),
+        }
+    }
+}
