@@ -210,6 +210,17 @@ mod tests {
 
     use super::*;
 
+    /// The catalogue's computed fields are exactly those computed here.
+    #[test]
+    fn every_catalogued_computed_field_is_computed() {
+        let ev = json!({"kind": "exec", "exe": "/usr/bin/true", "argv": ["true"]});
+        let mut fs = FsCache::default();
+        for name in crate::event::catalogue::COMPUTED {
+            assert!(derived(name, &ev, &mut fs).is_some(), "{name}");
+        }
+        assert!(derived("exe", &ev, &mut fs).is_none());
+    }
+
     #[test]
     fn busybox_applets() {
         assert_eq!(

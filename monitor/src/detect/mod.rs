@@ -220,15 +220,8 @@ struct DerivedCache {
     ancestors: Option<Vec<Value>>,
 }
 
-/// Derived fields [`DerivedCache`] keeps (`fields::derived` names).
-const DERIVED_NAMES: [&str; 6] = [
-    "exe_name",
-    "exe_dir",
-    "applet",
-    "cmdline",
-    "exe_location",
-    "argv0_mismatch",
-];
+/// Derived fields [`DerivedCache`] keeps: those `fields::derived` computes.
+const DERIVED_NAMES: [&str; 6] = crate::event::catalogue::COMPUTED;
 const DERIVED_SLOTS: usize = DERIVED_NAMES.len();
 
 impl Engine {

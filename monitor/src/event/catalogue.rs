@@ -12,18 +12,25 @@ use serde_json::{json, Map, Value};
 
 use super::{alert::AlertRecord, Event, Kind};
 
-/// Fields the rule engine computes from an event (see `fields::derived`
-/// and `Engine::field`), usable on every kind.
-pub const DERIVED: [&str; 8] = [
+/// Fields the rule engine computes from an event's own fields (see
+/// `detect::fields::derived`), usable on every kind.
+pub const COMPUTED: [&str; 6] = [
     "exe_name",
     "exe_dir",
     "applet",
     "cmdline",
     "exe_location",
     "argv0_mismatch",
-    "listener",
-    "lineage",
 ];
+
+/// Fields the rule engine answers from what it learnt of the machine
+/// (see `Engine::field`), usable on every kind.
+pub const LEARNT: [&str; 2] = ["listener", "lineage"];
+
+/// Every field a rule may name besides the record's own.
+fn derived() -> impl Iterator<Item = &'static str> {
+    COMPUTED.into_iter().chain(LEARNT)
+}
 
 /// Fields of an ancestor inside an `ancestor` condition, and the derived
 /// fields computed from its executable.
@@ -137,7 +144,7 @@ impl Catalogue {
     /// (`kinds` empty: any event kind but alerts); the error says what is
     /// wrong and names the nearest known field.
     pub fn check(&self, kinds: &[String], path: &str) -> Result<(), String> {
-        if DERIVED.contains(&path) {
+        if derived().any(|d| d == path) {
             return Ok(());
         }
         let parts: Vec<&str> = path.split('.').collect();
@@ -172,7 +179,7 @@ impl Catalogue {
             .iter()
             .flat_map(|k| self.paths(k))
             .map(|p| p.replace('#', "0"))
-            .chain(DERIVED.iter().map(|d| (*d).to_owned()))
+            .chain(derived().map(str::to_owned))
             .collect();
         Err(format!(
             "unknown field {path:?} in {of}{}",
