@@ -1,12 +1,8 @@
-//! `monitor run`: wires the stages together (load, read, decode, enrich,
-//! output, export) and runs them until SIGINT or SIGTERM.
+//! `monitor run`: builds the stages (load, read, decode, enrich, the
+//! sensors, detect, output, export), hands them to the [`Pipeline`] and
+//! runs it until SIGINT or SIGTERM.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::limits::{
@@ -20,7 +16,6 @@ use tokio::{
 
 use crate::{
     alert,
-    clock::BootClock,
     config::Config,
     dataplane::stage::DataplaneStage,
     decode::KernelEvent,
@@ -29,11 +24,14 @@ use crate::{
         stage::{load_rules, Detect},
     },
     enrich::Enricher,
-    event::{Event, Kind},
-    load,
-    metrics::{self, Metrics},
-    net::{maps::KernelFlows, sensors::HopSensors, sockdiag, Context as NetContext, NetTracker},
+    event::Event,
+    load, metrics,
+    net::{maps::KernelFlows, sensors::HopSensors, sockdiag, NetTracker},
     output::{self, Output},
+    pipeline::{
+        sensors::{Check, Hops, Housekeeping, Plane},
+        Metrics, Pipeline, Signals, World,
+    },
     process::{procfs, ProcessTable},
     read::{self, KernelCounters},
     selfcheck::SelfCheck,
@@ -83,16 +81,18 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // First, so a stop requested during start-up is a clean stop once the
     // probes are up, never the default action's abrupt exit.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+    };
     let metrics = Metrics::new();
     let rules = load_rules(&config.detect, &[])?;
-    let mut detect = Detect::new(rules, Some(metrics.clone()));
+    let mut detect = Detect::new(rules, Some(metrics.detect.clone()));
     if let Some(path) = &config.detect.state_file {
         detect.keep_state(path.clone());
     }
-    detect.set_sinks(alert::Sinks::start(&config.alerts, &metrics)?);
+    detect.set_sinks(alert::Sinks::start(&config.alerts, &metrics.registry)?);
     let listener = if config.metrics.enabled {
         let addr = config.metrics.listen;
         Some(
@@ -103,14 +103,15 @@ pub async fn run(
     } else {
         None
     };
-    let mut output = Output::new(
+    let output = Output::new(
         config.output.stdout,
         config.output.file.as_deref(),
-        metrics.clone(),
+        metrics.output.clone(),
     )?;
 
     for status in &loaded.probes {
         metrics
+            .probes
             .probe_attached
             .with_label_values(&[status.spec.name])
             .set(i64::from(status.attached()));
@@ -127,10 +128,11 @@ pub async fn run(
         heads: take_map(ebpf, MAP_PROXY_HEADS, HashMap::<MapData, _, _>::try_from)?,
         unix: take_map(ebpf, MAP_UNIX_LINKS, HashMap::<MapData, _, _>::try_from)?,
     };
-    let mut hops = HopSensors::new(config.relay.settings(), metrics.clone());
-    let mut dataplane = start_dataplane(&config, ebpf, &loaded.probes, &metrics);
-    let mut ebpf_logger = aya_log::EbpfLogger::init(ebpf).ok();
-    let mut selfcheck = SelfCheck::new(&loaded.ebpf, metrics.clone());
+    let dataplane = start_dataplane(&config, ebpf, &loaded.probes, &metrics);
+    let flush_log = aya_log::EbpfLogger::init(ebpf)
+        .ok()
+        .map(|mut logger| Box::new(move || logger.flush()) as Box<dyn FnMut() + Send>);
+    let selfcheck = SelfCheck::new(&loaded.ebpf, metrics.selfcheck.clone());
 
     // Seed after attaching: a process or socket created in between is
     // both seeded and reported, never missed.
@@ -139,28 +141,60 @@ pub async fn run(
         Duration::from_secs(config.process_table.exited_retention_secs),
     );
     let net = &config.network;
-    let tracker = NetTracker::new(net.flow_table_capacity, net.settings(), metrics.clone());
+    let tracker = NetTracker::new(net.flow_table_capacity, net.settings(), metrics.net.clone());
     let mut enricher = Enricher::new(table, tracker);
     let kinds = &config.output.kinds;
     let seeded = enricher.seed(procfs::scan(std::path::Path::new("/proc")));
-    let process_kinds: Vec<Kind> = if config.output.seed_events {
-        kinds.clone()
-    } else {
-        Vec::new()
-    };
-    emit(&mut output, &process_kinds, &mut detect, &seeded);
     let connections = seed_sockets(&mut enricher, &mut kernel_flows);
-    let connection_kinds: Vec<Kind> = if net.seed_events {
-        kinds.clone()
-    } else {
-        Vec::new()
+    let world = World {
+        enricher,
+        flows: kernel_flows,
+        ebpf: loaded.ebpf,
+        sides: dataplane.as_ref().map(|d| d.sides().clone()),
     };
-    emit(&mut output, &connection_kinds, &mut detect, &connections);
-    output.flush();
+    let mut pipeline = Pipeline::new(world, detect, output, kinds.clone(), metrics.clone());
+    let none = Vec::new();
+    pipeline.emit_seeded(
+        &seeded,
+        if config.output.seed_events {
+            kinds
+        } else {
+            &none
+        },
+    );
+    pipeline.emit_seeded(&connections, if net.seed_events { kinds } else { &none });
     metrics
+        .process
         .process_table_entries
-        .set(enricher.table.stats().entries as i64);
+        .set(pipeline.world.enricher.table.stats().entries as i64);
     release_startup_memory();
+
+    pipeline.add_sensor(Box::new(Housekeeping {
+        counters: KernelCounters::new(counters),
+        flush_log,
+        metrics: metrics.clone(),
+        sweep: Duration::from_secs(*net.sweep_secs.get_ref()),
+        evictions_seen: 0,
+        flow_evictions_seen: 0,
+    }));
+    if config.relay.enabled {
+        pipeline.add_sensor(Box::new(Hops {
+            sensors: HopSensors::new(config.relay.settings(), metrics.hops.clone()),
+            check: Duration::from_millis(*config.relay.check_ms.get_ref()),
+            sample: Duration::from_millis(*config.relay.sample_ms.get_ref()),
+        }));
+    }
+    if let Some(stage) = dataplane {
+        pipeline.add_sensor(Box::new(Plane {
+            stage,
+            every: Duration::from_millis(*config.dataplane.scan_ms.get_ref()),
+        }));
+    }
+    pipeline.add_sensor(Box::new(Check {
+        selfcheck,
+        canary: Duration::from_secs(config.selfcheck.canary_secs),
+        links: Duration::from_secs(*config.selfcheck.link_check_secs.get_ref()),
+    }));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<Vec<KernelEvent>>(CHANNEL_BATCHES);
@@ -169,149 +203,37 @@ pub async fn run(
         net: net_ring,
         parked,
     };
-    let reader = tokio::spawn(read::run(rings, tx, metrics.clone(), shutdown_rx));
-    let shared_metrics = Arc::new(metrics.clone());
+    let reader = tokio::spawn(read::run(rings, tx, metrics.read.clone(), shutdown_rx));
 
     let attached = loaded.probes.iter().filter(|p| p.attached()).count();
     let metrics_addr = listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map_or_else(|| "disabled".to_owned(), |a| a.to_string());
+    let world = &pipeline.world;
     tracing::info!(
         attached,
         probes = loaded.probes.len(),
-        processes = enricher.table.stats().entries,
-        connections = enricher.net.flows.len(),
-        rules = detect.engine.rules().len(),
+        processes = world.enricher.table.stats().entries,
+        connections = world.enricher.net.flows.len(),
+        rules = pipeline.detect.engine.rules().len(),
         metrics = %metrics_addr,
         capabilities = %load::caps::names(load::env::effective_caps()),
+        jobs = %pipeline.job_names().join(","),
         "monitor ready"
     );
     let web = config.metrics.web.clone();
-    let server = listener.map(|l| tokio::spawn(metrics::serve(l, shared_metrics, web)));
+    let server = listener.map(|l| tokio::spawn(metrics::serve(l, metrics.registry.clone(), web)));
 
-    let mut kernel_counters = KernelCounters::new(counters);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut sweep = tokio::time::interval(Duration::from_secs(*net.sweep_secs.get_ref()));
-    let mut relay_tick =
-        tokio::time::interval(Duration::from_millis(*config.relay.sample_ms.get_ref()));
-    let mut relay_check =
-        tokio::time::interval(Duration::from_millis(*config.relay.check_ms.get_ref()));
-    let mut dataplane_tick =
-        tokio::time::interval(Duration::from_millis(*config.dataplane.scan_ms.get_ref()));
-    let canary_secs = config.selfcheck.canary_secs;
-    let mut canary_tick = tokio::time::interval(Duration::from_secs(canary_secs.max(1)));
-    let mut link_tick = tokio::time::interval(Duration::from_secs(
-        *config.selfcheck.link_check_secs.get_ref(),
-    ));
-    let mut evictions_seen = 0;
-    let mut flow_evictions_seen = 0;
-    let mut out = Vec::new();
-    loop {
-        tokio::select! {
-            batch = rx.recv() => {
-                let Some(batch) = batch else { break };
-                handle(&mut enricher, &mut kernel_flows, &metrics, &mut selfcheck, batch, &mut out);
-                count_changes(&metrics, &out);
-                if config.relay.enabled {
-                    let ctx = net_context(&enricher, &kernel_flows, dataplane.as_ref());
-                    hops.observe(&ctx, BootClock::boot_now_ns(), &mut out);
-                }
-                write_out(&mut output, kinds, &mut detect, &mut out);
-            }
-            _ = relay_check.tick(), if config.relay.enabled => {
-                let ctx = net_context(&enricher, &kernel_flows, dataplane.as_ref());
-                hops.check(&ctx, BootClock::boot_now_ns(), &mut out);
-                write_out(&mut output, kinds, &mut detect, &mut out);
-            }
-            _ = canary_tick.tick(), if canary_secs > 0 => {
-                selfcheck.canary_tick(&enricher.clock, &mut out);
-                write_out(&mut output, kinds, &mut detect, &mut out);
-            }
-            _ = link_tick.tick() => {
-                selfcheck.check_links(&enricher.clock, &mut out);
-                write_out(&mut output, kinds, &mut detect, &mut out);
-            }
-            _ = dataplane_tick.tick(), if dataplane.is_some() => {
-                if let Some(dp) = dataplane.as_mut() {
-                    tokio::task::block_in_place(|| dp.tick(&mut loaded.ebpf, &mut enricher, &mut out));
-                }
-                count_changes(&metrics, &out);
-                write_out(&mut output, kinds, &mut detect, &mut out);
-            }
-            _ = sweep.tick() => {
-                tokio::task::block_in_place(|| enricher.sweep(&mut kernel_flows, &mut out));
-                emit(&mut output, kinds, &mut detect, &out);
-                out.clear();
-                let evictions = enricher.net.flows.evictions();
-                metrics.net_flow_table_evictions.inc_by(evictions - flow_evictions_seen);
-                flow_evictions_seen = evictions;
-                output.flush();
-            }
-            _ = relay_tick.tick(), if config.relay.enabled => {
-                tokio::task::block_in_place(|| {
-                    let io = kernel_flows.io_entries();
-                    let ctx = net_context(&enricher, &kernel_flows, dataplane.as_ref());
-                    hops.sample(&ctx, &io, BootClock::boot_now_ns(), &mut out);
-                });
-                write_out(&mut output, kinds, &mut detect, &mut out);
-            }
-            _ = tick.tick() => {
-                enricher.table.expire(Instant::now());
-                enricher.clock.refresh();
-                let stats = enricher.table.stats();
-                metrics.process_table_entries.set(stats.entries as i64);
-                metrics.process_table_evictions.inc_by(stats.evictions - evictions_seen);
-                evictions_seen = stats.evictions;
-                metrics.net_flow_table_entries.set(enricher.net.flows.len() as i64);
-                kernel_counters.poll(&metrics);
-                if let Some(logger) = ebpf_logger.as_mut() {
-                    logger.flush();
-                }
-            }
-            _ = sighup.recv() => reload(config_path.as_deref(), &config, &mut detect, &metrics),
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-        }
-    }
+    pipeline
+        .run(&mut rx, &mut signals, |detect| {
+            reload(config_path.as_deref(), &config, detect, &metrics);
+        })
+        .await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    // Keep consuming while the reader finishes: it may be waiting for room
-    // in the channel, and would wait forever if nobody drained it.
-    let mut reader = reader;
-    loop {
-        tokio::select! {
-            _ = &mut reader => break,
-            batch = rx.recv() => match batch {
-                Some(batch) => {
-                    handle(&mut enricher, &mut kernel_flows, &metrics, &mut selfcheck, batch, &mut out);
-                    emit(&mut output, kinds, &mut detect, &out);
-                    out.clear();
-                }
-                None => break,
-            },
-        }
-    }
-    while let Ok(batch) = rx.try_recv() {
-        handle(
-            &mut enricher,
-            &mut kernel_flows,
-            &metrics,
-            &mut selfcheck,
-            batch,
-            &mut out,
-        );
-    }
-    emit(&mut output, kinds, &mut detect, &out);
-    // Close the open dedup windows, so their final counts are not lost.
-    let repeats = detect.flush();
-    if kinds.contains(&Kind::Alert) {
-        for alert in &repeats {
-            output.write_value(Kind::Alert, alert);
-        }
-    }
-    output.finish();
-    if let Some(sinks) = detect.take_sinks() {
+    pipeline.finish(reader, &mut rx).await;
+    if let Some(sinks) = pipeline.detect.take_sinks() {
         sinks.close(ALERT_SINK_GRACE).await;
     }
     if let Some(server) = server {
@@ -326,34 +248,6 @@ pub async fn run(
 fn release_startup_memory() {
     // SAFETY: malloc_trim only releases free memory.
     unsafe { libc::malloc_trim(0) };
-}
-
-/// What the relay and tunnel detectors read.
-fn net_context<'a>(
-    enricher: &'a Enricher,
-    flows: &'a KernelFlows,
-    dataplane: Option<&'a DataplaneStage>,
-) -> NetContext<'a> {
-    NetContext {
-        net: &enricher.net,
-        map: flows,
-        procs: &enricher.table,
-        clock: &enricher.clock,
-        sides: dataplane.map(DataplaneStage::sides),
-    }
-}
-
-/// Counts the configuration changes among `events`, whatever the output
-/// kinds.
-fn count_changes(metrics: &Metrics, events: &[Event]) {
-    for ev in events {
-        if let Event::ConfigChange(c) = ev {
-            metrics
-                .config_changes
-                .with_label_values(&[c.change.as_str()])
-                .inc();
-        }
-    }
 }
 
 /// The data plane stage, when enabled and its TC program loaded. Failing
@@ -372,70 +266,11 @@ fn start_dataplane(
     let tc_loaded = probes
         .iter()
         .any(|p| p.spec.name == crate::dataplane::TC_PROGRAM && p.attached());
-    match DataplaneStage::start(ebpf, settings, tc_loaded, metrics.clone()) {
+    match DataplaneStage::start(ebpf, settings, tc_loaded, metrics.dataplane.clone()) {
         Ok(stage) => Some(stage),
         Err(e) => {
             tracing::error!(error = %e, "data plane not watched: forwarded flows, transit alerts and netlink-announced changes are lost");
             None
-        }
-    }
-}
-
-/// Enriches a batch into `out`.
-fn handle(
-    enricher: &mut Enricher,
-    flows: &mut KernelFlows,
-    metrics: &Metrics,
-    selfcheck: &mut SelfCheck,
-    batch: Vec<KernelEvent>,
-    out: &mut Vec<Event>,
-) {
-    let now = Instant::now();
-    for ev in batch {
-        enricher.applied_ns = enricher.applied_ns.max(ev.ts_boot_ns());
-        if let KernelEvent::Bench(_) = ev {
-            metrics.bench_drained.inc();
-            continue;
-        }
-        if selfcheck.is_canary(&ev, &enricher.clock, out) {
-            continue;
-        }
-        enricher.apply(ev, now, flows, out);
-    }
-}
-
-/// Writes out what a stage produced (see [`emit`]), then empties `out`.
-fn write_out(output: &mut Output, kinds: &[Kind], detect: &mut Detect, out: &mut Vec<Event>) {
-    emit(output, kinds, detect, out);
-    out.clear();
-    output.flush();
-}
-
-/// Runs the detect stage over events and writes those of the kinds the
-/// configuration asks for, each followed by the alerts it raised.
-fn emit(output: &mut Output, kinds: &[Kind], detect: &mut Detect, events: &[Event]) {
-    let alerts_wanted = kinds.contains(&Kind::Alert);
-    for ev in events {
-        // Only events a rule runs for (or that name services) are turned
-        // into JSON values for the rules.
-        let alerts = if detect.wants(ev.kind()) {
-            match serde_json::to_value(ev) {
-                Ok(v) => detect.observe(&v),
-                Err(e) => {
-                    tracing::error!(error = %e, "event could not be serialised for the rules");
-                    Vec::new()
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        if kinds.contains(&ev.kind()) {
-            output.write_event(ev);
-        }
-        if alerts_wanted {
-            for alert in &alerts {
-                output.write_value(Kind::Alert, alert);
-            }
         }
     }
 }
@@ -461,7 +296,7 @@ fn reload(
         Ok((config, rules)) => {
             let n = rules.len();
             detect.set_rules(rules);
-            metrics.rule_reloads.with_label_values(&["ok"]).inc();
+            metrics.detect.rule_reloads.with_label_values(&["ok"]).inc();
             tracing::info!(rules = n, "configuration and rules reloaded");
             if config.output != running.output
                 || config.metrics != running.metrics
@@ -475,7 +310,11 @@ fn reload(
             }
         }
         Err(e) => {
-            metrics.rule_reloads.with_label_values(&["failed"]).inc();
+            metrics
+                .detect
+                .rule_reloads
+                .with_label_values(&["failed"])
+                .inc();
             tracing::error!("reload failed, the running rules stay: {e}");
         }
     }

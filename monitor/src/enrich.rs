@@ -313,7 +313,7 @@ mod tests {
                 udp_idle_ns: 1,
                 tcp_idle_ns: 1,
             },
-            crate::metrics::Metrics::new(),
+            crate::net::NetMetrics::register(&crate::metrics::registry()),
         );
         let mut e = Enricher::new(table, net);
         let rec = exec_record(42, b"echo\0bin\0usr\0", b"tmp\0", b"/bin/echo\0x y\0z\0");

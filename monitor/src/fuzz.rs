@@ -21,11 +21,11 @@ use crate::{
     detect::{rule, stage::Detect},
     enrich::Enricher,
     event::Event,
-    metrics::Metrics,
     net::{
         relay::RelaySettings, sensors::HopSensors, Context as NetContext, MemFlows, NetSettings,
         NetTracker,
     },
+    pipeline::Metrics,
     process::ProcessTable,
 };
 
@@ -109,7 +109,7 @@ pub fn kernel_records(data: &[u8]) {
     // Small tables, so that eviction runs too.
     let mut enricher = Enricher::new(
         ProcessTable::new(64, Duration::from_secs(60)),
-        NetTracker::new(64, settings, metrics()),
+        NetTracker::new(64, settings, metrics().net),
     );
     let mut flows = MemFlows::default();
     let mut detect = Detect::new(builtin_rules().to_vec(), None);
@@ -121,7 +121,7 @@ pub fn kernel_records(data: &[u8]) {
             interactive_samples: 2,
             allowed: Vec::new(),
         },
-        metrics(),
+        metrics().hops,
     );
     let now = Instant::now();
     let mut out = Vec::new();
@@ -159,8 +159,8 @@ pub fn kernel_records(data: &[u8]) {
 fn emit(detect: &mut Detect, events: &[Event]) {
     for ev in events {
         let value = serde_json::to_value(ev).expect("every event has a JSON form");
-        written(vec![value.clone()]);
-        written(detect.observe(&value));
+        written(vec![value]);
+        written(detect.observe_event(ev));
     }
 }
 
@@ -278,14 +278,23 @@ pub fn rules(data: &[u8]) {
     };
     match rule::parse(&src) {
         Ok(rules) => {
-            let mut detect = Detect::new(rules, None);
+            // The compiled accessors over typed records, and the same rules
+            // over the JSON form, must agree on every alert.
+            let mut typed = Detect::new(rules.clone(), None);
+            let mut json = Detect::new(rules, None);
             for _ in 0..2 {
                 for line in SAMPLE_EVENTS.lines() {
-                    let ev: Value = serde_json::from_str(line).expect("sample events are JSON");
-                    written(detect.observe(&ev));
+                    let ev: Event = serde_json::from_str(line).expect("sample events are typed");
+                    let value = serde_json::to_value(&ev).expect("JSON form");
+                    let a = typed.observe_event(&ev);
+                    let b = json.observe(&value);
+                    assert_eq!(a, b, "typed and JSON judgements differ on {line}");
+                    written(a);
                 }
             }
-            written(detect.flush());
+            let (a, b) = (typed.flush(), json.flush());
+            assert_eq!(a, b, "typed and JSON judgements differ at the flush");
+            written(a);
         }
         Err(e) => assert_error_inside(text, &e),
     }

@@ -2,8 +2,8 @@
 //! one module each: [`load`] (eBPF object and probes), [`read`] (ring
 //! buffer), [`decode`], [`enrich`] (process table), [`detect`] (rules),
 //! [`output`] (JSON lines), [`alert`] (alert sinks) and [`metrics`]
-//! (Prometheus; TLS and authentication in [`web_config`]). [`daemon`]
-//! wires them together.
+//! (Prometheus; TLS and authentication in [`web_config`]). [`pipeline`]
+//! runs them, with the periodic sensors; [`daemon`] builds it.
 
 pub mod alert;
 pub mod cli;
@@ -22,6 +22,7 @@ pub mod load;
 pub mod metrics;
 pub mod net;
 pub mod output;
+pub mod pipeline;
 pub mod process;
 pub mod read;
 pub mod replay;

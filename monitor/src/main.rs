@@ -91,6 +91,12 @@ fn main() -> ExitCode {
                         s.alerts,
                         s.bad_lines.len()
                     );
+                    if s.untyped > 0 {
+                        eprintln!(
+                            "{} events are not of this version's schema: judged by their JSON fields",
+                            s.untyped
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e @ replay::ReplayError::Rules(_)) => fail(EXIT_USAGE, &e),

@@ -8,8 +8,48 @@ use std::{
 
 use crate::{
     event::{Event, Kind},
-    metrics::Metrics,
+    metrics::counter_vec,
 };
+
+/// Sinks events are written to: `sink` label values.
+pub const SINKS: [&str; 2] = ["stdout", "file"];
+
+/// The output stage's metrics: lines written, lines a sink refused, lines
+/// dropped because the writer was behind.
+#[derive(Clone)]
+pub struct OutputMetrics {
+    pub events: prometheus::IntCounterVec,
+    pub output_errors: prometheus::IntCounterVec,
+    pub output_dropped: prometheus::IntCounterVec,
+}
+
+impl OutputMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        let m = Self {
+            events: counter_vec(registry, "events_total", "Events written, by kind.", &["kind"]),
+            output_errors: counter_vec(
+                registry,
+                "output_errors_total",
+                "Events that could not be written to a sink, by sink.",
+                &["sink"],
+            ),
+            output_dropped: counter_vec(
+                registry,
+                "output_dropped_total",
+                "Events not written because the writer was too far behind (its reader stalled), by kind.",
+                &["kind"],
+            ),
+        };
+        for k in Kind::ALL {
+            m.events.with_label_values(&[k.as_str()]);
+            m.output_dropped.with_label_values(&[k.as_str()]);
+        }
+        for s in SINKS {
+            m.output_errors.with_label_values(&[s]);
+        }
+        m
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open event file {path}: {source}")]
@@ -43,7 +83,7 @@ struct Batch {
 pub struct Output {
     queue: Option<std::sync::mpsc::SyncSender<Batch>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    metrics: Metrics,
+    metrics: OutputMetrics,
     /// The batch being filled.
     pending: Batch,
     /// Set while batches are being dropped, so a stall logs once.
@@ -51,7 +91,11 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(stdout: bool, file: Option<&Path>, metrics: Metrics) -> Result<Self, OpenError> {
+    pub fn new(
+        stdout: bool,
+        file: Option<&Path>,
+        metrics: OutputMetrics,
+    ) -> Result<Self, OpenError> {
         let mut sinks = Vec::new();
         if stdout {
             sinks.push(Sink {
@@ -201,7 +245,7 @@ impl Drop for Output {
 }
 
 /// One place that both logs and counts a sink error, so they agree.
-fn account(metrics: &Metrics, sink: &mut Sink, result: io::Result<()>) {
+fn account(metrics: &OutputMetrics, sink: &mut Sink, result: io::Result<()>) {
     match result {
         Ok(()) => {
             if sink.failing {

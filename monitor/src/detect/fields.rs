@@ -1,9 +1,14 @@
 //! Field lookup for rules: paths into an event's JSON form, plus derived
 //! fields computed from it (`exe_name`, `applet`, `exe_location`, ...).
 
-use std::{collections::HashMap, os::unix::fs::PermissionsExt as _, path::Path};
+use std::{borrow::Cow, collections::HashMap, os::unix::fs::PermissionsExt as _, path::Path};
 
+#[cfg(test)]
 use serde_json::Value;
+
+#[cfg(test)]
+use super::record::lookup;
+use super::record::{Argv, Computed, ProcView, Val};
 
 /// Directories whose contents anyone can replace: execution from them is
 /// the classic drop-and-run.
@@ -23,8 +28,8 @@ const PATH_DIRS: [&str; 6] = [
 /// resolution), so a rule does not stat on every event.
 #[derive(Default)]
 pub struct FsCache {
-    world_writable: HashMap<String, bool>,
-    resolves: HashMap<(String, String), bool>,
+    world_writable: foldhash::HashMap<String, bool>,
+    resolves: foldhash::HashMap<(String, String), bool>,
 }
 
 const FS_CACHE_MAX: usize = 4096;
@@ -72,19 +77,6 @@ pub fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// The process part of an event: top level for process events, under
-/// `process` for socket events.
-pub fn process_of(ev: &Value) -> &Value {
-    match ev.get("process") {
-        Some(p) if p.is_object() => p,
-        _ => ev,
-    }
-}
-
-pub fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
 /// Multi-call binaries: one executable that acts as the program named by
 /// argv[0] (or by argv[1] when run under its own name).
 pub const MULTI_CALL: [&str; 5] = [
@@ -104,80 +96,76 @@ const LINKED_NAMES: [(&str, &[&str]); 1] = [("pgrep", &["pkill", "pidwait"])];
 /// multi-call binary such as `/bin/busybox`, the applet (argv[0] `sh`, or
 /// `busybox sh`); for a program linked under other names (`pkill` to
 /// `pgrep`), the name it was run by; the executable's name otherwise.
-pub fn applet(exe: Option<&str>, argv: &[Value]) -> Option<String> {
+pub fn applet<'a>(exe: Option<&'a str>, argv: Argv<'a>) -> Option<&'a str> {
     let exe_name = exe.map(basename)?;
     if let Some((_, names)) = LINKED_NAMES.iter().find(|(e, _)| *e == exe_name) {
-        let a0 = argv.first().and_then(Value::as_str).map(basename);
+        let a0 = argv.get(0).map(basename);
         if let Some(name) = a0.filter(|a| names.contains(a)) {
-            return Some(name.to_owned());
+            return Some(name);
         }
     }
     if MULTI_CALL.contains(&exe_name) {
-        let a0 = argv
-            .first()
-            .and_then(Value::as_str)
-            .map(basename)
-            .unwrap_or(exe_name);
+        let a0 = argv.get(0).map(basename).unwrap_or(exe_name);
         let a0 = a0.trim_start_matches('-');
         if a0 == exe_name {
-            return argv
-                .get(1)
-                .and_then(Value::as_str)
-                .map(|a| basename(a).to_owned());
+            return argv.get(1).map(basename);
         }
-        return Some(a0.to_owned());
+        return Some(a0);
     }
-    Some(exe_name.to_owned())
+    Some(exe_name)
 }
 
-/// Computes a derived field of `ev`, or `None` when the name is not one.
-pub fn derived(name: &str, ev: &Value, fs: &mut FsCache) -> Option<Value> {
-    let p = process_of(ev);
-    let exe = str_at(p, "exe");
-    let argv = p
-        .get("argv")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    Some(match name {
-        "exe_name" => exe.map_or(Value::Null, |e| basename(e).into()),
-        "exe_dir" => exe.map_or(Value::Null, |e| {
-            e.rsplit_once('/')
-                .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d })
-                .into()
+fn str_val(s: &str) -> Val<'_> {
+    Val::Str(Cow::Borrowed(s))
+}
+
+/// Computes a derived field of a process.
+pub fn computed<'a>(c: Computed, p: &ProcView<'a>, fs: &mut FsCache) -> Val<'a> {
+    let exe = p.exe;
+    match c {
+        Computed::ExeName => exe.map_or(Val::Null, |e| str_val(basename(e))),
+        Computed::ExeDir => exe.map_or(Val::Null, |e| {
+            str_val(
+                e.rsplit_once('/')
+                    .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d }),
+            )
         }),
-        "applet" => applet(exe, argv).map_or(Value::Null, Value::from),
-        "cmdline" => argv
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(" ")
-            .into(),
-        "exe_location" => {
+        Computed::Applet => applet(exe, p.argv).map_or(Val::Null, str_val),
+        Computed::Cmdline => {
+            let mut line = String::new();
+            for (i, a) in p.argv.strs().enumerate() {
+                if i > 0 {
+                    line.push(' ');
+                }
+                line.push_str(a);
+            }
+            Val::Str(Cow::Owned(line))
+        }
+        Computed::ExeLocation => {
             let Some(e) = exe else {
-                return Some(Value::Null);
+                return Val::Null;
             };
-            let loc = if e.starts_with("/memfd:") {
+            str_val(if e.starts_with("/memfd:") {
                 "memfd"
-            } else if p.get("exe_deleted") == Some(&Value::Bool(true)) {
+            } else if p.exe_deleted {
                 "deleted"
             } else {
                 let dir = e.rsplit_once('/').map_or("/", |(d, _)| d);
-                if TMP_DIRS
-                    .iter()
-                    .any(|t| dir == *t || dir.starts_with(&format!("{t}/")))
-                {
+                if TMP_DIRS.iter().any(|t| {
+                    dir.strip_prefix(t)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                }) {
                     "tmp"
                 } else if fs.dir_world_writable(dir) {
                     "world_writable"
                 } else {
                     "system"
                 }
-            };
-            loc.into()
+            })
         }
-        "argv0_mismatch" => {
-            let (Some(e), Some(a0)) = (exe, argv.first().and_then(Value::as_str)) else {
-                return Some(false.into());
+        Computed::Argv0Mismatch => {
+            let (Some(e), Some(a0)) = (exe, p.argv.get(0)) else {
+                return Val::Bool(false);
             };
             let exe_name = basename(e);
             let a0_name = basename(a0).trim_start_matches('-');
@@ -185,23 +173,17 @@ pub fn derived(name: &str, ev: &Value, fs: &mut FsCache) -> Option<Value> {
                 || MULTI_CALL.contains(&exe_name)
                 || a0_name.starts_with(exe_name)
                 || exe_name.starts_with(a0_name);
-            (!related && !fs.resolves_to(a0, str_at(ev, "cwd"), e)).into()
+            Val::Bool(!related && !fs.resolves_to(a0, p.cwd, e))
         }
-        _ => return None,
-    })
+    }
 }
 
-/// Looks a dotted path up in `v`; numeric parts index arrays.
-pub fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    let mut cur = v;
-    for part in path {
-        cur = match cur {
-            Value::Object(m) => m.get(part)?,
-            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur)
+/// Computes a derived field of a JSON event by name, or `None` when the
+/// name is not one.
+#[cfg(test)]
+pub fn derived(name: &str, ev: &Value, fs: &mut FsCache) -> Option<Value> {
+    let c = Computed::ALL.into_iter().find(|c| c.name() == name)?;
+    Some(computed(c, &ProcView::of_json(ev), fs).to_json())
 }
 
 #[cfg(test)]
@@ -221,39 +203,40 @@ mod tests {
         assert!(derived("exe", &ev, &mut fs).is_none());
     }
 
+    fn applet_of<'a>(exe: &'a str, argv: &'a [String]) -> Option<&'a str> {
+        applet(Some(exe), Argv::Typed(argv))
+    }
+
+    fn strings(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
     #[test]
     fn busybox_applets() {
+        let bb = "/bin/busybox";
+        assert_eq!(applet_of(bb, &strings(&["sh"])), Some("sh"));
+        assert_eq!(applet_of(bb, &strings(&["busybox", "wget"])), Some("wget"));
+        assert_eq!(applet_of(bb, &strings(&["-ash"])), Some("ash"));
+        assert_eq!(applet_of("/usr/bin/dash", &strings(&["sh"])), Some("dash"));
         assert_eq!(
-            applet(Some("/bin/busybox"), &[json!("sh")]).as_deref(),
-            Some("sh")
-        );
-        assert_eq!(
-            applet(Some("/bin/busybox"), &[json!("busybox"), json!("wget")]).as_deref(),
-            Some("wget")
-        );
-        assert_eq!(
-            applet(Some("/bin/busybox"), &[json!("-ash")]).as_deref(),
-            Some("ash")
-        );
-        assert_eq!(
-            applet(Some("/usr/bin/dash"), &[json!("sh")]).as_deref(),
-            Some("dash")
+            applet(Some(bb), Argv::Json(&[json!("busybox"), json!("/bin/nc")])),
+            Some("nc")
         );
     }
 
     #[test]
     fn pkill_is_named_by_argv0() {
-        let pgrep = Some("/usr/bin/pgrep");
+        let pgrep = "/usr/bin/pgrep";
         assert_eq!(
-            applet(pgrep, &[json!("pkill"), json!("rsyslogd")]).as_deref(),
+            applet_of(pgrep, &strings(&["pkill", "rsyslogd"])),
             Some("pkill")
         );
         assert_eq!(
-            applet(pgrep, &[json!("pgrep"), json!("sshd")]).as_deref(),
+            applet_of(pgrep, &strings(&["pgrep", "sshd"])),
             Some("pgrep")
         );
         assert_eq!(
-            applet(pgrep, &[json!("sh")]).as_deref(),
+            applet_of(pgrep, &strings(&["sh"])),
             Some("pgrep"),
             "only its own link names"
         );

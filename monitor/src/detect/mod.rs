@@ -8,6 +8,7 @@
 //! alert with a count, and per-rule rate limits count what they suppress.
 
 pub mod fields;
+pub mod record;
 pub mod rule;
 pub mod stage;
 
@@ -20,10 +21,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use self::{
-    fields::{derived, lookup, process_of, FsCache},
+    fields::{computed, FsCache},
+    record::{process_of, AncestorView, Computed, Field, Own, ProcView, Subject, Val},
     rule::{Cond, Op, Rule, Severity},
 };
-use crate::clock::secs_to_ns;
+use crate::{clock::secs_to_ns, event::Event};
 
 pub use crate::event::alert::AlertRecord;
 
@@ -72,10 +74,8 @@ pub struct Engine {
     rules: Vec<Rule>,
     /// Which rules an event of each kind runs (see [`KindIndex`]).
     index: KindIndex,
-    /// Derived fields of the event being judged, computed once for it.
-    derived: DerivedCache,
     /// Pids owning a listening TCP socket (network-facing services).
-    listeners: HashMap<u64, u32>,
+    listeners: foldhash::HashMap<u64, u32>,
     /// The monitor's own pid: its metrics listener is not a service.
     self_pid: u64,
     windows: HashMap<(usize, u64), Window>,
@@ -90,24 +90,12 @@ pub struct Engine {
 }
 
 /// Event time in ns since the epoch, from its `ts`.
-fn ts_ns(ev: &Value) -> u64 {
-    ev.get("ts")
-        .and_then(Value::as_str)
+fn ts_ns(ev: &Subject<'_>) -> u64 {
+    ev.ts()
         .and_then(|t| humantime::parse_rfc3339(t).ok())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         // Past 2554 a u64 of nanoseconds saturates instead of wrapping.
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn pid_of(ev: &Value) -> Option<u64> {
-    process_of(ev).get("pid").and_then(Value::as_u64)
-}
-
-fn ancestry_of(ev: &Value) -> &[Value] {
-    process_of(ev)
-        .get("ancestry")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice)
 }
 
 fn values_equal(a: &Value, b: &Value) -> bool {
@@ -127,30 +115,86 @@ fn str_match(v: &Value, f: &dyn Fn(&str) -> bool) -> bool {
     }
 }
 
-fn op_match(op: &Op, v: Option<&Value>) -> bool {
+/// An operator over a value in its JSON form.
+fn json_match(op: &Op, v: &Value) -> bool {
     match op {
-        Op::Exists(want) => v.is_some_and(|v| !v.is_null()) == *want,
-        _ => {
-            let Some(v) = v else { return false };
-            match op {
-                Op::Equals(x) => {
-                    values_equal(v, x)
-                        || v.as_array()
-                            .is_some_and(|a| a.iter().any(|e| values_equal(e, x)))
-                }
-                Op::In(set) => {
-                    set.contains(v)
-                        || v.as_array()
-                            .is_some_and(|a| a.iter().any(|e| set.contains(e)))
-                }
-                Op::Prefix(ps) => str_match(v, &|s| ps.iter().any(|p| s.starts_with(p.as_str()))),
-                Op::Suffix(ps) => str_match(v, &|s| ps.iter().any(|p| s.ends_with(p.as_str()))),
-                Op::Contains(ps) => str_match(v, &|s| ps.iter().any(|p| s.contains(p.as_str()))),
-                Op::Regex(re) => str_match(v, &|s| re.is_match(s)),
-                Op::Gt(x) => v.as_f64().is_some_and(|n| n > *x),
-                Op::Lt(x) => v.as_f64().is_some_and(|n| n < *x),
-                Op::Exists(_) => unreachable!("handled above"),
-            }
+        Op::Exists(want) => v.is_null() != *want,
+        Op::Equals(x) => {
+            values_equal(v, x)
+                || v.as_array()
+                    .is_some_and(|a| a.iter().any(|e| values_equal(e, x)))
+        }
+        Op::In(set) => {
+            set.contains(v)
+                || v.as_array()
+                    .is_some_and(|a| a.iter().any(|e| set.contains(e)))
+        }
+        Op::Prefix(ps) => str_match(v, &|s| ps.iter().any(|p| s.starts_with(p.as_str()))),
+        Op::Suffix(ps) => str_match(v, &|s| ps.iter().any(|p| s.ends_with(p.as_str()))),
+        Op::Contains(ps) => str_match(v, &|s| ps.iter().any(|p| s.contains(p.as_str()))),
+        Op::Regex(re) => str_match(v, &|s| re.is_match(s)),
+        Op::Gt(x) => v.as_f64().is_some_and(|n| n > *x),
+        Op::Lt(x) => v.as_f64().is_some_and(|n| n < *x),
+    }
+}
+
+/// A string operator over one string.
+fn str_op(op: &Op, s: &str) -> bool {
+    match op {
+        Op::Prefix(ps) => ps.iter().any(|p| s.starts_with(p.as_str())),
+        Op::Suffix(ps) => ps.iter().any(|p| s.ends_with(p.as_str())),
+        Op::Contains(ps) => ps.iter().any(|p| s.contains(p.as_str())),
+        Op::Regex(re) => re.is_match(s),
+        _ => false,
+    }
+}
+
+/// Applies an operator to a field's value (`None`: the event has no such
+/// field). Strings, lists of strings, numbers and booleans are matched as
+/// they are; anything else through its JSON form, with the same meaning.
+fn op_match(op: &Op, v: Option<&Val<'_>>) -> bool {
+    let v = match v {
+        Some(v) if !v.is_null() => v,
+        _ => return matches!(op, Op::Exists(false)),
+    };
+    match (op, v) {
+        (Op::Exists(want), _) => *want,
+        (Op::Equals(x), Val::Str(s)) => x.as_str() == Some(s.as_ref()),
+        (Op::Equals(x), Val::Bool(b)) => x.as_bool() == Some(*b),
+        (Op::Equals(x), Val::U64(n)) => x.as_f64() == Some(*n as f64),
+        (Op::Equals(x), Val::I64(n)) => x.as_f64() == Some(*n as f64),
+        (Op::Equals(x), Val::Strs(a)) if !x.is_array() => {
+            x.as_str().is_some_and(|x| a.iter().any(|s| s == x))
+        }
+        (Op::In(set), Val::Str(s)) => set.contains_str(s),
+        (Op::In(set), Val::U64(n)) => set.contains_number(*n as f64),
+        (Op::In(set), Val::I64(n)) => set.contains_number(*n as f64),
+        (Op::In(set), Val::Strs(a)) if !set.has_others() => a.iter().any(|s| set.contains_str(s)),
+        (Op::Prefix(_) | Op::Suffix(_) | Op::Contains(_) | Op::Regex(_), Val::Str(s)) => {
+            str_op(op, s)
+        }
+        (Op::Prefix(_) | Op::Suffix(_) | Op::Contains(_) | Op::Regex(_), Val::Strs(a)) => {
+            a.iter().any(|s| str_op(op, s))
+        }
+        (Op::Gt(x), Val::U64(n)) => (*n as f64) > *x,
+        (Op::Gt(x), Val::I64(n)) => (*n as f64) > *x,
+        (Op::Lt(x), Val::U64(n)) => (*n as f64) < *x,
+        (Op::Lt(x), Val::I64(n)) => (*n as f64) < *x,
+        (_, Val::Json(j)) => json_match(op, j),
+        (_, other) => json_match(op, &other.to_json()),
+    }
+}
+
+/// The computed fields of the event being judged, each made at its first
+/// use and kept until the next event.
+struct Memo<'e> {
+    computed: [Option<Val<'e>>; Computed::ALL.len()],
+}
+
+impl Memo<'_> {
+    fn new() -> Self {
+        Self {
+            computed: std::array::from_fn(|_| None),
         }
     }
 }
@@ -161,7 +205,7 @@ fn op_match(op: &Op, v: Option<&Value>) -> bool {
 /// names none makes it run for every kind).
 #[derive(Default)]
 struct KindIndex {
-    by_kind: HashMap<String, Vec<usize>>,
+    by_kind: foldhash::HashMap<String, Vec<usize>>,
     /// Rules for every kind, and so for kinds no rule names.
     every: Vec<usize>,
 }
@@ -209,28 +253,12 @@ impl KindIndex {
     }
 }
 
-/// The derived fields of one event, each computed at its first use.
-/// Conditions on an ancestor (another object) do not use it.
-#[derive(Default)]
-struct DerivedCache {
-    /// Address of the event the values are of.
-    event: usize,
-    values: [Option<Value>; DERIVED_SLOTS],
-    /// The event's ancestors as `ancestor` conditions see them.
-    ancestors: Option<Vec<Value>>,
-}
-
-/// Derived fields [`DerivedCache`] keeps: those `fields::derived` computes.
-const DERIVED_NAMES: [&str; 6] = crate::event::catalogue::COMPUTED;
-const DERIVED_SLOTS: usize = DERIVED_NAMES.len();
-
 impl Engine {
     pub fn new(rules: Vec<Rule>) -> Self {
         Self {
             index: KindIndex::new(&rules),
-            derived: DerivedCache::default(),
             rules,
-            listeners: HashMap::new(),
+            listeners: foldhash::HashMap::default(),
             self_pid: u64::from(std::process::id()),
             windows: HashMap::new(),
             next_expiry_ns: u64::MAX,
@@ -263,26 +291,22 @@ impl Engine {
     /// search stops at the first `reparented` ancestor, and the parent is
     /// then the one the kernel names (a detached process is not folded
     /// into the alerts of the service that started it).
-    fn lineage_of(&self, ev: &Value) -> u64 {
-        let ancestry = ancestry_of(ev);
-        let chain: Vec<u64> = ancestry
-            .iter()
-            .take_while(|a| a.get("reparented").and_then(Value::as_bool) != Some(true))
-            .filter_map(|a| a.get("pid").and_then(Value::as_u64))
-            .collect();
-        let parent = if chain.is_empty() && !ancestry.is_empty() {
-            process_of(ev).get("ppid").and_then(Value::as_u64)
-        } else {
-            chain.first().copied()
+    fn lineage_of(&self, ev: &Subject<'_>) -> u64 {
+        let ancestry = ev.ancestry();
+        let chain = || ancestry.iter().take_while(|a| !a.reparented).map(|a| a.pid);
+        if let Some(service) = chain().find(|p| self.is_listener(*p)) {
+            return service;
+        }
+        let first = chain().next();
+        let parent = match first {
+            None if !ancestry.is_empty() => ev.ppid(),
+            first => first,
         };
-        chain
-            .iter()
-            .copied()
-            .find(|p| self.is_listener(*p))
-            .or_else(|| parent.filter(|p| *p > 1))
-            .or_else(|| pid_of(ev))
+        parent
+            .filter(|p| *p > 1)
+            .or_else(|| ev.pid())
             // Forwarded flows have no process: each flow is its own lineage.
-            .or_else(|| ev.get("flow_id").and_then(Value::as_u64))
+            .or_else(|| ev.json().get("flow_id").and_then(Value::as_u64))
             .unwrap_or(0)
     }
 
@@ -291,20 +315,19 @@ impl Engine {
     }
 
     /// Keeps the set of network-facing processes current.
-    fn learn(&mut self, ev: &Value) {
-        let kind = ev.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let pid = pid_of(ev).unwrap_or(0);
-        let is_tcp = ev.get("proto").and_then(Value::as_str) == Some("tcp");
+    fn learn(&mut self, ev: &Subject<'_>) {
+        let kind = ev.kind();
+        if !matches!(kind, "listen" | "connection" | "close" | "exit") {
+            return;
+        }
+        let pid = ev.pid().unwrap_or(0);
+        let (is_tcp, state) = ev.tcp_state();
         match kind {
             "listen" if is_tcp && pid != 0 => *self.listeners.entry(pid).or_default() += 1,
-            "connection"
-                if is_tcp
-                    && pid != 0
-                    && ev.get("state").and_then(Value::as_str) == Some("listen") =>
-            {
+            "connection" if is_tcp && pid != 0 && state == Some("listen") => {
                 *self.listeners.entry(pid).or_default() += 1;
             }
-            "close" if is_tcp && ev.get("state").and_then(Value::as_str) == Some("listen") => {
+            "close" if is_tcp && state == Some("listen") => {
                 if let Some(n) = self.listeners.get_mut(&pid) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -319,120 +342,125 @@ impl Engine {
         }
     }
 
-    /// Value of a field for a condition: derived fields first, then the
-    /// event's own fields.
-    fn field<'e>(&mut self, ev: &'e Value, path: &[String]) -> Option<Cow<'e, Value>> {
-        if path.len() == 1 {
-            if path[0] == "lineage" {
-                return Some(Cow::Owned(self.lineage_of(ev).into()));
+    /// Whether the event's `field` satisfies `op`.
+    fn test<'e>(
+        &mut self,
+        field: &Field,
+        op: &Op,
+        ev: &'e Subject<'_>,
+        memo: &mut Memo<'e>,
+    ) -> bool {
+        match field {
+            Field::Lineage => op_match(op, Some(&Val::U64(self.lineage_of(ev)))),
+            Field::Listener => {
+                let listener = ev.pid().is_some_and(|p| self.is_listener(p));
+                op_match(op, Some(&Val::Bool(listener)))
             }
-            if path[0] == "listener" {
-                return Some(Cow::Owned(
-                    pid_of(ev).is_some_and(|p| self.is_listener(p)).into(),
-                ));
+            Field::Computed(c) => {
+                let slot = &mut memo.computed[*c as usize];
+                let v = slot.get_or_insert_with(|| computed(*c, &ev.process(), &mut self.fs));
+                op_match(op, Some(v))
             }
-            let this_event = self.derived.event == std::ptr::from_ref(ev) as usize;
-            if let Some(slot) = DERIVED_NAMES
-                .iter()
-                .position(|n| *n == path[0])
-                .filter(|_| this_event)
-            {
-                if let Some(v) = &self.derived.values[slot] {
-                    return Some(Cow::Owned(v.clone()));
-                }
-                let v = derived(&path[0], ev, &mut self.fs)?;
-                self.derived.values[slot] = Some(v.clone());
-                return Some(Cow::Owned(v));
-            }
-            if let Some(v) = derived(&path[0], ev, &mut self.fs) {
-                return Some(Cow::Owned(v));
-            }
+            Field::Own(o) => op_match(op, ev.own(*o).as_ref()),
+            Field::Path(p) => op_match(op, ev.path(p).as_ref()),
         }
-        lookup(ev, path).map(Cow::Borrowed)
     }
 
-    fn cond(&mut self, c: &Cond, ev: &Value) -> bool {
+    /// Whether an ancestor's `field` satisfies `op`. Ancestors have a pid,
+    /// an executable, whether they serve the network, whether the process
+    /// after them was re-parented, and the fields computed from those.
+    fn test_ancestor(&mut self, field: &Field, op: &Op, a: &AncestorView<'_>) -> bool {
+        let v = match field {
+            Field::Own(Own::Pid) | Field::Lineage => Some(Val::U64(a.pid)),
+            Field::Own(Own::Exe) => a.exe.map(|e| Val::Str(Cow::Borrowed(e))),
+            Field::Listener => Some(Val::Bool(self.is_listener(a.pid))),
+            Field::Path(p) if p.len() == 1 && p[0] == "reparented" => Some(Val::Bool(a.reparented)),
+            Field::Computed(c) => Some(computed(*c, &ProcView::of_ancestor(a.exe), &mut self.fs)),
+            _ => None,
+        };
+        op_match(op, v.as_ref())
+    }
+
+    fn cond<'e>(&mut self, c: &Cond, ev: &'e Subject<'_>, memo: &mut Memo<'e>) -> bool {
         match c {
-            Cond::Field { path, op } => {
-                let v = self.field(ev, &path.0);
-                op_match(op, v.as_deref())
-            }
-            Cond::Any(cs) => cs.iter().any(|c| self.cond(c, ev)),
-            Cond::All(cs) => cs.iter().all(|c| self.cond(c, ev)),
-            Cond::Not(c) => !self.cond(c, ev),
-            Cond::Ancestor(cs) => {
-                // The ancestors as conditions see them, made once per event.
-                let this_event = self.derived.event == std::ptr::from_ref(ev) as usize;
-                let ancestors = match self.derived.ancestors.take() {
-                    Some(a) if this_event => a,
-                    _ => ancestry_of(ev)
-                        .iter()
-                        .map(|a| {
-                            let pid = a.get("pid").and_then(Value::as_u64).unwrap_or(0);
-                            serde_json::json!({
-                                "pid": pid,
-                                "exe": a.get("exe").cloned().unwrap_or(Value::Null),
-                                "listener": self.is_listener(pid),
-                                "reparented": a.get("reparented").and_then(Value::as_bool).unwrap_or(false),
-                            })
-                        })
-                        .collect(),
-                };
-                let hit = ancestors.iter().any(|a| cs.iter().all(|c| self.cond(c, a)));
-                if this_event {
-                    self.derived.ancestors = Some(ancestors);
-                }
-                hit
-            }
+            Cond::Field { field, op, .. } => self.test(field, op, ev, memo),
+            Cond::Any(cs) => cs.iter().any(|c| self.cond(c, ev, memo)),
+            Cond::All(cs) => cs.iter().all(|c| self.cond(c, ev, memo)),
+            Cond::Not(c) => !self.cond(c, ev, memo),
+            Cond::Ancestor(cs) => ev
+                .ancestry()
+                .iter()
+                .any(|a| cs.iter().all(|c| self.ancestor_cond(c, &a))),
         }
     }
 
-    fn all(&mut self, cs: &[Cond], ev: &Value) -> bool {
-        cs.iter().all(|c| self.cond(c, ev))
+    fn ancestor_cond(&mut self, c: &Cond, a: &AncestorView<'_>) -> bool {
+        match c {
+            Cond::Field { field, op, .. } => self.test_ancestor(field, op, a),
+            Cond::Any(cs) => cs.iter().any(|c| self.ancestor_cond(c, a)),
+            Cond::All(cs) => cs.iter().all(|c| self.ancestor_cond(c, a)),
+            Cond::Not(c) => !self.ancestor_cond(c, a),
+            // An ancestor's own ancestors are not known.
+            Cond::Ancestor(_) => false,
+        }
     }
 
-    fn kind_ok(kinds: &[String], ev: &Value) -> bool {
-        let kind = ev.get("kind").and_then(Value::as_str).unwrap_or_default();
-        kinds.is_empty() || kinds.iter().any(|k| k == kind)
+    fn all<'e>(&mut self, cs: &[Cond], ev: &'e Subject<'_>, memo: &mut Memo<'e>) -> bool {
+        cs.iter().all(|c| self.cond(c, ev, memo))
     }
 
-    /// Runs every rule on one event; returns the alerts raised.
+    fn kind_ok(kinds: &[String], ev: &Subject<'_>) -> bool {
+        kinds.is_empty() || {
+            let kind = ev.kind();
+            kinds.iter().any(|k| k == kind)
+        }
+    }
+
+    /// Runs every rule on one event in its JSON form (`monitor replay` of
+    /// a line that is not of this schema); returns the alerts raised.
     pub fn observe(&mut self, ev: &Value) -> Vec<AlertRecord> {
+        self.judge(&Subject::json_line(ev))
+    }
+
+    /// Runs every rule on one typed event; returns the alerts raised.
+    pub fn observe_event(&mut self, ev: &Event) -> Vec<AlertRecord> {
+        self.judge(&Subject::typed(ev))
+    }
+
+    fn judge(&mut self, ev: &Subject<'_>) -> Vec<AlertRecord> {
         self.learn(ev);
         let now = ts_ns(ev);
         let mut out = self.expire(now);
-        if ev.get("kind").and_then(Value::as_str) == Some("alert") {
+        let kind = ev.kind();
+        if kind == "alert" {
             return out;
         }
         // The monitor's own activity (its metrics listener, its canary, a
         // binary run from wherever it was installed) is never an intrusion.
-        if pid_of(ev) == Some(self.self_pid) {
+        if ev.pid() == Some(self.self_pid) {
             return out;
         }
         let rules = std::mem::take(&mut self.rules);
         let index = std::mem::take(&mut self.index);
-        let kind = ev.get("kind").and_then(Value::as_str).unwrap_or_default();
-        self.derived = DerivedCache {
-            event: std::ptr::from_ref(ev) as usize,
-            ..DerivedCache::default()
-        };
+        let mut memo = Memo::new();
         for &i in index.rules_for(kind) {
             let rule = &rules[i];
             if let Some(seq) = &rule.sequence {
-                if let Some(evidence) = self.step(i, seq, ev, now) {
+                if let Some(evidence) = self.step(i, seq, ev, now, &mut memo) {
                     if let Some(a) = self.raise(i, rule, ev, evidence, now) {
                         out.push(a);
                     }
                 }
                 continue;
             }
-            if !Self::kind_ok(&rule.kinds, ev) || !self.all(&rule.matches, ev) {
+            // The index gave only rules for this kind (or for every kind).
+            if !self.all(&rule.matches, ev, &mut memo) {
                 continue;
             }
-            if rule.except.iter().any(|c| self.cond(c, ev)) {
+            if rule.except.iter().any(|c| self.cond(c, ev, &mut memo)) {
                 continue;
             }
-            if let Some(a) = self.raise(i, rule, ev, vec![ev.clone()], now) {
+            if let Some(a) = self.raise(i, rule, ev, vec![ev.json().clone()], now) {
                 out.push(a);
             }
         }
@@ -448,19 +476,19 @@ impl Engine {
     }
 
     /// Advances sequence rule `i`; returns the evidence when it completes.
-    fn step(&mut self, i: usize, seq: &rule::Sequence, ev: &Value, now: u64) -> Option<Vec<Value>> {
-        let pid = pid_of(ev)?;
+    fn step<'e>(
+        &mut self,
+        i: usize,
+        seq: &rule::Sequence,
+        ev: &'e Subject<'_>,
+        now: u64,
+        memo: &mut Memo<'e>,
+    ) -> Option<Vec<Value>> {
+        let pid = ev.pid()?;
         // Later steps belong to the lineage of the first step's process:
         // that process itself or one of its descendants.
-        let mut lineage: Vec<u64> = vec![pid];
-        lineage.extend(
-            ancestry_of(ev)
-                .iter()
-                .filter_map(|a| a.get("pid").and_then(Value::as_u64)),
-        );
-        let active = lineage
-            .iter()
-            .copied()
+        let active = std::iter::once(pid)
+            .chain(ev.ancestry().iter().map(|a| a.pid))
             .find(|p| self.sequences.contains_key(&(i, *p)));
         if let Some(root) = active {
             let state = self
@@ -472,9 +500,9 @@ impl Engine {
                 self.sequences.remove(&(i, root));
             } else {
                 let step = &seq.steps[next];
-                if Self::kind_ok(&step.kinds, ev) && self.all(&step.matches, ev) {
+                if Self::kind_ok(&step.kinds, ev) && self.all(&step.matches, ev, memo) {
                     let s = self.sequences.get_mut(&(i, root))?;
-                    s.evidence.push(ev.clone());
+                    s.evidence.push(ev.json().clone());
                     s.next += 1;
                     if s.next == seq.steps.len() {
                         return self.sequences.remove(&(i, root)).map(|s| s.evidence);
@@ -484,7 +512,7 @@ impl Engine {
             }
         }
         let first = &seq.steps[0];
-        if Self::kind_ok(&first.kinds, ev) && self.all(&first.matches, ev) {
+        if Self::kind_ok(&first.kinds, ev) && self.all(&first.matches, ev, memo) {
             if self.sequences.len() >= SEQ_STATES_MAX {
                 while let Some(old) = self.seq_order.pop_front() {
                     if self.sequences.remove(&old).is_some() {
@@ -494,18 +522,16 @@ impl Engine {
             }
             let key = match seq.by {
                 rule::SequenceBy::Process => pid,
-                rule::SequenceBy::Parent => ancestry_of(ev)
-                    .first()
-                    .and_then(|a| a.get("pid").and_then(Value::as_u64))
-                    .filter(|p| *p > 1)
-                    .unwrap_or(pid),
+                rule::SequenceBy::Parent => {
+                    ev.ancestry().first_pid().filter(|p| *p > 1).unwrap_or(pid)
+                }
             };
             self.sequences.insert(
                 (i, key),
                 SeqState {
                     next: 1,
                     deadline_ns: now.saturating_add(secs_to_ns(seq.within_secs)),
-                    evidence: vec![ev.clone()],
+                    evidence: vec![ev.json().clone()],
                 },
             );
             self.seq_order.push_back((i, key));
@@ -519,11 +545,12 @@ impl Engine {
         &mut self,
         i: usize,
         rule: &Rule,
-        ev: &Value,
+        ev: &Subject<'_>,
         evidence: Vec<Value>,
         now: u64,
     ) -> Option<AlertRecord> {
         let lineage = self.lineage_of(ev);
+        let ev = ev.json();
         if let Some(w) = self.windows.get_mut(&(i, lineage)) {
             if now <= w.ends_ns {
                 w.alert.count += 1;
@@ -646,14 +673,17 @@ impl Engine {
             .filter(|&end| end >= now)
             .min()
             .unwrap_or(u64::MAX);
-        let ended: Vec<(usize, u64)> = self
+        // In the order the windows end (then by rule and lineage), so the
+        // lines come out the same on every run.
+        let mut ended: Vec<(u64, (usize, u64))> = self
             .windows
             .iter()
             .filter(|(_, w)| w.ends_ns < now)
-            .map(|(k, _)| *k)
+            .map(|(k, w)| (w.ends_ns, *k))
             .collect();
+        ended.sort_unstable();
         let mut out = Vec::new();
-        for k in ended {
+        for (_, k) in ended {
             if let Some(w) = self.windows.remove(&k) {
                 if w.alert.count > 1 {
                     let mut a = w.alert;

@@ -173,6 +173,8 @@ impl OneOrMany {
 pub enum Cond {
     Field {
         path: FieldPath,
+        /// The path resolved to the accessor that reads it.
+        field: super::record::Field,
         op: Op,
     },
     Any(Vec<Cond>),
@@ -209,7 +211,8 @@ pub enum Op {
 /// compared as numbers, anything else by equality.
 #[derive(Debug, Clone, Default)]
 pub struct ValueSet {
-    strings: std::collections::HashSet<String>,
+    /// A fast hash: these lookups run for every event a rule sees.
+    strings: foldhash::HashSet<String>,
     numbers: Vec<f64>,
     others: Vec<serde_json::Value>,
 }
@@ -227,6 +230,19 @@ impl ValueSet {
             }
         }
         set
+    }
+
+    pub fn contains_str(&self, s: &str) -> bool {
+        self.strings.contains(s)
+    }
+
+    pub fn contains_number(&self, n: f64) -> bool {
+        self.numbers.contains(&n)
+    }
+
+    /// Whether some values are neither strings nor numbers.
+    pub fn has_others(&self) -> bool {
+        !self.others.is_empty()
     }
 
     /// Whether `v` equals one of the values (numbers by value).
@@ -450,8 +466,10 @@ fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
         Catalogue::get().check(ctx.kinds, path)
     };
     known.map_err(|m| ctx.err(field.span().start, m))?;
+    let path: Vec<String> = path.split('.').map(str::to_owned).collect();
     Ok(Cond::Field {
-        path: FieldPath(path.split('.').map(str::to_owned).collect()),
+        field: super::record::Field::resolve(&path),
+        path: FieldPath(path),
         op: ops.remove(0),
     })
 }

@@ -9,9 +9,56 @@ use serde_json::Value;
 use super::{rule, AlertRecord, Engine, EngineStats, SavedWindow};
 use crate::{
     alert::{Alert, Sinks},
-    event::Kind,
-    metrics::Metrics,
+    event::{Event, Kind},
+    metrics::{counter_vec, gauge},
 };
+
+/// The detect stage's metrics: alerts raised, folded and held back, the
+/// rules in use and their reloads.
+#[derive(Clone)]
+pub struct DetectMetrics {
+    pub alerts: prometheus::IntCounterVec,
+    pub alerts_deduplicated: prometheus::IntCounterVec,
+    pub alerts_rate_limited: prometheus::IntCounterVec,
+    pub rules_loaded: prometheus::IntGauge,
+    pub rule_reloads: prometheus::IntCounterVec,
+}
+
+impl DetectMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        let m = Self {
+            alerts: counter_vec(
+                registry,
+                "alerts_total",
+                "Alerts raised, by rule id and severity (repeat lines not counted).",
+                &["rule", "severity"],
+            ),
+            alerts_deduplicated: counter_vec(
+                registry,
+                "alerts_deduplicated_total",
+                "Rule matches folded into an open alert of the same rule and lineage, by rule id.",
+                &["rule"],
+            ),
+            alerts_rate_limited: counter_vec(
+                registry,
+                "alerts_rate_limited_total",
+                "Alerts a rule's rate limit held back, by rule id.",
+                &["rule"],
+            ),
+            rules_loaded: gauge(registry, "rules_loaded", "Detection rules in use."),
+            rule_reloads: counter_vec(
+                registry,
+                "rule_reloads_total",
+                "Reloads of configuration and rules on SIGHUP, by result (ok, failed).",
+                &["result"],
+            ),
+        };
+        for r in ["ok", "failed"] {
+            m.rule_reloads.with_label_values(&[r]);
+        }
+        m
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -57,7 +104,7 @@ pub fn load_rules(
 
 pub struct Detect {
     pub engine: Engine,
-    metrics: Option<Metrics>,
+    metrics: Option<DetectMetrics>,
     exported: EngineStats,
     /// Where every alert raised is also delivered (the daemon's sinks).
     sinks: Option<Sinks>,
@@ -67,7 +114,7 @@ pub struct Detect {
 }
 
 impl Detect {
-    pub fn new(rules: Vec<rule::Rule>, metrics: Option<Metrics>) -> Self {
+    pub fn new(rules: Vec<rule::Rule>, metrics: Option<DetectMetrics>) -> Self {
         if let Some(m) = &metrics {
             Self::publish_rules(m, &rules);
         }
@@ -137,7 +184,7 @@ impl Detect {
     /// Sets the rule count and creates the alert series of every rule, so
     /// that the label set is known, and a rate() defined, before the first
     /// alert.
-    fn publish_rules(m: &Metrics, rules: &[rule::Rule]) {
+    fn publish_rules(m: &DetectMetrics, rules: &[rule::Rule]) {
         m.rules_loaded.set(rules.len() as i64);
         for r in rules {
             m.alerts
@@ -153,8 +200,15 @@ impl Detect {
         self.engine.wants(kind.as_str())
     }
 
-    /// Runs the rules over one event in its JSON form; returns the alerts
-    /// as JSON, ready to write.
+    /// Runs the rules over one event; returns the alerts as JSON, ready
+    /// to write.
+    pub fn observe_event(&mut self, event: &Event) -> Vec<Value> {
+        let alerts = self.engine.observe_event(event);
+        self.finish(alerts)
+    }
+
+    /// Runs the rules over one line that is not of this schema, in its
+    /// JSON form (see [`Engine::observe`]).
     pub fn observe(&mut self, event: &Value) -> Vec<Value> {
         let alerts = self.engine.observe(event);
         self.finish(alerts)

@@ -136,6 +136,19 @@ const S_IFCHR: u32 = 0o020000;
 const S_IFIFO: u32 = 0o010000;
 
 impl FdKind {
+    /// The name the JSON form uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FdKind::None => "none",
+            FdKind::Tty => "tty",
+            FdKind::Pipe => "pipe",
+            FdKind::Socket => "socket",
+            FdKind::File => "file",
+            FdKind::Chardev => "chardev",
+            FdKind::Other => "other",
+        }
+    }
+
     /// Classifies an inode by its mode and, for character devices, its
     /// major number. Used for kernel records and for /proc alike.
     pub fn classify(mode: u32, major: u32) -> Self {
@@ -594,6 +607,17 @@ mod tests {
         });
         let v = serde_json::to_value(&e).expect("serialize");
         assert_eq!(v["kind"], "fork");
+        for k in [
+            FdKind::None,
+            FdKind::Tty,
+            FdKind::Pipe,
+            FdKind::Socket,
+            FdKind::File,
+            FdKind::Chardev,
+            FdKind::Other,
+        ] {
+            assert_eq!(serde_json::to_value(k).expect("fd kind"), k.as_str());
+        }
         assert_eq!(v["pid"], 2);
         for k in Kind::ALL {
             assert_eq!(serde_json::to_value(k).expect("kind"), k.as_str());

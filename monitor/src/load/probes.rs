@@ -217,3 +217,25 @@ impl Hook {
         }
     }
 }
+
+/// Whether each probe is attached: set when the probes load, cleared by
+/// the self-check when one is detached from outside.
+#[derive(Clone)]
+pub struct ProbeMetrics {
+    pub probe_attached: prometheus::IntGaugeVec,
+}
+
+impl ProbeMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        let probe_attached = crate::metrics::gauge_vec(
+            registry,
+            "probe_attached",
+            "Whether each probe is attached (1) or not (0).",
+            &["probe"],
+        );
+        for p in PROBES {
+            probe_attached.with_label_values(&[p.name]).set(0);
+        }
+        Self { probe_attached }
+    }
+}

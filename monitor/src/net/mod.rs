@@ -133,3 +133,87 @@ mod tests {
         assert_eq!(ip_from_kernel([0; 16]).to_string(), "::");
     }
 }
+
+/// The flow picture's metrics: connections and flows opened and ended,
+/// their bytes, the flow tables.
+#[derive(Clone)]
+pub struct NetMetrics {
+    pub net_opened: prometheus::IntCounterVec,
+    pub net_closed: prometheus::IntCounterVec,
+    pub net_sent_bytes: prometheus::IntCounterVec,
+    pub net_received_bytes: prometheus::IntCounterVec,
+    pub net_connect_results: prometheus::IntCounterVec,
+    pub net_flow_table_entries: prometheus::IntGauge,
+    pub net_flow_table_evictions: prometheus::IntCounter,
+    pub net_kernel_flows: prometheus::IntGauge,
+}
+
+impl NetMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        use crate::{
+            event::{Direction, Proto},
+            metrics::{counter, counter_vec, gauge},
+        };
+        let m = Self {
+            net_opened: counter_vec(
+                registry,
+                "net_connections_opened_total",
+                "TCP connections established and UDP flows started, by protocol and direction.",
+                &["proto", "direction"],
+            ),
+            net_closed: counter_vec(
+                registry,
+                "net_connections_closed_total",
+                "TCP connections and UDP flows ended, by protocol and direction.",
+                &["proto", "direction"],
+            ),
+            net_sent_bytes: counter_vec(
+                registry,
+                "net_sent_bytes_total",
+                "Payload bytes sent by local sockets, by protocol (counted at flow updates and ends).",
+                &["proto"],
+            ),
+            net_received_bytes: counter_vec(
+                registry,
+                "net_received_bytes_total",
+                "Payload bytes received by local sockets, by protocol (counted at flow updates and ends).",
+                &["proto"],
+            ),
+            net_connect_results: counter_vec(
+                registry,
+                "net_connect_results_total",
+                "Outcomes of outbound TCP connection attempts.",
+                &["result"],
+            ),
+            net_flow_table_entries: gauge(
+                registry,
+                "net_flow_table_entries",
+                "Connections and UDP flows in the flow table.",
+            ),
+            net_flow_table_evictions: counter(
+                registry,
+                "net_flow_table_evictions_total",
+                "Flows evicted from the full flow table.",
+            ),
+            net_kernel_flows: gauge(
+                registry,
+                "net_kernel_flows",
+                "Flows in the kernel's counter map at the last sweep.",
+            ),
+        };
+        for proto in Proto::ALL {
+            for d in [Direction::Outbound, Direction::Inbound] {
+                m.net_opened
+                    .with_label_values(&[proto.as_str(), d.as_str()]);
+                m.net_closed
+                    .with_label_values(&[proto.as_str(), d.as_str()]);
+            }
+            m.net_sent_bytes.with_label_values(&[proto.as_str()]);
+            m.net_received_bytes.with_label_values(&[proto.as_str()]);
+        }
+        for r in CONNECT_RESULTS {
+            m.net_connect_results.with_label_values(&[r]);
+        }
+        m
+    }
+}

@@ -12,20 +12,72 @@ use super::{
     tunnel::{TunnelDetector, TunnelRecord, TunnelSettings},
     Context,
 };
-use crate::{event::Event, metrics::Metrics};
+use crate::{
+    event::Event,
+    metrics::{counter, counter_vec},
+};
+
+/// The relay and tunnel detectors' metrics.
+#[derive(Clone)]
+pub struct HopMetrics {
+    pub relays: prometheus::IntCounterVec,
+    pub tunnels: prometheus::IntCounterVec,
+    pub relay_pairs_examined: prometheus::IntCounter,
+    pub relay_pairs_dropped: prometheus::IntCounter,
+}
+
+impl HopMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        let m = Self {
+            relays: counter_vec(
+                registry,
+                "net_relays_total",
+                "Relays detected (pairs of connections whose bytes pass from one to the other), by method (fingerprint, exchange, bulk, interactive, tunnel) and whether the proxy was declared (allowed).",
+                &["method", "allowed"],
+            ),
+            tunnels: counter_vec(
+                registry,
+                "net_tunnels_total",
+                "Flows found carrying traffic inside another protocol, by carrier (dns, icmp, http) and whether the gateway forwards them.",
+                &["protocol", "forwarded"],
+            ),
+            relay_pairs_examined: counter(
+                registry,
+                "relay_pairs_examined_total",
+                "Pairs of connections the relay detector judged.",
+            ),
+            relay_pairs_dropped: counter(
+                registry,
+                "relay_pairs_dropped_total",
+                "New pairs of connections not watched because the relay detector's watch list was full.",
+            ),
+        };
+        for method in crate::event::relay::Method::ALL {
+            for allowed in ["false", "true"] {
+                m.relays.with_label_values(&[method.as_str(), allowed]);
+            }
+        }
+        for c in crate::event::tunnel::Carrier::ALL {
+            for forwarded in ["false", "true"] {
+                m.tunnels.with_label_values(&[c.as_str(), forwarded]);
+            }
+        }
+        m
+    }
+}
 
 pub struct HopSensors {
     relays: RelayDetector,
     tunnels: TunnelDetector,
     relay_settings: RelaySettings,
     tunnel_settings: TunnelSettings,
-    metrics: Metrics,
+    metrics: HopMetrics,
     /// The relay detector's counts at the last metrics update.
     counted: RelayStats,
 }
 
 impl HopSensors {
-    pub fn new(relay_settings: RelaySettings, metrics: Metrics) -> Self {
+    pub fn new(relay_settings: RelaySettings, metrics: HopMetrics) -> Self {
         // Declared proxies and forwarders are declared for tunnels too (a
         // DNS forwarder asks the same server many things).
         let tunnel_settings = TunnelSettings {

@@ -18,7 +18,6 @@ use crate::{
     decode::c_str,
     escape::escape,
     event::{Direction, Endpoint, Event, Kind, NetRecord, PeerRef, ProcessRef, Proto},
-    metrics::Metrics,
     process::ProcessTable,
 };
 
@@ -66,7 +65,7 @@ pub struct NetSettings {
 pub struct NetTracker {
     pub flows: FlowTable,
     settings: NetSettings,
-    metrics: Metrics,
+    metrics: super::NetMetrics,
     /// Boot ns of the previous sweep.
     last_sweep_ns: u64,
     /// Flows that ended lately, with their final counters, by socket: a
@@ -132,7 +131,7 @@ pub const CONNECT_RESULTS: [&str; 6] = [
 ];
 
 impl NetTracker {
-    pub fn new(capacity: usize, settings: NetSettings, metrics: Metrics) -> Self {
+    pub fn new(capacity: usize, settings: NetSettings, metrics: super::NetMetrics) -> Self {
         Self {
             flows: FlowTable::new(capacity),
             settings,
@@ -682,7 +681,7 @@ mod tests {
                 udp_idle_ns: 60 * SEC,
                 tcp_idle_ns: 3600 * SEC,
             },
-            Metrics::new(),
+            crate::net::NetMetrics::register(&crate::metrics::registry()),
         )
     }
 

@@ -21,3 +21,28 @@ impl Default for ProcessTableConfig {
         }
     }
 }
+
+/// The process table's metrics.
+#[derive(Clone)]
+pub struct ProcessMetrics {
+    pub process_table_entries: prometheus::IntGauge,
+    pub process_table_evictions: prometheus::IntCounter,
+}
+
+impl ProcessMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        use crate::metrics::{counter, gauge};
+        Self {
+            process_table_entries: gauge(
+                registry,
+                "process_table_entries",
+                "Processes in the process table.",
+            ),
+            process_table_evictions: counter(
+                registry,
+                "process_table_evictions_total",
+                "Processes evicted from the full process table.",
+            ),
+        }
+    }
+}

@@ -14,7 +14,6 @@ use super::*;
 use crate::{
     clock::BootClock,
     event::{Endpoint, Proto},
-    metrics::Metrics,
     net::{
         ip_to_kernel,
         sides::{SideMap, Subnet},
@@ -76,7 +75,7 @@ impl Lab {
                     udp_idle_ns: 60 * SEC,
                     tcp_idle_ns: 3600 * SEC,
                 },
-                Metrics::new(),
+                crate::net::NetMetrics::register(&crate::metrics::registry()),
             ),
             map: MemFlows::default(),
             procs: ProcessTable::new(100, Duration::from_secs(60)),
