@@ -1,7 +1,7 @@
 //! Field lookup for rules: paths into an event's JSON form, plus derived
 //! fields computed from it (`exe_name`, `applet`, `exe_location`, ...).
 
-use std::{borrow::Cow, collections::HashMap, os::unix::fs::PermissionsExt as _, path::Path};
+use std::{borrow::Cow, os::unix::fs::PermissionsExt as _, path::Path};
 
 #[cfg(test)]
 use serde_json::Value;
