@@ -306,9 +306,8 @@ pub fn rules(data: &[u8]) {
 pub fn json_events(data: &[u8]) {
     let mut detect = Detect::new(builtin_rules().to_vec(), None);
     for line in data.split(|&b| b == b'\n') {
-        match serde_json::from_slice::<Value>(line) {
-            Ok(v) if v.is_object() => written(detect.observe(&v)),
-            _ => {}
+        if let Some(judged) = crate::replay::judge_line(&mut detect, line) {
+            written(judged.alerts);
         }
     }
     written(detect.flush());

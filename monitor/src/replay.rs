@@ -28,6 +28,33 @@ pub enum ReplayError {
     Write(#[source] io::Error),
 }
 
+/// One recorded line as the rules judged it.
+pub struct Judged {
+    pub alerts: Vec<serde_json::Value>,
+    /// The line is an event, but not of this version's schema.
+    pub untyped: bool,
+}
+
+/// Runs one recorded line through the rules: a line of this version's
+/// schema as the typed record the daemon judges, any other JSON object by
+/// its JSON fields. `None` when the line is not a JSON object.
+pub fn judge_line(detect: &mut Detect, line: &[u8]) -> Option<Judged> {
+    if let Ok(ev) = serde_json::from_slice::<Event>(line) {
+        return Some(Judged {
+            alerts: detect.observe_event(&ev),
+            untyped: false,
+        });
+    }
+    let v = serde_json::from_slice::<serde_json::Value>(line).ok()?;
+    if !v.is_object() {
+        return None;
+    }
+    Some(Judged {
+        untyped: v.get("kind").and_then(serde_json::Value::as_str) != Some(Kind::Alert.as_str()),
+        alerts: detect.observe(&v),
+    })
+}
+
 /// What a replay did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -78,24 +105,13 @@ pub fn run(
         if line.trim().is_empty() {
             continue;
         }
-        // Lines the monitor wrote parse into the typed records the daemon
-        // judges; any other JSON object is judged in its JSON form.
-        if let Ok(ev) = serde_json::from_str::<Event>(&line) {
-            summary.events += 1;
-            let alerts = detect.observe_event(&ev);
-            write(alerts, &mut summary)?;
-            continue;
-        }
-        match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(v) if v.is_object() => {
+        match judge_line(&mut detect, line.as_bytes()) {
+            Some(judged) => {
                 summary.events += 1;
-                if v.get("kind").and_then(serde_json::Value::as_str) != Some(Kind::Alert.as_str()) {
-                    summary.untyped += 1;
-                }
-                let alerts = detect.observe(&v);
-                write(alerts, &mut summary)?;
+                summary.untyped += u64::from(judged.untyped);
+                write(judged.alerts, &mut summary)?;
             }
-            _ => {
+            None => {
                 eprintln!("{name}:{}: not a JSON event, skipped", n + 1);
                 summary.bad_lines.push(n as u64 + 1);
             }

@@ -199,6 +199,38 @@ impl Memo<'_> {
     }
 }
 
+/// Makes every regex of the same pattern one compiled regex (the built-in
+/// pack tests one pattern of shells and interpreters in several rules).
+/// Remembering a regex's result per event was measured slower than running
+/// it again on the short fields rules test.
+fn share_regexes(rules: &mut [Rule]) {
+    fn walk(c: &mut Cond, seen: &mut HashMap<String, regex::Regex>) {
+        match c {
+            Cond::Field {
+                op: Op::Regex(re), ..
+            } => {
+                *re = seen
+                    .entry(re.as_str().to_owned())
+                    .or_insert_with(|| re.clone())
+                    .clone();
+            }
+            Cond::Field { .. } => {}
+            Cond::Any(cs) | Cond::All(cs) | Cond::Ancestor(cs) => {
+                cs.iter_mut().for_each(|c| walk(c, seen));
+            }
+            Cond::Not(c) => walk(c, seen),
+        }
+    }
+    let mut seen = HashMap::new();
+    for r in rules {
+        let steps = r.sequence.iter_mut().flat_map(|s| &mut s.steps);
+        let conds = r.matches.iter_mut().chain(r.except.iter_mut());
+        for c in conds.chain(steps.flat_map(|s| &mut s.matches)) {
+            walk(c, &mut seen);
+        }
+    }
+}
+
 /// The rules each event kind runs, so an event touches only the rules
 /// for its kind: a rule runs for the kinds it names, or every kind when it
 /// names none; a sequence for the kinds of all its steps (any step that
@@ -254,7 +286,8 @@ impl KindIndex {
 }
 
 impl Engine {
-    pub fn new(rules: Vec<Rule>) -> Self {
+    pub fn new(mut rules: Vec<Rule>) -> Self {
+        share_regexes(&mut rules);
         Self {
             index: KindIndex::new(&rules),
             rules,
@@ -271,7 +304,8 @@ impl Engine {
     }
 
     /// Replaces the rules, keeping what the engine learnt of the machine.
-    pub fn set_rules(&mut self, rules: Vec<Rule>) {
+    pub fn set_rules(&mut self, mut rules: Vec<Rule>) {
+        share_regexes(&mut rules);
         self.index = KindIndex::new(&rules);
         self.rules = rules;
         self.windows.clear();

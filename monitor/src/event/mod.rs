@@ -178,7 +178,9 @@ fn is_tty_major(major: u32) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Ancestor {
     pub pid: u32,
-    pub exe: Option<String>,
+    /// Shared with the process table's entry (every event of a descendant
+    /// names it).
+    pub exe: Option<std::sync::Arc<str>>,
     /// This ancestor forked the process before it in the chain (the event's
     /// process, for the first), which has since been re-parented: the
     /// ancestor exited and the kernel names a subreaper or init instead.

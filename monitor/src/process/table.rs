@@ -1,7 +1,7 @@
 //! Bounded process table keyed by pid.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -80,7 +80,8 @@ struct Entry {
 /// Processes by pid, bounded: past `capacity`, exited processes go first,
 /// then the oldest entries; each eviction is counted.
 pub struct ProcessTable {
-    entries: HashMap<u32, Entry>,
+    /// By pid, with a fast hash: several lookups per record (ancestry).
+    entries: foldhash::HashMap<u32, Entry>,
     /// Insertion order, checked lazily against each entry's generation.
     order: VecDeque<(u32, u64)>,
     /// Exit order, for retention of exited processes.
@@ -94,7 +95,7 @@ pub struct ProcessTable {
 impl ProcessTable {
     pub fn new(capacity: usize, retention: Duration) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: foldhash::HashMap::default(),
             order: VecDeque::new(),
             exited: VecDeque::new(),
             capacity: capacity.max(1),
@@ -214,7 +215,7 @@ impl ProcessTable {
             let process = self.get(next);
             chain.push(Ancestor {
                 pid: next,
-                exe: process.and_then(|p| p.exe.as_deref().map(str::to_owned)),
+                exe: process.and_then(|p| p.exe.clone()),
                 reparented,
             });
             match process {
