@@ -113,6 +113,26 @@ fn command_injection_through_a_web_app_alerts() {
         rules.iter().all(|r| r == "EW-PROC-001"),
         "new rules fired on a benign request: {rules:?}"
     );
+    // A second, different injection while the alert is open is written at
+    // once as an update of that alert, naming the new command.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://127.0.0.1:{port}/?host=x%3Buname%20-a%3Bid%20-u"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    let update = m.expect_event("alert_update of the second injection", |v| {
+        v.kind() == "alert_update"
+            && v["rule"] == "EW-PROC-001"
+            && below_app(v)
+            && v["evidence"][0]["argv"]
+                .to_string()
+                .contains("uname -a;id -u")
+    });
+    assert_eq!(update["alert_id"], shell["alert_id"]);
+    assert!(update["count"].as_u64().is_some_and(|c| c >= 2), "{update}");
 }
 
 #[test]

@@ -63,7 +63,8 @@ impl Alert {
 
     /// An alert from an alert line's JSON, or None when it is not one.
     pub fn from_value(json: &Value) -> Option<Self> {
-        let record = serde_json::from_value(json.clone()).ok()?;
+        let mut record: AlertRecord = serde_json::from_value(json.clone()).ok()?;
+        record.update = json.get("kind").and_then(Value::as_str) == Some("alert_update");
         Some(Self::new(record, json))
     }
 }

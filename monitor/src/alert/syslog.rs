@@ -149,6 +149,7 @@ pub fn format(alert: &Alert, facility: Facility, host: &str, procid: u32) -> Str
         ("exe", exe),
         ("count", Some(count.as_str())),
         ("repeat", a.repeat.then_some("true")),
+        ("update", a.update.then_some("true")),
     ];
     for (name, value) in params {
         if let Some(v) = value {
@@ -189,6 +190,9 @@ pub fn format(alert: &Alert, facility: Facility, host: &str, procid: u32) -> Str
     }
     if a.repeat {
         let _ = write!(m, " (repeated, {} matches)", a.count);
+    }
+    if a.update {
+        let _ = write!(m, " (another match, {} so far)", a.count);
     }
     m
 }

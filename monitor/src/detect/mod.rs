@@ -25,7 +25,10 @@ use self::{
     record::{process_of, AncestorView, Computed, Field, Own, ProcView, Subject, Val},
     rule::{Cond, Op, Rule, Severity},
 };
-use crate::{clock::secs_to_ns, event::Event};
+use crate::{
+    clock::secs_to_ns,
+    event::{Event, Kind},
+};
 
 pub use crate::event::alert::AlertRecord;
 
@@ -46,6 +49,51 @@ pub struct EngineStats {
 struct Window {
     alert: AlertRecord,
     ends_ns: u64,
+    /// What the matches folded so far were (see [`fingerprint`]): a match
+    /// that brings something new writes an update line at once.
+    seen: HashSet<u64>,
+}
+
+/// Most distinct matches a window remembers; past that it forgets them
+/// all and starts again (more update lines, never a silent one).
+const WINDOW_SEEN_MAX: usize = 256;
+
+/// What makes two matches of one rule on one lineage the same: the kind,
+/// the process's executable and command line, and the peers (every
+/// `remote` and `dst` endpoint of the record: a connection's, a relay's
+/// legs', a forwarded flow's).
+fn fingerprint(ev: &Subject<'_>) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    fn peers(v: &Value, h: &mut std::hash::DefaultHasher) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "remote" || k == "dst" {
+                        x.to_string().hash(h);
+                    } else if x.is_object() || x.is_array() {
+                        peers(x, h);
+                    }
+                }
+            }
+            Value::Array(xs) => xs.iter().for_each(|x| peers(x, h)),
+            _ => {}
+        }
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    ev.kind().hash(&mut h);
+    let p = ev.process();
+    p.exe.hash(&mut h);
+    for a in p.argv.strs() {
+        a.hash(&mut h);
+    }
+    if ev.is_typed() {
+        for f in [Own::RemoteAddr, Own::RemotePort] {
+            ev.own(f).map(|v| v.to_json().to_string()).hash(&mut h);
+        }
+    } else {
+        peers(ev.json(), &mut h);
+    }
+    h.finish()
 }
 
 /// An open dedup window as saved across restarts: the alert already sent
@@ -466,7 +514,7 @@ impl Engine {
         let now = ts_ns(ev);
         let mut out = self.expire(now);
         let kind = ev.kind();
-        if kind == "alert" {
+        if kind == Kind::Alert.as_str() || kind == Kind::AlertUpdate.as_str() {
             return out;
         }
         // The monitor's own activity (its metrics listener, its canary, a
@@ -584,15 +632,34 @@ impl Engine {
         now: u64,
     ) -> Option<AlertRecord> {
         let lineage = self.lineage_of(ev);
-        let ev = ev.json();
         if let Some(w) = self.windows.get_mut(&(i, lineage)) {
             if now <= w.ends_ns {
                 w.alert.count += 1;
                 *self.stats.deduplicated.entry(rule.id.clone()).or_default() += 1;
                 self.stats.changes += 1;
-                return None;
+                if w.seen.len() >= WINDOW_SEEN_MAX {
+                    w.seen.clear();
+                }
+                if !w.seen.insert(fingerprint(ev)) {
+                    return None;
+                }
+                // Another command, executable or peer: an update line with
+                // the alert's id and count, and what is new.
+                let (id, count, window_end) = (
+                    w.alert.alert_id.clone(),
+                    w.alert.count,
+                    w.alert.window_end.clone(),
+                );
+                let mut update = Self::record(rule, ev.json(), evidence, lineage, now);
+                update.alert_id = id;
+                update.count = count;
+                update.window_end = window_end;
+                update.update = true;
+                return Some(update);
             }
         }
+        let seen = HashSet::from([fingerprint(ev)]);
+        let ev = ev.json();
         if let Some((max, per_secs)) = rule.rate_limit {
             let period = secs_to_ns(per_secs.max(1));
             let (start, n) = self.rates.entry(i).or_insert((now, 0));
@@ -607,6 +674,37 @@ impl Engine {
             }
             *n += 1;
         }
+        let alert = Self::record(rule, ev, evidence, lineage, now);
+        *self
+            .stats
+            .raised
+            .entry((rule.id.clone(), rule.severity))
+            .or_default() += 1;
+        self.stats.changes += 1;
+        if rule.dedup_secs > 0 {
+            if self.windows.len() >= WINDOWS_MAX {
+                self.windows.retain(|_, w| w.ends_ns >= now);
+            }
+            self.open_window(
+                (i, lineage),
+                Window {
+                    alert: alert.clone(),
+                    ends_ns: now.saturating_add(secs_to_ns(rule.dedup_secs)),
+                    seen,
+                },
+            );
+        }
+        Some(alert)
+    }
+
+    /// The alert line of a match of `rule` on `ev`.
+    fn record(
+        rule: &Rule,
+        ev: &Value,
+        evidence: Vec<Value>,
+        lineage: u64,
+        now: u64,
+    ) -> AlertRecord {
         let p = process_of(ev);
         let process = serde_json::json!({
             "pid": p.get("pid").cloned().unwrap_or(Value::Null),
@@ -647,7 +745,7 @@ impl Engine {
                 .flatten()
                 .cloned(),
         );
-        let alert = AlertRecord {
+        AlertRecord {
             ts: ev
                 .get("ts")
                 .cloned()
@@ -664,6 +762,7 @@ impl Engine {
             evidence,
             count: 1,
             repeat: false,
+            update: false,
             lineage,
             window_end: (rule.dedup_secs > 0 && now > 0).then(|| {
                 let end = now.saturating_add(secs_to_ns(rule.dedup_secs));
@@ -672,26 +771,7 @@ impl Engine {
                 )
                 .to_string()
             }),
-        };
-        *self
-            .stats
-            .raised
-            .entry((rule.id.clone(), rule.severity))
-            .or_default() += 1;
-        self.stats.changes += 1;
-        if rule.dedup_secs > 0 {
-            if self.windows.len() >= WINDOWS_MAX {
-                self.windows.retain(|_, w| w.ends_ns >= now);
-            }
-            self.open_window(
-                (i, lineage),
-                Window {
-                    alert: alert.clone(),
-                    ends_ns: now.saturating_add(secs_to_ns(rule.dedup_secs)),
-                },
-            );
         }
-        Some(alert)
     }
 
     /// Closes dedup windows that ended by `now`; a window that folded
@@ -760,11 +840,19 @@ impl Engine {
             if s.ends_ns < now || self.windows.len() >= WINDOWS_MAX {
                 continue;
             }
+            let seen = s
+                .alert
+                .evidence
+                .last()
+                .map(|e| fingerprint(&Subject::json_line(e)))
+                .into_iter()
+                .collect();
             self.open_window(
                 (i, s.lineage),
                 Window {
                     alert: s.alert,
                     ends_ns: s.ends_ns,
+                    seen,
                 },
             );
             n += 1;

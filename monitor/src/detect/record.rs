@@ -485,6 +485,11 @@ impl<'e> Subject<'e> {
         }
     }
 
+    /// Whether the accessors read a typed record (not a JSON form).
+    pub fn is_typed(&self) -> bool {
+        self.typed_event().is_some()
+    }
+
     fn typed_event(&self) -> Option<&'e Event> {
         match self.body {
             Body::Typed(ev) => Some(ev),

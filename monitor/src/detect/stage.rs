@@ -222,7 +222,7 @@ impl Detect {
 
     fn finish(&mut self, alerts: Vec<AlertRecord>) -> Vec<Value> {
         self.export();
-        if alerts.iter().any(|a| !a.repeat) {
+        if alerts.iter().any(|a| !a.repeat && !a.update) {
             self.save_state();
         }
         alerts
@@ -230,7 +230,12 @@ impl Detect {
             .filter_map(|a| {
                 let mut v = serde_json::to_value(&a).ok()?;
                 if let Some(o) = v.as_object_mut() {
-                    o.insert("kind".into(), Kind::Alert.as_str().into());
+                    let kind = if a.update {
+                        Kind::AlertUpdate
+                    } else {
+                        Kind::Alert
+                    };
+                    o.insert("kind".into(), kind.as_str().into());
                 }
                 if let Some(sinks) = &self.sinks {
                     sinks.send(Alert::new(a, &v));

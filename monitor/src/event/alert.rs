@@ -70,6 +70,12 @@ pub struct AlertRecord {
     /// the window.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub repeat: bool,
+    /// An `alert_update` line: a match folded into this open alert that
+    /// brought another command line, executable or peer (its process and
+    /// evidence are the new match's; `count` is the alert's so far). The
+    /// line's `kind` says it; not a field of its own.
+    #[serde(skip)]
+    pub update: bool,
     /// The process lineage the alert is about: the nearest network-facing
     /// ancestor, else the parent.
     pub lineage: u64,

@@ -63,6 +63,13 @@ pub fn line_schema() -> Value {
                 "properties": { "kind": { "type": "string", "const": Kind::Alert.as_str() } },
                 "required": ["kind"],
                 "$ref": alert.get("$ref").cloned().unwrap_or(Value::Null),
+            },
+            {
+                "type": "object",
+                "description": "A match folded into an open alert that brought another command line, executable or peer: the alert's id and count so far, and the new match's process and evidence.",
+                "properties": { "kind": { "type": "string", "const": Kind::AlertUpdate.as_str() } },
+                "required": ["kind"],
+                "$ref": alert.get("$ref").cloned().unwrap_or(Value::Null),
             }
         ],
         "$defs": defs,
@@ -150,7 +157,7 @@ impl Catalogue {
         let parts: Vec<&str> = path.split('.').collect();
         let all: Vec<&str> = self
             .kinds()
-            .filter(|k| *k != Kind::Alert.as_str())
+            .filter(|k| *k != Kind::Alert.as_str() && *k != Kind::AlertUpdate.as_str())
             .collect();
         let wanted: Vec<&str> = if kinds.is_empty() {
             all.clone()

@@ -54,10 +54,12 @@ pub enum Kind {
     SelfCheck,
     /// A detection rule matched.
     Alert,
+    /// A match folded into an open alert that brought something new.
+    AlertUpdate,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
@@ -79,6 +81,7 @@ impl Kind {
         Kind::ConfigChange,
         Kind::SelfCheck,
         Kind::Alert,
+        Kind::AlertUpdate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +107,7 @@ impl Kind {
             Kind::ConfigChange => "config_change",
             Kind::SelfCheck => "self_check",
             Kind::Alert => "alert",
+            Kind::AlertUpdate => "alert_update",
         }
     }
 }

@@ -315,7 +315,6 @@ fn count_changes(metrics: &Metrics, events: &[Event]) {
 /// Runs the detect stage over events and writes those of the kinds the
 /// configuration asks for, each followed by the alerts it raised.
 fn emit(output: &mut Output, kinds: &[Kind], detect: &mut Detect, events: &[Event]) {
-    let alerts_wanted = kinds.contains(&Kind::Alert);
     for ev in events {
         // Only events a rule runs for (or that name services) go through
         // the rules.
@@ -327,9 +326,13 @@ fn emit(output: &mut Output, kinds: &[Kind], detect: &mut Detect, events: &[Even
         if kinds.contains(&ev.kind()) {
             output.write_event(ev);
         }
-        if alerts_wanted {
-            for alert in &alerts {
-                output.write_value(Kind::Alert, alert);
+        for alert in &alerts {
+            let kind = match alert.get("kind").and_then(serde_json::Value::as_str) {
+                Some(k) if k == Kind::AlertUpdate.as_str() => Kind::AlertUpdate,
+                _ => Kind::Alert,
+            };
+            if kinds.contains(&kind) {
+                output.write_value(kind, alert);
             }
         }
     }
