@@ -306,9 +306,22 @@ impl Attacks {
     fn launch(dir: &std::path::Path) -> Self {
         let dropped = dir.join("dropped-during-flood");
         std::fs::copy("/usr/bin/true", &dropped).expect("drop a program");
-        Command::new(&dropped)
-            .status()
-            .expect("run the dropped program");
+        // The flood forks all the time; a child forked while the copy was
+        // open for writing holds it until its exec, and running the file in
+        // that moment fails with ETXTBSY. Try again for a moment.
+        let mut tries = 0;
+        loop {
+            match Command::new(&dropped).status() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => {
+                    r.expect("run the dropped program");
+                    break;
+                }
+            }
+        }
 
         // The web shell runs in a session of its own (`setsid -f`), so its
         // alert is its own lineage's, not folded into the test binary's.
@@ -434,13 +447,26 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
         events.display()
     ));
     let stop = Arc::new(AtomicBool::new(false));
+    // If an assertion fails mid-flood, the flood threads must still stop:
+    // they would otherwise run on through the tests that follow.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_on_panic = StopOnDrop(stop.clone());
     let marker = format!("ew-storm-{}", std::process::id());
     let execs = Arc::new(AtomicU64::new(0));
+    // A bound of its own on every flood thread, whatever happens to the test.
+    let deadline = Instant::now() + 3 * FLOOD;
+    let running =
+        move |stop: &AtomicBool| !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
     let mut threads = Vec::new();
     {
         let (stop, execs, marker) = (stop.clone(), execs.clone(), marker.clone());
         threads.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while running(&stop) {
                 if Command::new("/usr/bin/true").arg(&marker).status().is_ok() {
                     execs.fetch_add(1, Ordering::Relaxed);
                 }
@@ -452,7 +478,7 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
     {
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while running(&stop) {
                 if let Ok(c) = std::net::TcpStream::connect(addr) {
                     drop(c);
                     let _ = listener.accept();
@@ -464,7 +490,7 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
             let mut port = 30000u16;
-            while !stop.load(Ordering::Relaxed) {
+            while running(&stop) {
                 let _ = std::net::TcpStream::connect(("127.0.0.1", port));
                 port = if port >= 39999 { 30000 } else { port + 1 };
             }
