@@ -299,6 +299,23 @@ impl Monitor {
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
     }
 
+    /// Waits until the daemon has caught up with a burst: every series
+    /// named stays the same for three seconds running (at most two
+    /// minutes, then it goes on). A loaded machine can leave the daemon
+    /// seconds behind the kernel, and what is still queued is neither
+    /// written nor lost yet.
+    pub fn settle(&self, series: &[&str]) {
+        let read = || -> Vec<Option<f64>> { series.iter().map(|s| self.metric(s)).collect() };
+        let start = std::time::Instant::now();
+        let (mut last, mut still) = (read(), 0);
+        while still < 3 && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = read();
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+        }
+    }
+
     /// Whether `probe` attached in this monitor.
     pub fn probe_attached(&self, probe: &str) -> bool {
         self.metric(&format!("edgewatch_probe_attached{{probe=\"{probe}\"}}")) == Some(1.0)

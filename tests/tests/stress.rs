@@ -45,7 +45,10 @@ print(n)
         .trim()
         .parse()
         .expect("count");
-    std::thread::sleep(Duration::from_secs(2));
+    m.settle(&[
+        "edgewatch_events_total{kind=\"connect_result\"}",
+        "edgewatch_net_flow_table_entries",
+    ]);
     let seen = m
         .events(|v| v.kind() == "connect_result" && v["result"] == "refused")
         .len() as u64;
@@ -116,7 +119,10 @@ else:
     let mut out = std::io::BufReader::new(client.stdout.take().expect("stdout"));
     std::io::BufRead::read_line(&mut out, &mut line).expect("client output");
     assert_eq!(line.trim(), format!("connected {n}"));
-    std::thread::sleep(Duration::from_secs(3));
+    m.settle(&[
+        "edgewatch_events_total{kind=\"accept\"}",
+        "edgewatch_events_total{kind=\"connect_result\"}",
+    ]);
     let accepts = m
         .events(|v| v.kind() == "accept" && v["local"]["port"] == port)
         .len() as u64;
@@ -217,7 +223,7 @@ print("sent")
         half_open > 100,
         "only {half_open} half-open connections: the flood did not land"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    m.settle(&["edgewatch_net_kernel_flows"]);
     // The monitor tracks nothing for half-open connections, and still
     // reports a real connection to the same listener.
     let kernel_flows = m.metric("edgewatch_net_kernel_flows").unwrap_or(f64::MAX);
@@ -532,7 +538,7 @@ fn a_combined_flood_loses_nothing_uncounted_and_alerts_still_arrive() {
     }
     let produced = execs.load(Ordering::Relaxed);
     // Let the daemon drain what is queued, then read the counters.
-    std::thread::sleep(Duration::from_secs(5));
+    m.settle(&["edgewatch_events_total{kind=\"exec\"}"]);
     let metrics = m.metrics();
     for l in metrics.lines().filter(|l| {
         (l.starts_with("edgewatch_kernel_events_lost_total")
