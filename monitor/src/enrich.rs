@@ -50,6 +50,27 @@ fn task(pid: u32, tid: u32, t: &TaskInfo) -> Task {
     }
 }
 
+/// A path from the kernel's components, escaped; one whose walk stopped
+/// before the root is shown after `...`, never as if it were absolute.
+fn shown_path(components: &[u8], truncated: bool) -> String {
+    let path = escape(&path_from_components(components));
+    if truncated {
+        format!("{}{path}", crate::detect::program::TRUNCATED_PREFIX)
+    } else {
+        path
+    }
+}
+
+/// The executable of `before` (what a process ran, or its parent) when the
+/// process now has an audit login uid `before` did not have: it set one.
+fn loginuid_setter(before: &Process, auid: Option<u32>) -> Option<String> {
+    if auid.is_some() && before.auid != auid {
+        Some(before.exe.as_deref().unwrap_or("").to_owned())
+    } else {
+        None
+    }
+}
+
 fn process_from(task: &Task, start_boot_ns: u64) -> Process {
     Process {
         pid: task.pid,
@@ -143,8 +164,9 @@ impl Enricher {
             } => {
                 let h = fixed.header;
                 let task = task(h.pid, h.tid, &fixed.task);
-                let exe = escape(&path_from_components(&exe));
-                let cwd = escape(&path_from_components(&cwd));
+                let flags = fixed.flags;
+                let exe = shown_path(&exe, flags & EXEC_EXE_TRUNCATED != 0);
+                let cwd = shown_path(&cwd, flags & EXEC_CWD_TRUNCATED != 0);
                 let argv: Vec<String> = split_args(&argv).into_iter().map(escape).collect();
                 let stdio = fixed
                     .stdio
@@ -166,8 +188,15 @@ impl Enricher {
                     stdin: pipe(&fixed.stdio[0]),
                     stdout: pipe(&fixed.stdio[1]),
                 };
+                // Before this exec the process ran the program it was
+                // forked with: if it had no login uid then (nor its parent)
+                // and has one now, that program set it.
+                let before = self
+                    .table
+                    .get(task.pid)
+                    .or_else(|| self.table.get(task.ppid));
+                let loginuid_set_by = before.and_then(|b| loginuid_setter(b, task.auid));
                 self.table.exec(p);
-                let flags = fixed.flags;
                 Event::Exec(Box::new(ExecRecord {
                     ts: self.clock.rfc3339(h.ts_boot_ns),
                     ancestry: self.table.ancestry(task.pid, task.ppid),
@@ -180,6 +209,7 @@ impl Enricher {
                     cwd,
                     cwd_truncated: flags & EXEC_CWD_TRUNCATED != 0,
                     stdio,
+                    loginuid_set_by,
                 }))
             }
             KernelEvent::ExecFailed {
@@ -217,6 +247,15 @@ impl Enricher {
             KernelEvent::Fork(f) => {
                 let h = f.header;
                 let task = task(h.pid, h.tid, &f.task);
+                // A child born with a login uid its parent did not have:
+                // the parent set its own after it started.
+                let loginuid_set_by = self
+                    .table
+                    .get(task.ppid)
+                    .and_then(|parent| loginuid_setter(parent, task.auid));
+                if loginuid_set_by.is_some() {
+                    self.table.set_auid(task.ppid, task.auid);
+                }
                 self.table.fork(process_from(&task, f.task.start_boot_ns));
                 let exe = self
                     .table
@@ -226,6 +265,7 @@ impl Enricher {
                     ts: self.clock.rfc3339(h.ts_boot_ns),
                     task,
                     exe,
+                    loginuid_set_by,
                 })
             }
             KernelEvent::Exit(x) => {

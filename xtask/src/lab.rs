@@ -105,6 +105,8 @@ struct Lab {
     topo: Topology,
     keys: SshKeys,
     run_dir: PathBuf,
+    /// Where benign scenarios run (see `run`).
+    system_dir: PathBuf,
     logs: PathBuf,
 }
 
@@ -141,6 +143,15 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
     let run_dir = RunDir(std::env::temp_dir().join(format!("ewlab-{}", std::process::id())));
     std::fs::create_dir_all(&run_dir.0)?;
     std::fs::set_permissions(&run_dir.0, std::fs::Permissions::from_mode(0o755))?;
+    // Benign scenarios keep their files where an operator's live (a cron
+    // script, a health checker): root's, outside /tmp. A script of the
+    // operator's running from /tmp would be suspect on a real gateway too.
+    let system_dir = RunDir(PathBuf::from(format!(
+        "/var/lib/ewlab-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&system_dir.0)?;
+    std::fs::set_permissions(&system_dir.0, std::fs::Permissions::from_mode(0o755))?;
     let logs = root.join("target/lab/logs");
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs)?;
@@ -154,6 +165,7 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
         topo,
         keys,
         run_dir: run_dir.0.clone(),
+        system_dir: system_dir.0.clone(),
         logs,
     };
     eprintln!(
@@ -386,7 +398,10 @@ impl Lab {
             return result;
         }
         let label = variant.label(&s.name);
-        let workdir = self.run_dir.join(&label);
+        let workdir = match s.expect_in(variant) {
+            Expect::Nothing => self.system_dir.join(&label),
+            Expect::Alerts(_) => self.run_dir.join(&label),
+        };
         let mut children = Vec::new();
         let mut monitor = None;
         let mut resolved = None;

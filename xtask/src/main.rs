@@ -75,8 +75,9 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 14] = [
+const KERNEL_TESTS: [&str; 15] = [
     "process",
+    "identity",
     "bad_input",
     "startup",
     "network",

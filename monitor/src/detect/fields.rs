@@ -3,9 +3,10 @@
 
 use std::{borrow::Cow, os::unix::fs::PermissionsExt as _, path::Path};
 
-#[cfg(test)]
 use serde_json::Value;
 
+pub use super::program::basename;
+use super::program::{self, Identities};
 #[cfg(test)]
 use super::record::lookup;
 use super::record::{Argv, Computed, ProcView, Val};
@@ -30,6 +31,8 @@ const PATH_DIRS: [&str; 6] = [
 pub struct FsCache {
     world_writable: foldhash::HashMap<String, bool>,
     resolves: foldhash::HashMap<(String, String), bool>,
+    /// The standard shells, interpreters and tools by content.
+    pub ids: Identities,
 }
 
 const FS_CACHE_MAX: usize = 4096;
@@ -73,10 +76,6 @@ impl FsCache {
     }
 }
 
-pub fn basename(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
 /// Multi-call binaries: one executable that acts as the program named by
 /// argv[0] (or by argv[1] when run under its own name).
 pub const MULTI_CALL: [&str; 5] = [
@@ -104,15 +103,92 @@ pub fn applet<'a>(exe: Option<&'a str>, argv: Argv<'a>) -> Option<&'a str> {
             return Some(name);
         }
     }
+    applet_named(exe_name, argv)
+}
+
+/// [`applet`] for a program whose name is known (by content, or through
+/// the loader).
+fn applet_named<'a>(exe_name: &'a str, argv: Argv<'a>) -> Option<&'a str> {
     if MULTI_CALL.contains(&exe_name) {
         let a0 = argv.get(0).map(basename).unwrap_or(exe_name);
         let a0 = a0.trim_start_matches('-');
         if a0 == exe_name {
-            return argv.get(1).map(basename);
+            return argv.get(1).map(basename).map(program::generic);
         }
-        return Some(a0);
+        return Some(program::generic(a0));
     }
-    Some(exe_name)
+    Some(program::generic(exe_name))
+}
+
+/// The program a process runs, as far as its command line and the files
+/// tell: the program the dynamic loader was asked to run, else the
+/// executable; with the arguments it sees.
+fn launched<'a>(p: &ProcView<'a>) -> Option<(Cow<'a, str>, Argv<'a>)> {
+    let exe = p.exe?;
+    if program::is_loader(basename(exe)) {
+        if let Some(t) = program::loader_target(p.argv) {
+            let target = p.argv.get(t)?;
+            let path = program::normalize(target, p.cwd).map_or(Cow::Borrowed(target), Cow::Owned);
+            return Some((path, p.argv.skip(t)));
+        }
+    }
+    Some((Cow::Borrowed(exe), p.argv))
+}
+
+/// The applet of a process, seeing through the dynamic loader and
+/// recognising a renamed copy of a shell or tool by its content.
+fn applet_of<'a>(p: &ProcView<'a>, fs: &mut FsCache) -> Option<Cow<'a, str>> {
+    let (path, argv) = launched(p)?;
+    if let Some(id) = fs.ids.identify(&path) {
+        return applet_named(&id.name, argv).map(|a| Cow::Owned(a.to_owned()));
+    }
+    match path {
+        Cow::Borrowed(e) => applet(Some(e), argv).map(Cow::Borrowed),
+        Cow::Owned(e) => applet(Some(&e), argv).map(|a| Cow::Owned(a.to_owned())),
+    }
+}
+
+/// The path of the program a process runs: the program the loader was
+/// asked to run, the script an interpreter runs (`#!` scripts and
+/// `sh /tmp/x.sh` alike), else the executable.
+fn program_path<'a>(p: &ProcView<'a>, fs: &mut FsCache) -> Option<Cow<'a, str>> {
+    let (path, argv) = launched(p)?;
+    let family = applet_of(p, fs).and_then(|a| program::family(&a));
+    if let Some(i) = family.and_then(|f| program::script_index(f, argv)) {
+        let script = argv.get(i)?;
+        return Some(program::normalize(script, p.cwd).map_or(Cow::Borrowed(script), Cow::Owned));
+    }
+    Some(path)
+}
+
+/// Where a file is: `memfd`, `deleted`, `truncated` (its path was too
+/// deep to read whole), `tmp`, `world_writable` or `system`.
+fn location(path: &str, deleted: bool, fs: &mut FsCache) -> &'static str {
+    if path.starts_with("/memfd:")
+        || path.starts_with("/dev/fd/")
+        || path.starts_with("/proc/self/fd/")
+    {
+        "memfd"
+    } else if deleted {
+        "deleted"
+    } else if path.starts_with(program::TRUNCATED_PREFIX) {
+        "truncated"
+    } else if !path.starts_with('/') {
+        // Relative, with no working directory to resolve it.
+        "unknown"
+    } else {
+        let dir = path.rsplit_once('/').map_or("/", |(d, _)| d);
+        if TMP_DIRS.iter().any(|t| {
+            dir.strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }) {
+            "tmp"
+        } else if fs.dir_world_writable(if dir.is_empty() { "/" } else { dir }) {
+            "world_writable"
+        } else {
+            "system"
+        }
+    }
 }
 
 fn str_val(s: &str) -> Val<'_> {
@@ -130,7 +206,7 @@ pub fn computed<'a>(c: Computed, p: &ProcView<'a>, fs: &mut FsCache) -> Val<'a> 
                     .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d }),
             )
         }),
-        Computed::Applet => applet(exe, p.argv).map_or(Val::Null, str_val),
+        Computed::Applet => applet_of(p, fs).map_or(Val::Null, Val::Str),
         Computed::Cmdline => {
             let mut line = String::new();
             for (i, a) in p.argv.strs().enumerate() {
@@ -141,28 +217,7 @@ pub fn computed<'a>(c: Computed, p: &ProcView<'a>, fs: &mut FsCache) -> Val<'a> 
             }
             Val::Str(Cow::Owned(line))
         }
-        Computed::ExeLocation => {
-            let Some(e) = exe else {
-                return Val::Null;
-            };
-            str_val(if e.starts_with("/memfd:") {
-                "memfd"
-            } else if p.exe_deleted {
-                "deleted"
-            } else {
-                let dir = e.rsplit_once('/').map_or("/", |(d, _)| d);
-                if TMP_DIRS.iter().any(|t| {
-                    dir.strip_prefix(t)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-                }) {
-                    "tmp"
-                } else if fs.dir_world_writable(dir) {
-                    "world_writable"
-                } else {
-                    "system"
-                }
-            })
-        }
+        Computed::ExeLocation => exe.map_or(Val::Null, |e| str_val(location(e, p.exe_deleted, fs))),
         Computed::Argv0Mismatch => {
             let (Some(e), Some(a0)) = (exe, p.argv.get(0)) else {
                 return Val::Bool(false);
@@ -175,6 +230,26 @@ pub fn computed<'a>(c: Computed, p: &ProcView<'a>, fs: &mut FsCache) -> Val<'a> 
                 || exe_name.starts_with(a0_name);
             Val::Bool(!related && !fs.resolves_to(a0, p.cwd, e))
         }
+        Computed::Program => program_path(p, fs).map_or(Val::Null, Val::Str),
+        Computed::ProgramLocation => match (program_path(p, fs), exe) {
+            (Some(prog), Some(e)) => {
+                let deleted = p.exe_deleted && prog == e;
+                str_val(location(&prog, deleted, fs))
+            }
+            _ => Val::Null,
+        },
+        Computed::Renamed => {
+            let renamed = launched(p)
+                .and_then(|(path, _)| fs.ids.identify(&path))
+                .is_some_and(|id| id.renamed);
+            Val::Bool(renamed)
+        }
+        Computed::Paths => Val::Json(Cow::Owned(Value::Array(
+            program::paths(p.argv, p.cwd)
+                .into_iter()
+                .map(Value::String)
+                .collect(),
+        ))),
     }
 }
 

@@ -8,6 +8,7 @@
 //! alert with a count, and per-rule rate limits count what they suppress.
 
 pub mod fields;
+pub mod program;
 pub mod record;
 pub mod rule;
 pub mod stage;
@@ -392,6 +393,27 @@ impl Engine {
             .unwrap_or(0)
     }
 
+    /// Whether the event's process is in a login session: walking up
+    /// the chain of who forked whom, a login service's session (sshd,
+    /// login, a getty, dropbear, telnetd, installed where the system keeps
+    /// programs) comes before any network-facing service. A web server an
+    /// admin started by hand is still a service: what it runs is not the
+    /// admin's doing. Where the chain says neither (it was cut, or seeded
+    /// without its parents), the audit login uid decides; a loginuid written
+    /// by anything but a login service raises its own alert.
+    fn login_session(&self, ev: &Subject<'_>) -> bool {
+        for a in ev.ancestry().iter() {
+            if a.exe.is_some_and(program::is_login_service) {
+                return true;
+            }
+            if self.is_listener(a.pid) || a.exe.is_some_and(program::is_network_server) {
+                return false;
+            }
+        }
+        let auid = ev.own(Own::Auid).or_else(|| ev.own(Own::ProcessAuid));
+        !auid.is_none_or(|v| v.is_null())
+    }
+
     fn is_listener(&self, pid: u64) -> bool {
         pid > 1 && pid != self.self_pid && self.listeners.contains_key(&pid)
     }
@@ -438,6 +460,7 @@ impl Engine {
                 let listener = ev.pid().is_some_and(|p| self.is_listener(p));
                 op_match(op, Some(&Val::Bool(listener)))
             }
+            Field::LoginSession => op_match(op, Some(&Val::Bool(self.login_session(ev)))),
             Field::Computed(c) => {
                 let slot = &mut memo.computed[*c as usize];
                 let v = slot.get_or_insert_with(|| computed(*c, &ev.process(), &mut self.fs));
@@ -491,6 +514,17 @@ impl Engine {
         cs.iter().all(|c| self.cond(c, ev, memo))
     }
 
+    /// The severity of a match of `rule`: the first `severity_if` whose
+    /// conditions hold, else the rule's own.
+    fn severity<'e>(&mut self, rule: &Rule, ev: &'e Subject<'_>, memo: &mut Memo<'e>) -> Severity {
+        for (severity, conds) in &rule.severity_if {
+            if self.all(conds, ev, memo) {
+                return *severity;
+            }
+        }
+        rule.severity
+    }
+
     fn kind_ok(kinds: &[String], ev: &Subject<'_>) -> bool {
         kinds.is_empty() || {
             let kind = ev.kind();
@@ -529,7 +563,8 @@ impl Engine {
             let rule = &rules[i];
             if let Some(seq) = &rule.sequence {
                 if let Some(evidence) = self.step(i, seq, ev, now, &mut memo) {
-                    if let Some(a) = self.raise(i, rule, ev, evidence, now) {
+                    let severity = self.severity(rule, ev, &mut memo);
+                    if let Some(a) = self.raise(i, rule, severity, ev, evidence, now) {
                         out.push(a);
                     }
                 }
@@ -542,7 +577,8 @@ impl Engine {
             if rule.except.iter().any(|c| self.cond(c, ev, &mut memo)) {
                 continue;
             }
-            if let Some(a) = self.raise(i, rule, ev, vec![ev.json().clone()], now) {
+            let severity = self.severity(rule, ev, &mut memo);
+            if let Some(a) = self.raise(i, rule, severity, ev, vec![ev.json().clone()], now) {
                 out.push(a);
             }
         }
@@ -627,6 +663,7 @@ impl Engine {
         &mut self,
         i: usize,
         rule: &Rule,
+        severity: Severity,
         ev: &Subject<'_>,
         evidence: Vec<Value>,
         now: u64,
@@ -650,7 +687,7 @@ impl Engine {
                     w.alert.count,
                     w.alert.window_end.clone(),
                 );
-                let mut update = Self::record(rule, ev.json(), evidence, lineage, now);
+                let mut update = Self::record(rule, severity, ev.json(), evidence, lineage, now);
                 update.alert_id = id;
                 update.count = count;
                 update.window_end = window_end;
@@ -674,11 +711,11 @@ impl Engine {
             }
             *n += 1;
         }
-        let alert = Self::record(rule, ev, evidence, lineage, now);
+        let alert = Self::record(rule, severity, ev, evidence, lineage, now);
         *self
             .stats
             .raised
-            .entry((rule.id.clone(), rule.severity))
+            .entry((rule.id.clone(), severity))
             .or_default() += 1;
         self.stats.changes += 1;
         if rule.dedup_secs > 0 {
@@ -700,6 +737,7 @@ impl Engine {
     /// The alert line of a match of `rule` on `ev`.
     fn record(
         rule: &Rule,
+        severity: Severity,
         ev: &Value,
         evidence: Vec<Value>,
         lineage: u64,
@@ -754,7 +792,7 @@ impl Engine {
             alert_id: format!("{}-{lineage}-{now}", rule.id),
             rule: rule.id.clone(),
             title: rule.title.clone(),
-            severity: rule.severity,
+            severity,
             attack: rule.attack.clone(),
             description: rule.description.clone(),
             process,

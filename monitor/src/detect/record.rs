@@ -38,6 +38,7 @@ pub enum Field {
     /// Answered from what the engine learnt (`catalogue::LEARNT`).
     Lineage,
     Listener,
+    LoginSession,
     /// Computed from the event's process (`catalogue::COMPUTED`).
     Computed(Computed),
     /// Read from the typed record.
@@ -55,16 +56,24 @@ pub enum Computed {
     Cmdline,
     ExeLocation,
     Argv0Mismatch,
+    Program,
+    ProgramLocation,
+    Renamed,
+    Paths,
 }
 
 impl Computed {
-    pub const ALL: [Computed; 6] = [
+    pub const ALL: [Computed; 10] = [
         Computed::ExeName,
         Computed::ExeDir,
         Computed::Applet,
         Computed::Cmdline,
         Computed::ExeLocation,
         Computed::Argv0Mismatch,
+        Computed::Program,
+        Computed::ProgramLocation,
+        Computed::Renamed,
+        Computed::Paths,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +107,7 @@ pub enum Own {
     Cwd,
     StdioAt(usize),
     Filename,
+    LoginuidSetBy,
     Errno,
     Error,
     Syscall,
@@ -126,7 +136,7 @@ pub enum Own {
 
 /// The accessors of one field, with the path each reads (the indexed
 /// ones, `argv.N` and `stdio.N`, aside).
-const NAMED: [(Own, &str); 41] = [
+const NAMED: [(Own, &str); 42] = [
     (Own::Kind, "kind"),
     (Own::Ts, "ts"),
     (Own::Pid, "pid"),
@@ -144,6 +154,7 @@ const NAMED: [(Own, &str); 41] = [
     (Own::Argv, "argv"),
     (Own::Cwd, "cwd"),
     (Own::Filename, "filename"),
+    (Own::LoginuidSetBy, "loginuid_set_by"),
     (Own::Errno, "errno"),
     (Own::Error, "error"),
     (Own::Syscall, "syscall"),
@@ -201,6 +212,7 @@ impl Field {
         match parts.as_slice() {
             ["lineage"] => return Field::Lineage,
             ["listener"] => return Field::Listener,
+            ["login_session"] => return Field::LoginSession,
             [name] => {
                 if let Some(c) = Computed::from_name(name) {
                     return Field::Computed(c);
@@ -278,6 +290,14 @@ impl<'a> Argv<'a> {
         match self {
             Argv::Typed(a) => a.get(i).map(String::as_str),
             Argv::Json(a) => a.get(i).and_then(Value::as_str),
+        }
+    }
+
+    /// The arguments from the `n`th on.
+    pub fn skip(self, n: usize) -> Argv<'a> {
+        match self {
+            Argv::Typed(a) => Argv::Typed(a.get(n..).unwrap_or(&[])),
+            Argv::Json(a) => Argv::Json(a.get(n..).unwrap_or(&[])),
         }
     }
 
@@ -667,6 +687,7 @@ fn typed_own(ev: &Event, f: Own) -> Option<Val<'_>> {
             Own::Cwd => Some(s(&r.cwd)),
             Own::StdioAt(i) => r.stdio.get(i).map(|k| s(k.as_str())),
             Own::Argv | Own::ArgvAt(_) => argv_own(&r.argv, f),
+            Own::LoginuidSetBy => opt(r.loginuid_set_by.as_deref(), s),
             _ => task_own(&r.task, f),
         },
         Event::ExecFailed(r) => match f {
@@ -683,6 +704,7 @@ fn typed_own(ev: &Event, f: Own) -> Option<Val<'_>> {
         Event::Fork(r) => match f {
             Own::Ts => Some(s(&r.ts)),
             Own::Exe => opt(r.exe.as_deref(), s),
+            Own::LoginuidSetBy => opt(r.loginuid_set_by.as_deref(), s),
             _ => task_own(&r.task, f),
         },
         Event::Exit(r) => match f {
@@ -809,6 +831,7 @@ mod tests {
                 cwd_truncated: false,
                 stdio: [FdKind::Socket, FdKind::Pipe, FdKind::Tty],
                 ancestry: ancestry(),
+                loginuid_set_by: auid.map(|_| "/usr/sbin/sshd".into()),
             })));
             v.push(Event::ExecFailed(Box::new(ExecFailedRecord {
                 ts: ts.clone(),
@@ -827,6 +850,7 @@ mod tests {
                 ts: ts.clone(),
                 task: task(auid),
                 exe: auid.map(|_| "/bin/sh".into()),
+                loginuid_set_by: auid.map(|_| "/bin/sh".into()),
             }));
             v.push(Event::Exit(ExitRecord {
                 ts: ts.clone(),

@@ -65,6 +65,10 @@ struct RuleSpec {
     /// Exceptions: an event matching any of these raises nothing.
     #[serde(default)]
     except: Vec<CondSpec>,
+    /// Other severities, for matches that also satisfy these conditions
+    /// (the first that holds wins).
+    #[serde(default)]
+    severity_if: Vec<SeverityIfSpec>,
     /// A sequence within one process lineage instead of a single event.
     sequence: Option<SequenceSpec>,
     #[serde(default = "default_dedup")]
@@ -82,6 +86,16 @@ fn default_dedup() -> u64 {
 
 fn yes() -> bool {
     true
+}
+
+/// `[[rule.severity_if]]`: the severity of a match that also satisfies
+/// all of `match`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeverityIfSpec {
+    severity: Severity,
+    #[serde(rename = "match")]
+    matches: Vec<CondSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +288,8 @@ pub struct Rule {
     pub kinds: Vec<String>,
     pub matches: Vec<Cond>,
     pub except: Vec<Cond>,
+    /// Severities of matches that satisfy more conditions, in order.
+    pub severity_if: Vec<(Severity, Vec<Cond>)>,
     pub sequence: Option<Sequence>,
     pub dedup_secs: u64,
     pub rate_limit: Option<(u32, u64)>,
@@ -680,6 +696,11 @@ fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit,
                 kinds: spec.kinds,
                 matches,
                 except: compile_all(spec.except)?,
+                severity_if: spec
+                    .severity_if
+                    .into_iter()
+                    .map(|s| Ok((s.severity, compile_all(s.matches)?)))
+                    .collect::<Result<Vec<_>, RuleError>>()?,
                 sequence,
                 dedup_secs: spec.dedup_secs,
                 rate_limit: spec.rate_limit.map(|r| (r.max, r.per_secs)),

@@ -1339,3 +1339,310 @@ fn derived_fields_of_the_event_and_of_its_ancestors_stay_apart() {
     let listen = net(2, "listen", 300, "/usr/sbin/nginx", &[INIT], 8080);
     assert_eq!(fired(&mut e, &[listen]), ["D-3"]);
 }
+
+/// A service that writes its own loginuid does not become a login session:
+/// sessions are known by lineage, and the write is an alert of its own.
+#[test]
+fn a_forged_loginuid_does_not_make_a_service_a_session() {
+    let mut e = builtin();
+    web_server(&mut e);
+    let forged = with(
+        with(
+            exec(
+                1,
+                200,
+                "/usr/bin/dash",
+                &["sh", "-c", "id"],
+                &[WORKER, NGINX, INIT],
+            ),
+            "auid",
+            json!(1000),
+        ),
+        "loginuid_set_by",
+        json!("/usr/sbin/nginx"),
+    );
+    let ids = fired(&mut e, &[forged]);
+    assert!(ids.contains(&"EW-PROC-001".to_owned()), "{ids:?}");
+    assert!(ids.contains(&"EW-EVADE-005".to_owned()), "{ids:?}");
+    // sshd setting it when a session opens is how sessions start.
+    let mut e = builtin();
+    let session = [(60, "/usr/sbin/sshd"), SSHD, INIT];
+    let shell = with(
+        with(
+            exec(2, 70, "/usr/bin/bash", &["-bash"], &session),
+            "auid",
+            json!(1000),
+        ),
+        "loginuid_set_by",
+        json!("/usr/sbin/sshd"),
+    );
+    assert!(fired(&mut e, &[shell]).is_empty());
+}
+
+/// Below sshd's session, commands are an admin's even without an audit
+/// login uid (a kernel without audit, dropbear); a web server the admin
+/// started by hand is still a service.
+#[test]
+fn login_sessions_are_known_by_lineage() {
+    let mut e = builtin();
+    let listen = net(0, "listen", SSHD.0, SSHD.1, &[INIT], 22);
+    assert!(fired(&mut e, &[listen]).is_empty());
+    let shell = [(70, "/usr/bin/bash"), (60, "/usr/sbin/sshd"), SSHD, INIT];
+    let cmd = exec(2, 71, "/usr/bin/cat", &["cat", "/etc/shadow"], &shell);
+    let alerts: Vec<_> = [cmd].iter().flat_map(|c| e.take(c)).collect();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].rule, "EW-CRED-001");
+    assert_eq!(
+        alerts[0].severity,
+        rule::Severity::Low,
+        "an admin's own read"
+    );
+    // The admin's hand-started web server, then a shell injected through it.
+    let py = (80, "/usr/bin/python3.11");
+    let listen = net(3, "listen", py.0, py.1, &shell, 8080);
+    assert!(fired(&mut e, &[listen]).is_empty());
+    let injected = exec(
+        4,
+        81,
+        "/usr/bin/dash",
+        &["sh", "-c", "id"],
+        &[
+            py,
+            (70, "/usr/bin/bash"),
+            (60, "/usr/sbin/sshd"),
+            SSHD,
+            INIT,
+        ],
+    );
+    assert_eq!(fired(&mut e, &[injected]), ["EW-PROC-001"]);
+    // An sshd copy in /tmp is not a login service.
+    let fake = [(90, "/tmp/sshd"), NGINX, INIT];
+    let mut e = builtin();
+    web_server(&mut e);
+    let sh = with(
+        exec(5, 91, "/usr/bin/dash", &["sh", "-c", "id"], &fake),
+        "auid",
+        json!(1000),
+    );
+    assert!(fired(&mut e, &[sh]).contains(&"EW-PROC-001".to_owned()));
+}
+
+/// A `#!` script, or a script handed to an interpreter, is located where
+/// the script is, not where the interpreter is.
+#[test]
+fn scripts_are_located_where_they_are() {
+    let mut e = builtin();
+    let cron = [(30, "/usr/sbin/cron"), INIT];
+    // The kernel's argv of `#!/bin/sh -e` in /tmp/.x/run: sh, -e, the path.
+    let shebang = with(
+        exec(
+            1,
+            300,
+            "/usr/bin/dash",
+            &["/bin/sh", "-e", "./run", "a"],
+            &cron,
+        ),
+        "cwd",
+        json!("/tmp/.x"),
+    );
+    assert_eq!(fired(&mut e, &[shebang]), ["EW-PROC-003"]);
+    let py = exec(
+        2,
+        301,
+        "/usr/bin/python3.11",
+        &["python3", "-u", "/dev/shm/p.py"],
+        &cron,
+    );
+    assert_eq!(fired(&mut e, &[py]), ["EW-PROC-003"]);
+    // Inline programs and system scripts are not.
+    let inline = exec(3, 302, "/usr/bin/dash", &["sh", "-c", "/tmp/x"], &cron);
+    let system = exec(
+        4,
+        303,
+        "/usr/bin/dash",
+        &["sh", "/usr/local/bin/backup.sh"],
+        &cron,
+    );
+    let module = exec(
+        5,
+        304,
+        "/usr/bin/python3.11",
+        &["python3", "-m", "http.server"],
+        &cron,
+    );
+    assert!(fired(&mut e, &[inline, system, module]).is_empty());
+    // A path cut at its root end is not taken for an absolute one.
+    let deep = with(
+        exec(6, 305, "...//a/b/c/x", &["x"], &cron),
+        "exe_truncated",
+        json!(true),
+    );
+    assert_eq!(fired(&mut e, &[deep]), ["EW-PROC-003"]);
+}
+
+/// The dynamic loader run directly is not the program: the program is.
+#[test]
+fn the_dynamic_loader_is_seen_through() {
+    let mut e = builtin();
+    web_server(&mut e);
+    let ld = exec(
+        1,
+        200,
+        "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        &["/lib64/ld-linux-x86-64.so.2", "/bin/sh", "-c", "id"],
+        &[WORKER, NGINX, INIT],
+    );
+    let ids = fired(&mut e, &[ld]);
+    assert!(
+        ids.contains(&"EW-PROC-001".to_owned()),
+        "the shell is seen: {ids:?}"
+    );
+    assert!(ids.contains(&"EW-EVADE-004".to_owned()), "{ids:?}");
+    let mut e = builtin();
+    let ldd = exec(
+        2,
+        201,
+        "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        &["/lib64/ld-linux-x86-64.so.2", "--verify", "/bin/ls"],
+        &[(40, "/usr/bin/bash"), INIT],
+    );
+    assert!(fired(&mut e, &[ldd]).is_empty());
+}
+
+/// Paths in arguments are compared made absolute and normal.
+#[test]
+fn credential_paths_are_normalised() {
+    let mut e = builtin();
+    let chain = [(40, "/usr/bin/bash"), NGINX, INIT];
+    for (i, argv) in [
+        &["cat", "//etc/shadow"][..],
+        &["cat", "/etc/./ssl/../shadow"],
+        &["dd", "if=/etc//shadow"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e2 = builtin();
+        let ev = exec(
+            1,
+            300 + i as u64,
+            &format!("/usr/bin/{}", argv[0]),
+            argv,
+            &chain,
+        );
+        assert_eq!(fired(&mut e2, &[ev]), ["EW-CRED-001"], "{argv:?}");
+    }
+    let relative = with(
+        exec(2, 310, "/usr/bin/cat", &["cat", "shadow"], &chain),
+        "cwd",
+        json!("/etc"),
+    );
+    assert_eq!(fired(&mut e, &[relative]), ["EW-CRED-001"]);
+}
+
+/// The system loading its declared firewall and sysctl settings, and an
+/// admin sniffing in a session, are at most `low`; the same from a web
+/// service keeps its severity.
+#[test]
+fn severity_follows_the_lineage() {
+    let change = |pid: u64,
+                  change: &str,
+                  exe: &str,
+                  argv: &[&str],
+                  chain: &[(u64, &str)],
+                  extra: Value| {
+        let mut v = json!({
+            "kind": "config_change", "ts": ts(1), "change": change,
+            "process": {"pid": pid, "comm": "x", "uid": 0, "exe": exe, "argv": argv, "ancestry": ancestry(chain)},
+        });
+        for (k, x) in extra.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let severities = |e: &mut Engine, ev: Value| -> Vec<(String, rule::Severity)> {
+        e.take(&ev)
+            .into_iter()
+            .map(|a| (a.rule, a.severity))
+            .collect()
+    };
+    let boot = [(20, "/usr/bin/dash"), INIT];
+    let mut e = builtin();
+    web_server(&mut e);
+    let restore = change(
+        21,
+        "netfilter",
+        "/usr/sbin/xtables-nft-multi",
+        &["iptables-restore"],
+        &boot,
+        json!({}),
+    );
+    assert_eq!(
+        severities(&mut e, restore),
+        [("EW-CFG-002".to_owned(), rule::Severity::Low)]
+    );
+    let nft = change(
+        22,
+        "netfilter",
+        "/usr/sbin/nft",
+        &["nft", "-f", "/etc/nftables.conf"],
+        &boot,
+        json!({}),
+    );
+    assert_eq!(
+        severities(&mut e, nft),
+        [("EW-CFG-002".to_owned(), rule::Severity::Low)]
+    );
+    let sysctl = change(
+        23,
+        "sysctl",
+        "/usr/sbin/sysctl",
+        &["sysctl", "-p"],
+        &boot,
+        json!({"enabled": true, "sysctl": "net/ipv4/ip_forward"}),
+    );
+    assert_eq!(
+        severities(&mut e, sysctl),
+        [("EW-CFG-001".to_owned(), rule::Severity::Low)]
+    );
+    // The same ruleset load from below the web server is not declared config.
+    let web = [(200, "/usr/bin/dash"), WORKER, NGINX, INIT];
+    let injected = change(
+        201,
+        "netfilter",
+        "/usr/sbin/nft",
+        &["nft", "-f", "/etc/nftables.conf"],
+        &web,
+        json!({}),
+    );
+    assert_eq!(
+        severities(&mut e, injected),
+        [("EW-CFG-002".to_owned(), rule::Severity::Medium)]
+    );
+    let typed = change(
+        202,
+        "netfilter",
+        "/usr/sbin/nft",
+        &["nft", "add", "rule", "ip", "nat", "x"],
+        &boot,
+        json!({}),
+    );
+    assert_eq!(
+        severities(&mut e, typed),
+        [("EW-CFG-002".to_owned(), rule::Severity::Medium)]
+    );
+    // tcpdump in an admin's session.
+    let session = [(70, "/usr/bin/bash"), (60, "/usr/sbin/sshd"), SSHD, INIT];
+    let promisc = change(
+        71,
+        "promisc",
+        "/usr/bin/tcpdump",
+        &["tcpdump", "-i", "eth0"],
+        &session,
+        json!({}),
+    );
+    assert_eq!(
+        severities(&mut e, promisc),
+        [("EW-CFG-004".to_owned(), rule::Severity::Low)]
+    );
+}

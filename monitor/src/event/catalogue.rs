@@ -14,18 +14,22 @@ use super::{alert::AlertRecord, Event, Kind};
 
 /// Fields the rule engine computes from an event's own fields (see
 /// `detect::fields::derived`), usable on every kind.
-pub const COMPUTED: [&str; 6] = [
+pub const COMPUTED: [&str; 10] = [
     "exe_name",
     "exe_dir",
     "applet",
     "cmdline",
     "exe_location",
     "argv0_mismatch",
+    "program_path",
+    "program_location",
+    "renamed",
+    "paths",
 ];
 
 /// Fields the rule engine answers from what it learnt of the machine
 /// (see `Engine::field`), usable on every kind.
-pub const LEARNT: [&str; 2] = ["listener", "lineage"];
+pub const LEARNT: [&str; 3] = ["listener", "lineage", "login_session"];
 
 /// Every field a rule may name besides the record's own.
 fn derived() -> impl Iterator<Item = &'static str> {
@@ -34,7 +38,7 @@ fn derived() -> impl Iterator<Item = &'static str> {
 
 /// Fields of an ancestor inside an `ancestor` condition, and the derived
 /// fields computed from its executable.
-pub const ANCESTOR: [&str; 8] = [
+pub const ANCESTOR: [&str; 9] = [
     "pid",
     "exe",
     "listener",
@@ -43,6 +47,7 @@ pub const ANCESTOR: [&str; 8] = [
     "exe_dir",
     "applet",
     "exe_location",
+    "renamed",
 ];
 
 /// The JSON Schema (draft 2020-12) of one output line: an event of any

@@ -456,6 +456,11 @@ pub struct ExecRecord {
     pub cwd_truncated: bool,
     pub stdio: [FdKind; 3],
     pub ancestry: Vec<Ancestor>,
+    /// The executable of the process that gave this one an audit login
+    /// uid its parent did not have: a login service (sshd, login, cron)
+    /// opening a session, or anything else forging one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loginuid_set_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -485,6 +490,11 @@ pub struct ForkRecord {
     pub task: Task,
     /// The executable inherited from the parent.
     pub exe: Option<String>,
+    /// The executable of the process that gave this one an audit login
+    /// uid its parent did not have: a login service (sshd, login, cron)
+    /// opening a session, or anything else forging one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loginuid_set_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -610,6 +620,7 @@ mod tests {
                 cgroup_id: 1,
             },
             exe: None,
+            loginuid_set_by: None,
         });
         let v = serde_json::to_value(&e).expect("serialize");
         assert_eq!(v["kind"], "fork");

@@ -147,6 +147,13 @@ impl ProcessTable {
         }
     }
 
+    /// Records the audit login uid a process set for itself.
+    pub fn set_auid(&mut self, pid: u32, auid: Option<u32>) {
+        if let Some(e) = self.entries.get_mut(&pid) {
+            e.process.auid = auid;
+        }
+    }
+
     /// Records a new process forked from its parent, inheriting the
     /// parent's executable, arguments and working directory.
     pub fn fork(&mut self, mut child: Process) {

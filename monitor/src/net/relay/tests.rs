@@ -616,6 +616,7 @@ fn a_forking_server_joined_through_its_child() {
             cgroup_id: 1,
         },
         exe: None,
+        loginuid_set_by: None,
     });
     let ctx = Context {
         net: &lab.net,
