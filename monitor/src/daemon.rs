@@ -32,7 +32,7 @@ use crate::{
         sensors::{Check, Hops, Housekeeping, Plane},
         Metrics, Pipeline, Signals, World,
     },
-    process::{procfs, ProcessTable},
+    process::{cgroup::CgroupPaths, procfs, ProcessTable},
     read::{self, KernelCounters},
     selfcheck::SelfCheck,
 };
@@ -143,6 +143,7 @@ pub async fn run(
     let net = &config.network;
     let tracker = NetTracker::new(net.flow_table_capacity, net.settings(), metrics.net.clone());
     let mut enricher = Enricher::new(table, tracker);
+    enricher.cgroups = CgroupPaths::discover();
     let kinds = &config.output.kinds;
     let seeded = enricher.seed(procfs::scan(std::path::Path::new("/proc")));
     let connections = seed_sockets(&mut enricher, &mut kernel_flows);
