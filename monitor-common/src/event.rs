@@ -74,8 +74,28 @@ pub struct TaskInfo {
     pub cgroup_id: u64,
     /// `task->comm`, NUL-padded.
     pub comm: [u8; 16],
+    /// The task's namespaces, by inode number.
+    pub ns: Namespaces,
 }
-assert_size!(TaskInfo, 56);
+assert_size!(TaskInfo, 72);
+
+/// Inode numbers of a task's namespaces, as `/proc/PID/ns/*` shows them;
+/// 0 where the kernel had none to read (an exiting task has dropped its
+/// `nsproxy`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// `nsproxy->net_ns`.
+    pub net: u32,
+    /// `nsproxy->mnt_ns`.
+    pub mnt: u32,
+    /// The pid namespace the task's pid lives in
+    /// (`task_active_pid_ns`), not `nsproxy->pid_ns_for_children`.
+    pub pid: u32,
+    /// `nsproxy->uts_ns`.
+    pub uts: u32,
+}
+assert_size!(Namespaces, 16);
 
 /// What one of fds 0, 1 and 2 refers to: the inode's mode, device and
 /// number. `mode == 0` means the descriptor is closed.
@@ -126,7 +146,7 @@ pub struct ExecEvent {
     pub argv_len: u32,
     pub _pad: u32,
 }
-assert_size!(ExecEvent, 152);
+assert_size!(ExecEvent, 168);
 
 /// `ExecFailedEvent::syscall` for `execve`.
 pub const SYSCALL_EXECVE: u32 = 0;
@@ -158,7 +178,7 @@ pub struct ExecFailedEvent {
     pub argv_len: u32,
     pub _pad: u32,
 }
-assert_size!(ExecFailedEvent, 112);
+assert_size!(ExecFailedEvent, 128);
 
 /// A new process (a `fork`/`clone` without `CLONE_THREAD`).
 /// `header.pid` is the child; `task` describes the child.
@@ -168,7 +188,7 @@ pub struct ForkEvent {
     pub header: EventHeader,
     pub task: TaskInfo,
 }
-assert_size!(ForkEvent, 80);
+assert_size!(ForkEvent, 96);
 
 /// The last thread of a process exited.
 #[repr(C)]
@@ -181,7 +201,7 @@ pub struct ExitEvent {
     pub exit_code: u32,
     pub _pad: u32,
 }
-assert_size!(ExitEvent, 88);
+assert_size!(ExitEvent, 104);
 
 /// `NetEvent::proto` for TCP.
 pub const PROTO_TCP: u8 = 6;
@@ -454,7 +474,7 @@ pub struct ConfigEvent {
     /// NUL-padded; cut at 64 bytes.
     pub value: [u8; 64],
 }
-assert_size!(ConfigEvent, 232);
+assert_size!(ConfigEvent, 248);
 
 impl Default for ConfigEvent {
     fn default() -> Self {
@@ -674,11 +694,11 @@ mod tests {
             assert_eq!(size % 8, 0);
         }
         assert_eq!(offset_of!(ExecEvent, task), 24);
-        assert_eq!(offset_of!(ExecEvent, stdio), 88);
-        assert_eq!(offset_of!(ExecEvent, exe_len), 140);
-        assert_eq!(offset_of!(ExecEvent, argv_len), 144);
-        assert_eq!(offset_of!(ExecFailedEvent, filename_len), 100);
-        assert_eq!(offset_of!(ExitEvent, exit_code), 80);
+        assert_eq!(offset_of!(ExecEvent, stdio), 104);
+        assert_eq!(offset_of!(ExecEvent, exe_len), 156);
+        assert_eq!(offset_of!(ExecEvent, argv_len), 160);
+        assert_eq!(offset_of!(ExecFailedEvent, filename_len), 116);
+        assert_eq!(offset_of!(ExitEvent, exit_code), 96);
         assert_eq!(offset_of!(TaskInfo, comm), 40);
         assert_eq!(offset_of!(NetEvent, header), 0);
         assert_eq!(size_of::<NetEvent>() % 8, 0);

@@ -88,8 +88,24 @@ pub struct KernelOffsets {
     /// Optional: [`OFFSET_MISSING`] when the kernel's BTF lacks `af_unix`
     /// (built as a module), and then unix joins are not seen.
     pub unix_sock_peer: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub nsproxy_uts_ns: u32,
+    /// `mnt_namespace::ns`, `uts_namespace::ns` and `pid_namespace::ns`:
+    /// each namespace's `struct ns_common`.
+    pub mnt_namespace_ns: u32,
+    pub uts_namespace_ns: u32,
+    pub pid_namespace_ns: u32,
+    /// `task_struct::thread_pid`, `pid::level`, `pid::numbers` and
+    /// `upid::ns`: the pid namespace a task's pid lives in is
+    /// `thread_pid->numbers[thread_pid->level].ns`.
+    pub task_struct_thread_pid: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_ns: u32,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u32,
 }
-assert_size!(KernelOffsets, 62 * 4);
+assert_size!(KernelOffsets, 72 * 4);
 
 impl KernelOffsets {
     /// All offsets zero: the value the eBPF object is built with, replaced
@@ -108,7 +124,7 @@ mod tests {
     fn zeroed_is_all_zero_and_has_no_padding() {
         let z = KernelOffsets::zeroed();
         // SAFETY: plain u32 fields, size asserted above.
-        let words: [u32; 62] = unsafe { core::mem::transmute(z) };
+        let words: [u32; 72] = unsafe { core::mem::transmute(z) };
         assert!(words.iter().all(|&w| w == 0));
     }
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::RingBuf,
 };
 use monitor_common::{
-    event::{counter, StdioFd, TaskInfo},
+    event::{counter, Namespaces, StdioFd, TaskInfo},
     limits::{NAME_MAX, PATH_DEPTH_MAX, PATH_MAX, RING_WAKEUP_BYTES, SCRATCH_BYTES, SCRATCH_HALF},
     offsets::{KernelOffsets, OFFSET_MISSING},
 };
@@ -86,7 +86,50 @@ pub fn task_info(task: u64, info: &mut TaskInfo) -> Result<(), ReadError> {
     // SAFETY: helper without arguments.
     info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     info.comm = read(task, off!(task_struct_comm))?;
+    info.ns = namespaces(task);
     Ok(())
+}
+
+/// Deepest pid namespace nesting (`MAX_PID_NS_LEVEL` in
+/// include/linux/pid_namespace.h); bounds the index into `pid::numbers`.
+const PID_NS_LEVEL_MAX: u32 = 32;
+
+/// The namespaces of `task`, by inode number. A namespace that cannot be
+/// read is 0 and costs the record nothing: an exiting task has already
+/// dropped its `nsproxy` (`exit_task_namespaces`).
+#[inline(always)]
+fn namespaces(task: u64) -> Namespaces {
+    let mut ns = Namespaces::default();
+    let Ok(nsproxy) = read::<u64>(task, off!(task_struct_nsproxy)) else {
+        return ns;
+    };
+    if nsproxy != 0 {
+        ns.net = ns_inum(nsproxy, off!(nsproxy_net_ns), off!(net_ns));
+        ns.mnt = ns_inum(nsproxy, off!(nsproxy_mnt_ns), off!(mnt_namespace_ns));
+        ns.uts = ns_inum(nsproxy, off!(nsproxy_uts_ns), off!(uts_namespace_ns));
+    }
+    // task_active_pid_ns(): thread_pid->numbers[thread_pid->level].ns,
+    // see include/linux/pid.h.
+    if let Ok(pid) = read::<u64>(task, off!(task_struct_thread_pid)) {
+        if pid != 0 {
+            if let Ok(level) = read::<u32>(pid, off!(pid_level)) {
+                if level <= PID_NS_LEVEL_MAX {
+                    let upid = off!(pid_numbers) + u64::from(level) * off!(upid_size);
+                    ns.pid = ns_inum(pid, upid + off!(upid_ns), off!(pid_namespace_ns));
+                }
+            }
+        }
+    }
+    ns
+}
+
+/// `((struct X *)*(holder + member))->ns.inum`, 0 when unreadable.
+#[inline(always)]
+fn ns_inum(holder: u64, member: u64, ns_common: u64) -> u32 {
+    match read::<u64>(holder, member) {
+        Ok(ns) if ns != 0 => read(ns, ns_common + off!(ns_common_inum)).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Fills `out` with the inode mode and device of fds 0, 1 and 2 of `task`.

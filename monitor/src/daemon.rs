@@ -2,7 +2,7 @@
 //! sensors, detect, output, export), hands them to the [`Pipeline`] and
 //! runs it until SIGINT or SIGTERM.
 
-use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::limits::{
@@ -26,13 +26,13 @@ use crate::{
     enrich::Enricher,
     event::Event,
     load, metrics,
-    net::{maps::KernelFlows, sensors::HopSensors, sockdiag, NetTracker},
+    net::{maps::KernelFlows, netns, sensors::HopSensors, sockdiag, NetTracker},
     output::{self, Output},
     pipeline::{
         sensors::{Check, Hops, Housekeeping, Plane},
         Metrics, Pipeline, Signals, World,
     },
-    process::{procfs, ProcessTable},
+    process::{cgroup::CgroupPaths, procfs, ProcessTable},
     read::{self, KernelCounters},
     selfcheck::SelfCheck,
 };
@@ -78,6 +78,7 @@ pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     mut loaded: load::Loaded,
+    sockets: netns::Found,
 ) -> Result<(), RunError> {
     // First, so a stop requested during start-up is a clean stop once the
     // probes are up, never the default action's abrupt exit.
@@ -143,9 +144,10 @@ pub async fn run(
     let net = &config.network;
     let tracker = NetTracker::new(net.flow_table_capacity, net.settings(), metrics.net.clone());
     let mut enricher = Enricher::new(table, tracker);
+    enricher.cgroups = CgroupPaths::discover();
     let kinds = &config.output.kinds;
     let seeded = enricher.seed(procfs::scan(std::path::Path::new("/proc")));
-    let connections = seed_sockets(&mut enricher, &mut kernel_flows);
+    let connections = seed_sockets(sockets, &mut enricher, &mut kernel_flows);
     let world = World {
         enricher,
         flows: kernel_flows,
@@ -320,28 +322,50 @@ fn reload(
     }
 }
 
-/// Adopts the sockets open at start. Failure here costs the history of
-/// those sockets, not the monitor, so it is logged and the run goes on.
-fn seed_sockets(enricher: &mut Enricher, kernel: &mut KernelFlows) -> Vec<Event> {
-    let sockets = match sockdiag::dump_all() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "sock_diag dump failed; connections open at start are not seeded");
-            return Vec::new();
-        }
-    };
+/// Adopts the sockets open at start in every network namespace (read by
+/// [`netns::sockets_everywhere`] before the capability drop). Failure here
+/// costs the history of those sockets, not the monitor, so it is logged
+/// and the run goes on.
+fn seed_sockets(
+    found: netns::Found,
+    enricher: &mut Enricher,
+    kernel: &mut KernelFlows,
+) -> Vec<Event> {
     let owners = sockdiag::socket_owners(std::path::Path::new("/proc"));
-    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32);
-    let (events, sock_owners) =
-        enricher
-            .net
-            .seed(&sockets, &owners, netns, &enricher.table, &enricher.clock);
-    for (cookie, owner) in sock_owners {
-        if let Err(e) = kernel.set_owner(cookie, owner) {
-            tracing::warn!(error = %e, "socket owner map full while seeding; later events of some sockets name no process");
-            break;
+    let mut events = Vec::new();
+    let mut full = false;
+    let (mut sock_diag, mut proc_net) = (0, 0);
+    for ns in &found.namespaces {
+        match ns.source {
+            netns::Source::SockDiag => sock_diag += 1,
+            netns::Source::ProcNet => proc_net += 1,
+        }
+        let (seeded, sock_owners) = enricher.net.seed(
+            &ns.sockets,
+            &owners,
+            ns.netns,
+            &enricher.table,
+            &enricher.clock,
+        );
+        events.extend(seeded);
+        for (cookie, owner) in sock_owners {
+            if full {
+                break;
+            }
+            if let Err(e) = kernel.set_owner(cookie, owner) {
+                tracing::warn!(error = %e, "socket owner map full while seeding; later events of some sockets name no process");
+                full = true;
+            }
         }
     }
+    tracing::info!(
+        sock_diag,
+        proc_net,
+        unreadable = found.skipped.namespaces,
+        empty_unreadable = found.skipped.empty,
+        proc_entries_skipped = found.skipped.proc_entries,
+        "sockets open at start read from every network namespace"
+    );
     events
 }
 

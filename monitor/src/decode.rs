@@ -257,6 +257,12 @@ pub(crate) mod tests {
                 start_boot_ns: 5,
                 cgroup_id: 7,
                 comm: *b"echo\0\0\0\0\0\0\0\0\0\0\0\0",
+                ns: monitor_common::event::Namespaces {
+                    net: 4026531840,
+                    mnt: 4026531841,
+                    pid: 4026531836,
+                    uts: 4026531838,
+                },
             },
             stdio: [
                 StdioFd {
@@ -423,7 +429,11 @@ pub(crate) mod tests {
         let part = || proptest::collection::vec(any::<u8>(), 0..48);
         (
             proptest::sample::select(KERNEL_KINDS.map(|(k, _)| k).to_vec()),
-            proptest::collection::vec(any::<u8>(), 232),
+            // The largest fixed part (a config record's).
+            proptest::collection::vec(
+                any::<u8>(),
+                std::mem::size_of::<monitor_common::event::ConfigEvent>(),
+            ),
             part(),
             part(),
             part(),

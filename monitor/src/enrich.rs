@@ -14,11 +14,14 @@ use crate::{
     decode::{c_str, path_from_components, split_args, KernelEvent},
     escape::escape,
     event::{
-        Event, ExecFailedRecord, ExecRecord, ExitRecord, FdKind, ForkRecord, ProcessRecord, Task,
-        Termination,
+        Event, ExecFailedRecord, ExecRecord, ExitRecord, FdKind, ForkRecord, Namespaces,
+        ProcessRecord, Task, Termination,
     },
     net::{FlowMap, NetTracker},
-    process::{Process, ProcessTable},
+    process::{
+        cgroup::{CgroupPaths, Placement},
+        Process, ProcessTable,
+    },
 };
 
 /// The kernel's encoding of a device number: major in the top 12 bits.
@@ -33,9 +36,13 @@ pub struct Enricher {
     /// recorded before it has been applied too (the reader merges the
     /// rings in time order).
     pub applied_ns: u64,
+    /// cgroup paths by id; resolves nothing until the daemon gives it the
+    /// machine's cgroup tree.
+    pub cgroups: CgroupPaths,
 }
 
-fn task(pid: u32, tid: u32, t: &TaskInfo) -> Task {
+fn task(pid: u32, tid: u32, t: &TaskInfo, cgroups: &mut CgroupPaths) -> Task {
+    let placement = cgroups.resolve(t.cgroup_id, pid);
     Task {
         pid,
         tid,
@@ -47,6 +54,9 @@ fn task(pid: u32, tid: u32, t: &TaskInfo) -> Task {
         auid: (t.auid != u32::MAX).then_some(t.auid),
         comm: escape(c_str(&t.comm)),
         cgroup_id: t.cgroup_id,
+        namespaces: Namespaces::from_kernel(&t.ns),
+        container_id: placement.as_ref().and_then(|p| p.container_id.clone()),
+        cgroup: placement.map(|p| p.path),
     }
 }
 
@@ -90,6 +100,11 @@ fn process_from(task: &Task, start_boot_ns: u64) -> Process {
         stdio: [FdKind::None; 3],
         pipes: crate::process::Pipes::default(),
         seeded: false,
+        namespaces: task.namespaces,
+        cgroup: task.cgroup.clone().map(|path| Placement {
+            path,
+            container_id: task.container_id.clone(),
+        }),
     }
 }
 
@@ -101,6 +116,7 @@ impl Enricher {
             net,
             changes: Changes::default(),
             applied_ns: 0,
+            cgroups: CgroupPaths::new(None, std::path::PathBuf::from("/proc")),
         }
     }
 
@@ -130,6 +146,9 @@ impl Enricher {
                     cwd: p.cwd.as_deref().map(str::to_owned),
                     stdio: p.stdio,
                     ancestry: self.table.ancestry(p.pid, p.ppid),
+                    namespaces: p.namespaces,
+                    container_id: p.cgroup.as_ref().and_then(|c| c.container_id.clone()),
+                    cgroup: p.cgroup.map(|c| c.path),
                 }))
             })
             .collect()
@@ -163,7 +182,7 @@ impl Enricher {
                 argv,
             } => {
                 let h = fixed.header;
-                let task = task(h.pid, h.tid, &fixed.task);
+                let task = task(h.pid, h.tid, &fixed.task, &mut self.cgroups);
                 let flags = fixed.flags;
                 let exe = shown_path(&exe, flags & EXEC_EXE_TRUNCATED != 0);
                 let cwd = shown_path(&cwd, flags & EXEC_CWD_TRUNCATED != 0);
@@ -219,7 +238,7 @@ impl Enricher {
                 argv,
             } => {
                 let h = fixed.header;
-                let task = task(h.pid, h.tid, &fixed.task);
+                let task = task(h.pid, h.tid, &fixed.task, &mut self.cgroups);
                 let argv: Vec<String> = split_args(&argv).into_iter().map(escape).collect();
                 Event::ExecFailed(Box::new(ExecFailedRecord {
                     ts: self.clock.rfc3339(h.ts_boot_ns),
@@ -246,7 +265,7 @@ impl Enricher {
             }
             KernelEvent::Fork(f) => {
                 let h = f.header;
-                let task = task(h.pid, h.tid, &f.task);
+                let task = task(h.pid, h.tid, &f.task, &mut self.cgroups);
                 // A child born with a login uid its parent did not have:
                 // the parent set its own after it started.
                 let loginuid_set_by = self
@@ -270,7 +289,7 @@ impl Enricher {
             }
             KernelEvent::Exit(x) => {
                 let h = x.header;
-                let task = task(h.pid, h.tid, &x.task);
+                let task = task(h.pid, h.tid, &x.task, &mut self.cgroups);
                 let exe = self
                     .table
                     .exit(task.pid, now)
@@ -382,6 +401,10 @@ mod tests {
         assert_eq!(json["kind"], "exec");
         assert_eq!(json["ppid"], 1);
         assert_eq!(json["stdio"][0], "tty");
+        assert_eq!(json["namespaces"]["net"], 4026531840u32);
+        assert_eq!(json["namespaces"]["pid"], 4026531836u32);
+        // No cgroup tree given: no path, rather than a wrong one.
+        assert!(json.get("cgroup").is_none());
     }
 
     /// Process events never touch the flow counters.

@@ -114,6 +114,13 @@ fn main() -> ExitCode {
                 Ok(l) => l,
                 Err(e) => return fail(EXIT_FAILURE, &e),
             };
+            // Before the drop: reading other network namespaces' sockets
+            // from inside them needs CAP_SYS_ADMIN. After attaching, so a
+            // socket opened meanwhile is both seeded and reported.
+            let sockets = monitor::net::netns::sockets_everywhere(
+                std::path::Path::new("/proc"),
+                std::path::Path::new("/run/netns"),
+            );
             let keep = load::caps::runtime_set(config.dataplane.netns.is_some());
             // The "monitor ready" line names what is kept.
             if let Err(e) = load::caps::drop_to(keep) {
@@ -127,7 +134,7 @@ fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(EXIT_FAILURE, &e),
             };
-            match runtime.block_on(daemon::run(config, path, loaded)) {
+            match runtime.block_on(daemon::run(config, path, loaded, sockets)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_FAILURE, &e),
             }

@@ -783,6 +783,14 @@ mod tests {
             auid,
             comm: "sh".into(),
             cgroup_id: 7,
+            namespaces: crate::event::Namespaces {
+                net: 4026531840,
+                mnt: 4026532201,
+                pid: 4026531836,
+                uts: 4026531838,
+            },
+            cgroup: Some("/lxc.payload.web1".into()),
+            container_id: auid.is_none().then(|| "web1".into()),
         }
     }
 
@@ -878,6 +886,9 @@ mod tests {
                 cwd: auid.map(|_| "/".into()),
                 stdio: [FdKind::None, FdKind::Chardev, FdKind::File],
                 ancestry: ancestry(),
+                namespaces: task(auid).namespaces,
+                cgroup: auid.map(|_| "/system.slice/ssh.service".into()),
+                container_id: None,
             })));
             let full = NetRecord {
                 ts: ts.clone(),

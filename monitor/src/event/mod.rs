@@ -207,6 +207,39 @@ pub struct Task {
     pub auid: Option<u32>,
     pub comm: String,
     pub cgroup_id: u64,
+    #[serde(default)]
+    pub namespaces: Namespaces,
+    /// cgroup v2 path; absent when the cgroup is gone or cgroup v2 is not
+    /// mounted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cgroup: Option<std::sync::Arc<str>>,
+    /// The container the cgroup path names, when a known runtime made it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_id: Option<std::sync::Arc<str>>,
+}
+
+/// Inode numbers of a process's namespaces, as `/proc/PID/ns/*` links
+/// show them (`net:[4026531840]`); 0 when not known.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct Namespaces {
+    pub net: u32,
+    pub mnt: u32,
+    pub pid: u32,
+    pub uts: u32,
+}
+
+impl Namespaces {
+    /// The kernel record's namespaces.
+    pub fn from_kernel(ns: &monitor_common::event::Namespaces) -> Self {
+        Self {
+            net: ns.net,
+            mnt: ns.mnt,
+            pid: ns.pid,
+            uts: ns.uts,
+        }
+    }
 }
 
 /// How a process ended.
@@ -533,6 +566,13 @@ pub struct ProcessRecord {
     pub cwd: Option<String>,
     pub stdio: [FdKind; 3],
     pub ancestry: Vec<Ancestor>,
+    #[serde(default)]
+    pub namespaces: Namespaces,
+    /// cgroup v2 path, from /proc/PID/cgroup.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cgroup: Option<std::sync::Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub container_id: Option<std::sync::Arc<str>>,
 }
 
 /// The side of the gateway a connection's far end is on.
@@ -618,6 +658,9 @@ mod tests {
                 auid: None,
                 comm: "x".into(),
                 cgroup_id: 1,
+                namespaces: Namespaces::default(),
+                cgroup: None,
+                container_id: None,
             },
             exe: None,
             loginuid_set_by: None,

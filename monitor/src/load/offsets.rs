@@ -117,6 +117,18 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
             Err(OffsetError::NoStruct(_)) => OFFSET_MISSING,
             other => other?,
         },
+        nsproxy_mnt_ns: r.member("nsproxy", &["mnt_ns"])?,
+        nsproxy_uts_ns: r.member("nsproxy", &["uts_ns"])?,
+        mnt_namespace_ns: r.member("mnt_namespace", &["ns"])?,
+        uts_namespace_ns: r.member("uts_namespace", &["ns"])?,
+        pid_namespace_ns: r.member("pid_namespace", &["ns"])?,
+        task_struct_thread_pid: r.member("task_struct", &["thread_pid"])?,
+        pid_level: r.member("pid", &["level"])?,
+        pid_numbers: r.member("pid", &["numbers"])?,
+        upid_ns: r.member("upid", &["ns"])?,
+        upid_size: r
+            .size("upid")
+            .ok_or_else(|| OffsetError::NoStruct("upid".to_owned()))?,
     })
 }
 
@@ -262,6 +274,12 @@ mod tests {
         assert!(o.mount_mnt > o.mount_mnt_mountpoint);
         assert_eq!(o.sock_common_skc_rcv_saddr, o.sock_common_skc_daddr + 4);
         assert_eq!(o.sock_common_skc_num, o.sock_common_skc_dport + 2);
+        assert_eq!(
+            (o.upid_size, o.upid_ns),
+            (16, 8),
+            "upid: the pid number, then the namespace pointer"
+        );
+        assert!(o.pid_numbers > o.pid_level);
     }
 
     #[test]

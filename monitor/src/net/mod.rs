@@ -3,6 +3,7 @@
 //! counters, and seeded at start from sock_diag.
 
 pub mod maps;
+pub mod netns;
 pub mod relay;
 pub mod sensors;
 pub mod sides;

@@ -516,7 +516,8 @@ impl NetTracker {
     /// Adopts the sockets that existed at start (from sock_diag): open
     /// TCP connections join the flow table, and each socket with a known
     /// owner is returned so the kernel's owner map can name it. Returns
-    /// the `connection` events and the owners.
+    /// the `connection` events and the owners. Called once per network
+    /// namespace (`netns`), with that namespace's sockets.
     pub fn seed(
         &mut self,
         sockets: &[DiagSocket],
@@ -541,7 +542,11 @@ impl NetTracker {
             }
             let pid = inode_owners.get(&s.inode).copied().unwrap_or(0);
             let process = Self::process_ref(procs, pid, "");
-            if let Some(p) = &process {
+            // A socket read from /proc/PID/net has no cookie: it cannot be
+            // joined to the kernel's later events, so it is reported but
+            // neither tracked nor named in the owner map.
+            let known = s.cookie != 0;
+            if let Some(p) = process.as_ref().filter(|_| known) {
                 let mut comm = [0u8; 16];
                 let n = p.comm.len().min(15);
                 comm[..n].copy_from_slice(&p.comm.as_bytes()[..n]);
@@ -564,7 +569,7 @@ impl NetTracker {
                     Direction::Outbound
                 }
             });
-            if connected {
+            if connected && known {
                 self.flows.insert(Flow {
                     id: FlowId {
                         socket: s.cookie,
@@ -857,5 +862,60 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|e| json(e)["reason"] == "released"));
         assert!(t.flows.is_empty());
+    }
+
+    /// Sockets of another namespace read from /proc have no cookie: they
+    /// are reported with that namespace, but neither tracked as flows nor
+    /// given to the kernel's owner map; those from sock_diag are.
+    #[test]
+    fn seeded_sockets_carry_their_namespace_and_only_cookies_are_tracked() {
+        let mut t = tracker();
+        let mut procs = ProcessTable::new(10, Duration::from_secs(60));
+        procs.insert(crate::process::Process::for_test(40, 1, "/usr/bin/python3"));
+        let clock = BootClock::new();
+        let sock = |cookie: u64, inode: u32, state: u8, local: &str, remote: &str| DiagSocket {
+            proto: Proto::Tcp,
+            state,
+            local: endpoint(local),
+            remote: endpoint(remote),
+            inode,
+            cookie,
+            uid: 0,
+        };
+        fn endpoint(s: &str) -> Endpoint {
+            let a: std::net::SocketAddr = s.parse().expect("addr");
+            Endpoint {
+                addr: a.ip(),
+                port: a.port(),
+            }
+        }
+        let owners: HashMap<u32, u32> = [(1, 40), (2, 40), (3, 40)].into();
+        let other_ns = [
+            sock(0, 1, TCP_LISTEN, "127.0.0.1:8080", "0.0.0.0:0"),
+            sock(0, 2, TCP_ESTABLISHED, "127.0.0.1:8080", "127.0.0.1:40000"),
+        ];
+        let (events, sock_owners) = t.seed(&other_ns, &owners, 4026532301, &procs, &clock);
+        assert_eq!(events.len(), 2);
+        for e in &events {
+            let v = json(e);
+            assert_eq!(v["netns"], 4026532301u32);
+            assert_eq!(v["process"]["pid"], 40);
+        }
+        assert_eq!(json(&events[0])["state"], "listen");
+        assert_eq!(json(&events[1])["direction"], "inbound");
+        assert!(sock_owners.is_empty());
+        assert!(t.flows.is_empty());
+        let own_ns = [sock(
+            77,
+            3,
+            TCP_ESTABLISHED,
+            "127.0.0.1:40001",
+            "127.0.0.1:22",
+        )];
+        let (events, sock_owners) = t.seed(&own_ns, &owners, 4026531840, &procs, &clock);
+        assert_eq!(json(&events[0])["netns"], 4026531840u32);
+        assert_eq!(sock_owners.len(), 1);
+        assert_eq!(sock_owners[0].1.netns, 4026531840);
+        assert_eq!(t.flows.len(), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! The enrich stage's process picture: a bounded table of processes, seeded
 //! from /proc at start and kept current from fork, exec and exit events.
 
+pub mod cgroup;
 pub mod procfs;
 mod table;
 

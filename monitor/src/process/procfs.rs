@@ -8,8 +8,14 @@ use std::{
     sync::Arc,
 };
 
-use super::table::{bounded_argv, Process};
-use crate::{escape::escape, event::FdKind};
+use super::{
+    cgroup::{self, Placement},
+    table::{bounded_argv, Process},
+};
+use crate::{
+    escape::escape,
+    event::{FdKind, Namespaces},
+};
 
 /// Suffix the kernel appends to the link of a deleted executable.
 const DELETED_SUFFIX: &[u8] = b" (deleted)";
@@ -87,7 +93,24 @@ pub fn read_process(dir: &Path, pid: u32) -> Option<Process> {
         stdio,
         pipes,
         seeded: true,
+        namespaces: namespaces(dir),
+        cgroup: fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|text| cgroup::v2_path(&text).map(Placement::new)),
     })
+}
+
+/// The namespaces of a /proc process directory, by inode number (`stat`
+/// follows the `ns/*` links to the namespace's nsfs inode); 0 for one that
+/// cannot be read.
+pub fn namespaces(dir: &Path) -> Namespaces {
+    let ino = |kind: &str| fs::metadata(dir.join("ns").join(kind)).map_or(0, |m| m.ino() as u32);
+    Namespaces {
+        net: ino("net"),
+        mnt: ino("mnt"),
+        pid: ino("pid"),
+        uts: ino("uts"),
+    }
 }
 
 /// Inode number of the pipe or fifo behind a /proc fd link, 0 otherwise.
@@ -160,6 +183,14 @@ mod tests {
         let exe = std::env::current_exe().expect("current exe");
         assert_eq!(p.exe.as_deref(), exe.to_str());
         assert_eq!(p.uid, unsafe { libc::getuid() });
+        let own_net = fs::metadata("/proc/self/ns/net").expect("netns").ino() as u32;
+        assert_eq!(p.namespaces.net, own_net);
+        assert!(p.namespaces.mnt != 0 && p.namespaces.pid != 0 && p.namespaces.uts != 0);
+        let own = fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+        assert_eq!(
+            p.cgroup.map(|c| c.path.to_string()).as_deref(),
+            cgroup::v2_path(&own)
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::event::{Ancestor, FdKind};
+use super::cgroup::Placement;
+use crate::event::{Ancestor, FdKind, Namespaces};
 
 /// Most ancestors reported for one process; deeper chains are cut.
 pub const ANCESTRY_MAX: usize = 64;
@@ -46,6 +47,9 @@ pub struct Process {
     pub pipes: Pipes,
     /// Found in /proc at start rather than seen being created.
     pub seeded: bool,
+    pub namespaces: Namespaces,
+    /// Its cgroup v2 path and container, when known.
+    pub cgroup: Option<Placement>,
 }
 
 /// The pipes or fifos on a process's stdin and stdout, by inode number
@@ -344,6 +348,8 @@ impl Process {
             stdio: [FdKind::None; 3],
             pipes: Pipes::default(),
             seeded: false,
+            namespaces: Namespaces::default(),
+            cgroup: None,
         }
     }
 }

@@ -136,6 +136,8 @@ impl Lab {
             stdio: [crate::event::FdKind::None; 3],
             pipes,
             seeded: false,
+            namespaces: Default::default(),
+            cgroup: None,
         });
     }
 
@@ -614,6 +616,9 @@ fn a_forking_server_joined_through_its_child() {
             auid: None,
             comm: "socat".into(),
             cgroup_id: 1,
+            namespaces: Default::default(),
+            cgroup: None,
+            container_id: None,
         },
         exe: None,
         loginuid_set_by: None,
