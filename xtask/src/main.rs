@@ -75,9 +75,10 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 15] = [
+const KERNEL_TESTS: [&str; 16] = [
     "process",
     "identity",
+    "namespaces",
     "bad_input",
     "startup",
     "network",
