@@ -29,7 +29,7 @@ use crate::{
     net::{maps::KernelFlows, netns, sensors::HopSensors, sockdiag, NetTracker},
     output::{self, Output},
     pipeline::{
-        sensors::{Check, Hops, Housekeeping, Plane},
+        sensors::{Check, Hops, Housekeeping, Links, Plane},
         Metrics, Pipeline, Signals, World,
     },
     process::{cgroup::CgroupPaths, procfs, ProcessTable},
@@ -186,6 +186,7 @@ pub async fn run(
             sample: Duration::from_millis(*config.relay.sample_ms.get_ref()),
         }));
     }
+    pipeline.add_sensor(Box::new(Links::default()));
     if let Some(stage) = dataplane {
         pipeline.add_sensor(Box::new(Plane {
             stage,

@@ -65,7 +65,7 @@ fn task(pid: u32, tid: u32, t: &TaskInfo, cgroups: &mut CgroupPaths) -> Task {
 fn shown_path(components: &[u8], truncated: bool) -> String {
     let path = escape(&path_from_components(components));
     if truncated {
-        format!("{}{path}", crate::detect::program::TRUNCATED_PREFIX)
+        format!("{}{path}", crate::process::program::TRUNCATED_PREFIX)
     } else {
         path
     }

@@ -75,10 +75,11 @@ fn cargo() -> Command {
 }
 
 /// Kernel test binaries of the `tests` crate that can share the machine.
-const KERNEL_TESTS: [&str; 16] = [
+const KERNEL_TESTS: [&str; 17] = [
     "process",
     "identity",
     "namespaces",
+    "stdio_links",
     "bad_input",
     "startup",
     "network",

@@ -5,11 +5,11 @@ use std::{borrow::Cow, os::unix::fs::PermissionsExt as _, path::Path};
 
 use serde_json::Value;
 
-pub use super::program::basename;
-use super::program::{self, Identities};
 #[cfg(test)]
 use super::record::lookup;
 use super::record::{Argv, Computed, ProcView, Val};
+use crate::process::program::{self, applet_named, Identities};
+pub use crate::process::program::{applet, basename, MULTI_CALL};
 
 /// Directories whose contents anyone can replace: execution from them is
 /// the classic drop-and-run.
@@ -74,50 +74,6 @@ impl FsCache {
         self.resolves.insert(key, v);
         v
     }
-}
-
-/// Multi-call binaries: one executable that acts as the program named by
-/// argv[0] (or by argv[1] when run under its own name).
-pub const MULTI_CALL: [&str; 5] = [
-    "busybox",
-    "toybox",
-    "xtables-nft-multi",
-    "xtables-legacy-multi",
-    "ebtables-nft",
-];
-
-/// Programs installed under other names as links to one executable, which
-/// acts by argv[0] alone: procps 4 makes `pkill` and `pidwait` links to
-/// `pgrep`, so the kernel reports `pkill` as `/usr/bin/pgrep`.
-const LINKED_NAMES: [(&str, &[&str]); 1] = [("pgrep", &["pkill", "pidwait"])];
-
-/// The program a process runs as far as a person would name it: for a
-/// multi-call binary such as `/bin/busybox`, the applet (argv[0] `sh`, or
-/// `busybox sh`); for a program linked under other names (`pkill` to
-/// `pgrep`), the name it was run by; the executable's name otherwise.
-pub fn applet<'a>(exe: Option<&'a str>, argv: Argv<'a>) -> Option<&'a str> {
-    let exe_name = exe.map(basename)?;
-    if let Some((_, names)) = LINKED_NAMES.iter().find(|(e, _)| *e == exe_name) {
-        let a0 = argv.get(0).map(basename);
-        if let Some(name) = a0.filter(|a| names.contains(a)) {
-            return Some(name);
-        }
-    }
-    applet_named(exe_name, argv)
-}
-
-/// [`applet`] for a program whose name is known (by content, or through
-/// the loader).
-fn applet_named<'a>(exe_name: &'a str, argv: Argv<'a>) -> Option<&'a str> {
-    if MULTI_CALL.contains(&exe_name) {
-        let a0 = argv.get(0).map(basename).unwrap_or(exe_name);
-        let a0 = a0.trim_start_matches('-');
-        if a0 == exe_name {
-            return argv.get(1).map(basename).map(program::generic);
-        }
-        return Some(program::generic(a0));
-    }
-    Some(program::generic(exe_name))
 }
 
 /// The program a process runs, as far as its command line and the files

@@ -8,7 +8,6 @@
 //! alert with a count, and per-rule rate limits count what they suppress.
 
 pub mod fields;
-pub mod program;
 pub mod record;
 pub mod rule;
 pub mod stage;
@@ -403,10 +402,13 @@ impl Engine {
     /// by anything but a login service raises its own alert.
     fn login_session(&self, ev: &Subject<'_>) -> bool {
         for a in ev.ancestry().iter() {
-            if a.exe.is_some_and(program::is_login_service) {
+            if a.exe.is_some_and(crate::process::program::is_login_service) {
                 return true;
             }
-            if self.is_listener(a.pid) || a.exe.is_some_and(program::is_network_server) {
+            if self.is_listener(a.pid)
+                || a.exe
+                    .is_some_and(crate::process::program::is_network_server)
+            {
                 return false;
             }
         }

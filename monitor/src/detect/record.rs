@@ -278,41 +278,7 @@ fn s(v: &str) -> Val<'_> {
     Val::Str(Cow::Borrowed(v))
 }
 
-/// The argv of a process, typed or from JSON.
-#[derive(Debug, Clone, Copy)]
-pub enum Argv<'a> {
-    Typed(&'a [String]),
-    Json(&'a [Value]),
-}
-
-impl<'a> Argv<'a> {
-    pub fn get(self, i: usize) -> Option<&'a str> {
-        match self {
-            Argv::Typed(a) => a.get(i).map(String::as_str),
-            Argv::Json(a) => a.get(i).and_then(Value::as_str),
-        }
-    }
-
-    /// The arguments from the `n`th on.
-    pub fn skip(self, n: usize) -> Argv<'a> {
-        match self {
-            Argv::Typed(a) => Argv::Typed(a.get(n..).unwrap_or(&[])),
-            Argv::Json(a) => Argv::Json(a.get(n..).unwrap_or(&[])),
-        }
-    }
-
-    /// The string elements, in order.
-    pub fn strs(self) -> impl Iterator<Item = &'a str> {
-        let (typed, json) = match self {
-            Argv::Typed(a) => (a, &[][..]),
-            Argv::Json(a) => (&[][..], a),
-        };
-        typed
-            .iter()
-            .map(String::as_str)
-            .chain(json.iter().filter_map(Value::as_str))
-    }
-}
+pub use crate::process::program::Argv;
 
 /// What the computed fields are computed from: the event's process.
 #[derive(Debug, Clone, Copy)]

@@ -9,6 +9,7 @@ pub mod config_change;
 pub mod forward;
 pub mod relay;
 pub mod self_check;
+pub mod stdio_link;
 pub mod tunnel;
 
 /// Event kinds, a closed set: also the values of the `kind` metric label.
@@ -52,6 +53,9 @@ pub enum Kind {
     ConfigChange,
     /// The monitor's check of itself: a probe detached, the canary missed.
     SelfCheck,
+    /// A shell or interpreter fed by a networked process through a pipe,
+    /// a fifo or a pty.
+    StdioLink,
     /// A detection rule matched.
     Alert,
     /// A match folded into an open alert that brought something new.
@@ -59,7 +63,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Exec,
         Kind::ExecFailed,
         Kind::Fork,
@@ -80,6 +84,7 @@ impl Kind {
         Kind::Transit,
         Kind::ConfigChange,
         Kind::SelfCheck,
+        Kind::StdioLink,
         Kind::Alert,
         Kind::AlertUpdate,
     ];
@@ -106,6 +111,7 @@ impl Kind {
             Kind::Transit => "transit",
             Kind::ConfigChange => "config_change",
             Kind::SelfCheck => "self_check",
+            Kind::StdioLink => "stdio_link",
             Kind::Alert => "alert",
             Kind::AlertUpdate => "alert_update",
         }
@@ -292,6 +298,7 @@ pub enum Event {
     Transit(Box<forward::ForwardRecord>),
     ConfigChange(Box<config_change::ConfigChangeRecord>),
     SelfCheck(Box<self_check::SelfCheckRecord>),
+    StdioLink(Box<stdio_link::StdioLinkRecord>),
 }
 
 impl Event {
@@ -317,6 +324,7 @@ impl Event {
             Event::Transit(_) => Kind::Transit,
             Event::ConfigChange(_) => Kind::ConfigChange,
             Event::SelfCheck(_) => Kind::SelfCheck,
+            Event::StdioLink(_) => Kind::StdioLink,
         }
     }
 

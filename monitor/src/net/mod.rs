@@ -2,6 +2,7 @@
 //! kept current from kernel socket events and the kernel's per-flow
 //! counters, and seeded at start from sock_diag.
 
+pub mod links;
 pub mod maps;
 pub mod netns;
 pub mod relay;

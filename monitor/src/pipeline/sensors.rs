@@ -1,14 +1,49 @@
 //! The sensors the daemon runs, each a stage's periodic work behind the
-//! [`Sensor`] trait: the relay and tunnel detectors, the data plane, the
-//! self-check, and the housekeeping of the enrich stage's tables.
+//! [`Sensor`] trait: the relay and tunnel detectors, the shells fed through
+//! another process, the data plane, the self-check, and the housekeeping of
+//! the enrich stage's tables.
 
 use std::time::{Duration, Instant};
 
 use super::{Job, Metrics, Sensor, World};
 use crate::{
-    clock::BootClock, dataplane::stage::DataplaneStage, decode::KernelEvent, event::Event,
-    net::sensors::HopSensors, read::KernelCounters, selfcheck::SelfCheck,
+    clock::BootClock,
+    dataplane::stage::DataplaneStage,
+    decode::KernelEvent,
+    event::Event,
+    net::{links::StdioLinks, sensors::HopSensors},
+    read::KernelCounters,
+    selfcheck::SelfCheck,
 };
+
+/// Shells and interpreters fed by a networked process through a pipe, a
+/// fifo or a pty: each batch's new shells and connections, and once a
+/// second the end of the watches.
+#[derive(Default)]
+pub struct Links {
+    pub links: StdioLinks,
+}
+
+impl Sensor for Links {
+    fn jobs(&self) -> Vec<Job> {
+        vec![Job {
+            name: "stdio_links",
+            every: Duration::from_secs(1),
+        }]
+    }
+
+    fn tick(&mut self, _job: usize, world: &mut World, out: &mut Vec<Event>) {
+        let e = &world.enricher;
+        self.links
+            .check(&e.table, &e.net, &e.clock, Instant::now(), out);
+    }
+
+    fn after_batch(&mut self, world: &World, out: &mut Vec<Event>) {
+        let (e, now) = (&world.enricher, Instant::now());
+        self.links.observe(out, &e.table, now);
+        self.links.check(&e.table, &e.net, &e.clock, now, out);
+    }
+}
 
 /// The relay and tunnel detectors: each batch's socket events, pairs and
 /// flows under watch judged every `relay.check_ms`, connections sampled

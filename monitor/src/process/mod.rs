@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod procfs;
+pub mod program;
 mod table;
 
 pub use table::{bounded_argv, Pipes, Process, ProcessTable, TableStats};

@@ -17,11 +17,91 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::record::Argv;
+use serde_json::Value;
+
+/// The argv of a process, typed or from JSON.
+#[derive(Debug, Clone, Copy)]
+pub enum Argv<'a> {
+    Typed(&'a [String]),
+    Json(&'a [Value]),
+}
+
+impl<'a> Argv<'a> {
+    pub fn get(self, i: usize) -> Option<&'a str> {
+        match self {
+            Argv::Typed(a) => a.get(i).map(String::as_str),
+            Argv::Json(a) => a.get(i).and_then(Value::as_str),
+        }
+    }
+
+    /// The arguments from the `n`th on.
+    pub fn skip(self, n: usize) -> Argv<'a> {
+        match self {
+            Argv::Typed(a) => Argv::Typed(a.get(n..).unwrap_or(&[])),
+            Argv::Json(a) => Argv::Json(a.get(n..).unwrap_or(&[])),
+        }
+    }
+
+    /// The string elements, in order.
+    pub fn strs(self) -> impl Iterator<Item = &'a str> {
+        let (typed, json) = match self {
+            Argv::Typed(a) => (a, &[][..]),
+            Argv::Json(a) => (&[][..], a),
+        };
+        typed
+            .iter()
+            .map(String::as_str)
+            .chain(json.iter().filter_map(Value::as_str))
+    }
+}
 
 /// The base name of a path.
 pub fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Multi-call binaries: one executable that acts as the program named by
+/// argv[0] (or by argv[1] when run under its own name).
+pub const MULTI_CALL: [&str; 5] = [
+    "busybox",
+    "toybox",
+    "xtables-nft-multi",
+    "xtables-legacy-multi",
+    "ebtables-nft",
+];
+
+/// Programs installed under other names as links to one executable, which
+/// acts by argv[0] alone: procps 4 makes `pkill` and `pidwait` links to
+/// `pgrep`, so the kernel reports `pkill` as `/usr/bin/pgrep`.
+const LINKED_NAMES: [(&str, &[&str]); 1] = [("pgrep", &["pkill", "pidwait"])];
+
+/// The program a process runs as far as a person would name it: for a
+/// multi-call binary such as `/bin/busybox`, the applet (argv[0] `sh`, or
+/// `busybox sh`); for a program linked under other names (`pkill` to
+/// `pgrep`), the name it was run by; the executable's name otherwise.
+pub fn applet<'a>(exe: Option<&'a str>, argv: Argv<'a>) -> Option<&'a str> {
+    let exe_name = exe.map(basename)?;
+    if let Some((_, names)) = LINKED_NAMES.iter().find(|(e, _)| *e == exe_name) {
+        let a0 = argv.get(0).map(basename);
+        if let Some(name) = a0.filter(|a| names.contains(a)) {
+            return Some(name);
+        }
+    }
+    applet_named(exe_name, argv)
+}
+
+/// [`applet`] for a program whose name is known (by content, or through
+/// the loader).
+pub fn applet_named<'a>(exe_name: &'a str, argv: Argv<'a>) -> Option<&'a str> {
+    if MULTI_CALL.contains(&exe_name) {
+        let a0 = argv.get(0).map(basename).unwrap_or(exe_name);
+        let a0 = a0.trim_start_matches('-');
+        if a0 == exe_name {
+            return argv.get(1).map(basename).map(generic);
+        }
+        return Some(generic(a0));
+    }
+    Some(generic(exe_name))
 }
 
 /// Prefix of a path whose root end was cut (deeper than the kernel walk
