@@ -1339,3 +1339,128 @@ fn derived_fields_of_the_event_and_of_its_ancestors_stay_apart() {
     let listen = net(2, "listen", 300, "/usr/sbin/nginx", &[INIT], 8080);
     assert_eq!(fired(&mut e, &[listen]), ["D-3"]);
 }
+
+/// Threshold rules: distinct values within a window, per lineage or
+/// process, one alert each; the built-in discovery and scan rules.
+mod threshold {
+    use super::*;
+
+    /// An outbound connect's outcome, from `pid` to `addr:port`.
+    fn connect(
+        t: u64,
+        pid: u64,
+        chain: &[(u64, &str)],
+        addr: &str,
+        port: u16,
+        result: &str,
+    ) -> Value {
+        let mut v = net(
+            t,
+            "connect_result",
+            pid,
+            "/usr/bin/python3.11",
+            chain,
+            40000,
+        );
+        v["remote"] = json!({"addr": addr, "port": port});
+        v["result"] = json!(result);
+        if result != "established" {
+            v["errno"] = json!(111);
+        }
+        v
+    }
+
+    /// Rules as a file would write them, with a threshold table.
+    fn parse(threshold: &str) -> Result<Vec<rule::Rule>, rule::RuleError> {
+        let text = format!(
+            "[[rule]]\nid = \"T-1\"\ntitle = \"t\"\nseverity = \"low\"\nkinds = [\"connect_result\"]\n[rule.threshold]\n{threshold}"
+        );
+        rule::parse(&Source {
+            name: "t.toml",
+            text: &text,
+        })
+    }
+
+    #[test]
+    fn threshold_errors_name_the_file_rule_and_field() {
+        let ok = "within_secs = 30\ndistinct = [\"remote.addr\", \"remote.port\"]\ncount = 5\n";
+        assert!(parse(ok).is_ok(), "{:?}", parse(ok).err());
+        let cases = [
+            ("within_secs = 0\ndistinct = \"remote.addr\"\ncount = 5\n", "t.toml:7:15: rule T-1: threshold within_secs must be at least 1"),
+            ("within_secs = 3\ndistinct = \"remote.addr\"\ncount = 0\n", "t.toml:9:9: rule T-1: threshold count must be 1 to 1024, not 0"),
+            ("within_secs = 3\ndistinct = \"remote.adr\"\ncount = 5\n", "t.toml:8:12: rule T-1: threshold distinct: unknown field \"remote.adr\""),
+            ("within_secs = 3\ndistinct = \"applet\"\ncount = 5\nmin_categories = 2\n", "t.toml:10:18: rule T-1: threshold min_categories needs categories"),
+            ("within_secs = 3\ndistinct = \"applet\"\ncount = 5\nshare = { match = [{ field = \"result\", equals = \"refused\" }], at_least = 1.5 }\n", "rule T-1: threshold share at_least must be above 0 and at most 1, not 1.5"),
+            ("within_secs = 3\ndistinct = \"applet\"\ncount = 5\ncategories = [{ name = \"a\", match = [{ field = \"applet\", equals = \"x\" }] }, { name = \"a\", match = [{ field = \"applet\", equals = \"y\" }] }]\n", "category \"a\" is defined twice"),
+            ("within_secs = 3\ndistinct = []\ncount = 5\n", "distinct needs a field"),
+            ("within_secs = 3\ndistinct = \"applet\"\ncount = 5\nby = \"host\"\n", "t.toml:10:6: unknown variant `host`"),
+            ("within_secs = 3\ncount = 5\n", "missing field `distinct`"),
+            ("within_secs = 3\ndistinct = \"applet\"\ncount = 5\nbogus = 1\n", "t.toml:10:1: unknown field `bogus`"),
+        ];
+        for (spec, want) in cases {
+            let err = parse(spec).expect_err(spec).to_string();
+            assert!(err.contains(want), "{spec}: {err}");
+            assert!(err.starts_with("t.toml:"), "{err}");
+        }
+        let both = "[[rule]]\nid = \"T-2\"\ntitle = \"t\"\nseverity = \"low\"\n[rule.sequence]\nwithin_secs = 5\nsteps = [{ kinds = [\"exec\"] }, { kinds = [\"exec\"] }]\n[rule.threshold]\nwithin_secs = 3\ndistinct = \"applet\"\ncount = 2\n";
+        let err = rule::parse(&Source {
+            name: "t.toml",
+            text: both,
+        })
+        .expect_err("both");
+        assert!(
+            err.to_string()
+                .contains("rule T-2: a rule has a sequence or a threshold, not both"),
+            "{err}"
+        );
+    }
+
+    /// A threshold rule of a user's: distinct values of one field, by
+    /// lineage, without categories or share; typed records and their JSON
+    /// form raise the same alerts.
+    #[test]
+    fn a_plain_threshold_counts_distinct_values_in_typed_and_json_form() {
+        let text = "[[rule]]\nid = \"T-3\"\ntitle = \"t\"\nseverity = \"low\"\nattack = [\"T1046\"]\nkinds = [\"connect_result\"]\ndedup_secs = 0\n[rule.threshold]\nwithin_secs = 10\ndistinct = \"remote.port\"\ncount = 3\n";
+        let rules = rule::parse(&Source {
+            name: "t.toml",
+            text,
+        })
+        .expect("rule");
+        let chain = [(70, "/usr/bin/bash"), INIT];
+        let events: Vec<Value> = [1u16, 2, 2, 1, 3, 4, 5, 6, 7]
+            .iter()
+            .enumerate()
+            .map(|(n, p)| connect(n as u64, 1200, &chain, "127.0.0.1", *p, "established"))
+            .collect();
+        let mut typed = Engine::new(rules.clone());
+        let mut plain = Engine::new(rules);
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for ev in &events {
+            a.extend(typed.take(ev));
+            b.extend(plain.observe(ev));
+        }
+        assert_eq!(a, b);
+        // Ports 1, 2, 3 make it at the fifth event; within its 10 s quiet
+        // time 4..7 fold into it.
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].evidence.len(), 3);
+        assert_eq!(a[0].evidence[2]["remote"]["port"], 3);
+    }
+
+    /// The README's threshold example is a valid rule.
+    #[test]
+    fn readme_threshold_example_loads() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("id = \"LOCAL-003\"").expect("example");
+        let start = readme[..start].rfind("```toml\n").expect("fence") + 8;
+        let end = start + readme[start..].find("```").expect("end");
+        let rules = rule::parse(&Source {
+            name: "README.md",
+            text: &readme[start..end],
+        })
+        .expect("the example loads");
+        let t = rules[0].threshold.as_ref().expect("threshold");
+        assert_eq!((t.count, t.within_secs, t.distinct.len()), (20, 30, 2));
+    }
+}
