@@ -3,7 +3,9 @@
 //! Rules see each event in its JSON form (the documented schema), plus
 //! derived fields ([`fields`]). Single-event rules raise an alert when all
 //! their conditions hold and no exception does; sequence rules when their
-//! steps happen in order within one process lineage and a time window.
+//! steps happen in order within one process lineage and a time window;
+//! threshold rules when their matches in one lineage (or process) bring
+//! enough distinct values within a window.
 //! Repeats of one rule on one lineage within its dedup window fold into one
 //! alert with a count, and per-rule rate limits count what they suppress.
 
@@ -759,10 +761,10 @@ impl Engine {
             .share
             .as_ref()
             .is_some_and(|s| self.all(&s.matches, ev, memo));
-        let lineage = self.lineage_of(ev);
-        let key = match th.by {
-            rule::ThresholdBy::Lineage => lineage,
-            rule::ThresholdBy::Process => ev.pid().unwrap_or(lineage),
+        let key = match (th.by, ev.pid()) {
+            (rule::ThresholdBy::Process, Some(pid)) => pid,
+            // A socket event without a known owner counts with its lineage.
+            _ => self.lineage_of(ev),
         };
         let mut h = std::hash::DefaultHasher::new();
         category.hash(&mut h);
