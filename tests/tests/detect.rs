@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    free_port, is_root, monitor_bin, scaled, unique, wait_listening, EventExt as _, Killed,
-    Monitor, TempPath,
+    event_timeout, free_port, is_root, monitor_bin, scaled, unique, wait_for, wait_listening,
+    EventExt as _, Killed, Monitor, TempPath,
 };
 
 const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
@@ -451,4 +451,288 @@ fn alerts_left_out_of_output_kinds_stay_out_at_shutdown() {
     );
     let _ = std::fs::remove_file(dropped);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The vulnerable app of `command_injection_through_a_web_app_alerts`,
+/// listening on a free loopback port; with `login_uid`, started inside a
+/// faked login session (its audit login uid set, as pam_loginuid does).
+/// `None` when a login session cannot be faked here.
+fn vulnerable_app(login_uid: Option<u32>) -> Option<(Killed, u16)> {
+    let port = free_port();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", VULNERABLE_APP, &port.to_string()]);
+    if let Some(uid) = login_uid {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: only a write(2) to a file the child opens, between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write("/proc/self/loginuid", uid.to_string()));
+        }
+    }
+    let app = Killed(cmd.spawn().ok()?);
+    wait_listening(&format!("127.0.0.1:{port}"));
+    Some((app, port))
+}
+
+/// Has the app run `commands` (shell syntax) through its injection flaw.
+fn inject(port: u16, commands: &str) {
+    let encoded: String = format!("x;{commands}")
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'/' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/?host={encoded}")])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl failed");
+}
+
+/// Whether `v` is an alert of a discovery-burst rule.
+fn is_burst(v: &Value) -> bool {
+    v.kind() == "alert" && (v["rule"] == "EW-DISC-003" || v["rule"] == "EW-DISC-004")
+}
+
+/// Whether event or alert `v` concerns a process below `pid` (or `pid`
+/// itself): exec events carry the process at the top, alerts under
+/// `process`.
+fn below(v: &Value, pid: u64) -> bool {
+    let p = if v["process"].is_object() {
+        &v["process"]
+    } else {
+        v
+    };
+    p["pid"] == pid
+        || p["ancestry"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["pid"] == pid))
+}
+
+#[test]
+fn discovery_burst_from_a_web_app_alerts_once() {
+    if !is_root("discovery_burst_from_a_web_app_alerts_once") {
+        return;
+    }
+    let m = Monitor::start_with(QUIET);
+    let (app, port) = vulnerable_app(None).expect("web app");
+    let app_pid = app.pid();
+    inject(port, "uname -a;id;ip addr;ss -tan;ps aux");
+    let burst = m.expect_event("EW-DISC-003", |v| {
+        v.kind() == "alert" && v["rule"] == "EW-DISC-003" && below(v, app_pid)
+    });
+    assert_eq!(burst["severity"], "high");
+    assert_eq!(burst["lineage"], app_pid, "the service's lineage");
+    let argv0: Vec<String> = burst["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .map(|e| e["argv"][0].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(argv0, ["uname", "id", "ip"], "the first three commands");
+    // The rest of the burst folds into it: one alert, and every command
+    // was seen.
+    m.expect_event("ps of the burst", |v| {
+        v.kind() == "exec" && v["argv"][0] == "ps" && below(v, app_pid)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let bursts = m.events(|v| is_burst(v) && below(v, app_pid));
+    assert_eq!(bursts.len(), 1, "{bursts:#?}");
+}
+
+#[test]
+fn one_kind_of_discovery_or_a_login_session_stays_quiet() {
+    if !is_root("one_kind_of_discovery_or_a_login_session_stays_quiet") {
+        return;
+    }
+    let m = Monitor::start_with(QUIET);
+    // uname and hostname alone, below a service: each command is
+    // EW-DISC-001, the burst needs two kinds.
+    let (app, port) = vulnerable_app(None).expect("web app");
+    let app_pid = app.pid();
+    inject(
+        port,
+        "uname -a;uname -r;hostname;uname -m;cat /proc/version",
+    );
+    m.expect_event("EW-DISC-001 of uname", |v| {
+        v.kind() == "alert" && v["rule"] == "EW-DISC-001" && below(v, app_pid)
+    });
+    m.expect_event("the last command", |v| {
+        v.kind() == "exec"
+            && v["argv"] == serde_json::json!(["cat", "/proc/version"])
+            && below(v, app_pid)
+    });
+    // The whole burst from a login session (an admin's tool serving on
+    // loopback): no service lineage alerts at all.
+    let session = vulnerable_app(Some(1000));
+    let session_pid = match &session {
+        Some((app, port)) => {
+            inject(*port, "uname -a;id;ip addr;ss -tan;ps aux");
+            let pid = app.pid();
+            let ps = m.expect_event("ps of the session's burst", |v| {
+                v.kind() == "exec" && v["argv"][0] == "ps" && below(v, pid)
+            });
+            if ps["auid"] == 1000 {
+                Some(pid)
+            } else {
+                eprintln!("skipping the login-session case: the faked login uid did not reach the exec events ({ps})");
+                None
+            }
+        }
+        None => {
+            eprintln!("skipping the login-session case: cannot set /proc/self/loginuid here");
+            None
+        }
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let one_kind = m.events(|v| is_burst(v) && below(v, app_pid));
+    assert!(one_kind.is_empty(), "{one_kind:#?}");
+    if let Some(pid) = session_pid {
+        let alerts = m.events(|v| v.kind() == "alert" && below(v, pid));
+        assert!(alerts.is_empty(), "a login session alerted: {alerts:#?}");
+    }
+}
+
+/// Connects from one python process to each `host:port` of `targets`
+/// (a short timeout each); prints how many were refused.
+const CONNECTOR: &str = r#"
+import socket, sys
+refused = 0
+for t in sys.argv[1:]:
+    host, port = t.rsplit(":", 1)
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((host, int(port)))
+    except ConnectionRefusedError:
+        refused += 1
+    except OSError:
+        pass
+    s.close()
+print(refused)
+"#;
+
+/// Runs [`CONNECTOR`] over `targets`; returns its pid and refusals.
+fn connect_to(targets: &[String]) -> (u64, usize) {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(CONNECTOR)
+        .args(targets)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let pid = u64::from(out.id());
+    let out = out.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let refused = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("count");
+    (pid, refused)
+}
+
+/// Ports on 127.0.0.1 nothing listens on: bound and released.
+fn closed_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+fn scans_of(m: &Monitor, pid: u64) -> Vec<Value> {
+    m.events(|v| {
+        v.kind() == "alert"
+            && v["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("EW-SCAN-"))
+            && v["process"]["pid"] == pid
+    })
+}
+
+#[test]
+fn port_and_host_sweeps_alert_once_per_process() {
+    if !is_root("port_and_host_sweeps_alert_once_per_process") {
+        return;
+    }
+    let m = Monitor::start_with(QUIET);
+    // A port sweep of one host: 100 ports.
+    let targets: Vec<String> = closed_ports(100)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let (sweeper, refused) = connect_to(&targets);
+    assert!(refused >= 95, "only {refused} of 100 refused");
+    let alert = m.expect_event("scan alert of the port sweep", |v| {
+        v.kind() == "alert"
+            && v["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("EW-SCAN-"))
+            && v["process"]["pid"] == sweeper
+    });
+    assert_eq!(alert["lineage"], sweeper, "keyed by the process");
+    assert_eq!(alert["attack"], serde_json::json!(["T1046"]));
+    // A host sweep of one port: 60 loopback addresses.
+    let port = closed_ports(1)[0];
+    let targets: Vec<String> = (2..62).map(|h| format!("127.0.0.{h}:{port}")).collect();
+    let (host_sweeper, refused) = connect_to(&targets);
+    assert!(refused >= 55, "only {refused} of 60 refused");
+    m.expect_event("scan alert of the host sweep", |v| {
+        v.kind() == "alert"
+            && v["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("EW-SCAN-"))
+            && v["process"]["pid"] == host_sweeper
+    });
+    // Each sweep is one alert, whatever its length.
+    m.expect_event("the last connect of the host sweep", |v| {
+        v.kind() == "connect_result"
+            && v["process"]["pid"] == host_sweeper
+            && v["remote"]["addr"] == "127.0.0.61"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        scans_of(&m, sweeper).len(),
+        1,
+        "{:#?}",
+        scans_of(&m, sweeper)
+    );
+    assert_eq!(scans_of(&m, host_sweeper).len(), 1);
+}
+
+#[test]
+fn a_client_of_a_few_services_is_not_a_scan() {
+    if !is_root("a_client_of_a_few_services_is_not_a_scan") {
+        return;
+    }
+    let m = Monitor::start_with(QUIET);
+    // Five loopback services, each reached four times, all answering.
+    let services: Vec<std::net::TcpListener> = (0..5)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let targets: Vec<String> = (0..4)
+        .flat_map(|_| services.iter())
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().expect("addr").port()))
+        .collect();
+    let (client, refused) = connect_to(&targets);
+    assert_eq!(refused, 0);
+    // Every connect was seen, and none is a scan.
+    wait_for("the client's 20 connects", event_timeout(), || {
+        let n = m
+            .events(|v| {
+                v.kind() == "connect_result"
+                    && v["process"]["pid"] == client
+                    && v["result"] == "established"
+            })
+            .len();
+        (n >= 20).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        scans_of(&m, client).is_empty(),
+        "{:#?}",
+        scans_of(&m, client)
+    );
 }

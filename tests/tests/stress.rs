@@ -37,10 +37,13 @@ for port in range(20000, 23000):
     s.close()
 print(n)
 "#;
-    let out = Command::new("/usr/bin/python3")
+    let scanner = Command::new("/usr/bin/python3")
         .args(["-c", script])
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("python");
+    let scanner_pid = u64::from(scanner.id());
+    let out = scanner.wait_with_output().expect("python");
     let refused: u64 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -70,6 +73,15 @@ print(n)
         .metric("edgewatch_net_flow_table_entries")
         .unwrap_or(f64::MAX);
     assert!(entries < 100.0, "{entries} flows left after the scan");
+    // The scan is one alert, however many ports it tried.
+    let scans = m.events(|v| {
+        v.kind() == "alert"
+            && v["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("EW-SCAN-"))
+            && v["process"]["pid"] == scanner_pid
+    });
+    assert_eq!(scans.len(), 1, "scan alerts: {scans:#?}");
     assert!(m.stop().success());
 }
 

@@ -3,7 +3,9 @@
 //! Rules see each event in its JSON form (the documented schema), plus
 //! derived fields ([`fields`]). Single-event rules raise an alert when all
 //! their conditions hold and no exception does; sequence rules when their
-//! steps happen in order within one process lineage and a time window.
+//! steps happen in order within one process lineage and a time window;
+//! threshold rules when their matches in one lineage (or process) bring
+//! enough distinct values within a window.
 //! Repeats of one rule on one lineage within its dedup window fold into one
 //! alert with a count, and per-rule rate limits count what they suppress.
 
@@ -41,6 +43,9 @@ pub struct EngineStats {
     pub deduplicated: HashMap<String, u64>,
     /// Alerts dropped by a rate limit, by rule id.
     pub rate_limited: HashMap<String, u64>,
+    /// Lineages or processes a threshold rule stopped tracking because the
+    /// table of them was full, by rule id.
+    pub threshold_dropped: HashMap<String, u64>,
     /// Bumped by every change above, so the metrics are only updated (and
     /// these maps only copied) when something changed, not per event.
     pub changes: u64,
@@ -115,6 +120,35 @@ struct SeqState {
 
 /// Most sequence states held at once; the oldest go first.
 const SEQ_STATES_MAX: usize = 16_384;
+
+/// What a threshold rule tracks of one lineage or process: the distinct
+/// values its matches brought, most recent last.
+#[derive(Default)]
+struct Tally {
+    /// At most the rule's `count` values: only the most recent count.
+    values: VecDeque<Seen>,
+    /// The matches that brought the most recent values, for the alert.
+    evidence: VecDeque<Value>,
+    /// When the last value was seen.
+    last_ns: u64,
+    /// The rule fired: matches until then are folded into that alert.
+    quiet_until_ns: u64,
+}
+
+struct Seen {
+    /// Hash of the category and the distinct fields' values.
+    hash: u64,
+    at_ns: u64,
+    category: usize,
+    /// Whether the value's latest match met the share conditions.
+    share: bool,
+}
+
+/// Most lineages and processes tracked by threshold rules at once; past
+/// that the oldest tracked goes (counted in `threshold_dropped`).
+const TALLIES_MAX: usize = 4096;
+/// Matches kept as an alert's evidence per tracked lineage or process.
+const TALLY_EVIDENCE_MAX: usize = 8;
 /// Most dedup windows held at once.
 const WINDOWS_MAX: usize = 16_384;
 
@@ -133,6 +167,12 @@ pub struct Engine {
     rates: HashMap<usize, (u64, u32)>,
     sequences: HashMap<(usize, u64), SeqState>,
     seq_order: VecDeque<(usize, u64)>,
+    /// Threshold rules' tallies by rule and lineage (or process), and the
+    /// order they were opened in, oldest first (entries may be stale).
+    tallies: HashMap<(usize, u64), Tally>,
+    tally_order: VecDeque<(usize, u64)>,
+    /// When the full tally table was last swept of ended tallies.
+    tally_swept_ns: u64,
     fs: FsCache,
     pub stats: EngineStats,
 }
@@ -233,6 +273,37 @@ fn op_match(op: &Op, v: Option<&Val<'_>>) -> bool {
     }
 }
 
+/// Hashes a field's value so that the typed and the JSON form of one
+/// value hash alike (a number as a number, a list element by element).
+fn hash_val(v: Option<&Val<'_>>, h: &mut impl std::hash::Hasher) {
+    use std::hash::Hash as _;
+    fn json(v: &Value, h: &mut impl std::hash::Hasher) {
+        match v {
+            Value::Null => 0u8.hash(h),
+            Value::Bool(b) => (1u8, b).hash(h),
+            Value::Number(n) => (2u8, n.as_f64().unwrap_or(f64::NAN).to_bits()).hash(h),
+            Value::String(s) => (3u8, s.as_str()).hash(h),
+            Value::Array(a) => {
+                (4u8, a.len()).hash(h);
+                a.iter().for_each(|x| json(x, h));
+            }
+            Value::Object(_) => (5u8, v.to_string()).hash(h),
+        }
+    }
+    match v {
+        None | Some(Val::Null) => 0u8.hash(h),
+        Some(Val::Bool(b)) => (1u8, b).hash(h),
+        Some(Val::U64(n)) => (2u8, (*n as f64).to_bits()).hash(h),
+        Some(Val::I64(n)) => (2u8, (*n as f64).to_bits()).hash(h),
+        Some(Val::Str(s)) => (3u8, s.as_ref()).hash(h),
+        Some(Val::Strs(a)) => {
+            (4u8, a.len()).hash(h);
+            a.iter().for_each(|s| (3u8, s.as_str()).hash(h));
+        }
+        Some(Val::Json(j)) => json(j, h),
+    }
+}
+
 /// The computed fields of the event being judged, each made at its first
 /// use and kept until the next event.
 struct Memo<'e> {
@@ -275,6 +346,12 @@ fn share_regexes(rules: &mut [Rule]) {
         let conds = r.matches.iter_mut().chain(r.except.iter_mut());
         for c in conds.chain(steps.flat_map(|s| &mut s.matches)) {
             walk(c, &mut seen);
+        }
+        if let Some(t) = &mut r.threshold {
+            let categories = t.categories.iter_mut().flat_map(|c| &mut c.matches);
+            for c in categories.chain(t.share.iter_mut().flat_map(|s| &mut s.matches)) {
+                walk(c, &mut seen);
+            }
         }
     }
 }
@@ -346,6 +423,9 @@ impl Engine {
             rates: HashMap::new(),
             sequences: HashMap::new(),
             seq_order: VecDeque::new(),
+            tallies: HashMap::new(),
+            tally_order: VecDeque::new(),
+            tally_swept_ns: 0,
             fs: FsCache::default(),
             stats: EngineStats::default(),
         }
@@ -360,6 +440,8 @@ impl Engine {
         self.rates.clear();
         self.sequences.clear();
         self.seq_order.clear();
+        self.tallies.clear();
+        self.tally_order.clear();
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -473,6 +555,29 @@ impl Engine {
         }
     }
 
+    /// The event's `field`, for the distinct values of thresholds.
+    fn value<'e>(
+        &mut self,
+        field: &Field,
+        ev: &'e Subject<'_>,
+        memo: &mut Memo<'e>,
+    ) -> Option<Val<'e>> {
+        match field {
+            Field::Lineage => Some(Val::U64(self.lineage_of(ev))),
+            Field::Listener => Some(Val::Bool(ev.pid().is_some_and(|p| self.is_listener(p)))),
+            Field::LoginSession => Some(Val::Bool(self.login_session(ev))),
+            Field::Computed(c) => {
+                let slot = &mut memo.computed[*c as usize];
+                Some(
+                    slot.get_or_insert_with(|| computed(*c, &ev.process(), &mut self.fs))
+                        .clone(),
+                )
+            }
+            Field::Own(o) => ev.own(*o),
+            Field::Path(p) => ev.path(p),
+        }
+    }
+
     /// Whether an ancestor's `field` satisfies `op`. Ancestors have a pid,
     /// an executable, whether they serve the network, whether the process
     /// after them was re-parented, and the fields computed from those.
@@ -566,7 +671,8 @@ impl Engine {
             if let Some(seq) = &rule.sequence {
                 if let Some(evidence) = self.step(i, seq, ev, now, &mut memo) {
                     let severity = self.severity(rule, ev, &mut memo);
-                    if let Some(a) = self.raise(i, rule, severity, ev, evidence, now) {
+                    let lineage = self.lineage_of(ev);
+                    if let Some(a) = self.raise(i, rule, severity, ev, evidence, now, lineage) {
                         out.push(a);
                     }
                 }
@@ -580,7 +686,19 @@ impl Engine {
                 continue;
             }
             let severity = self.severity(rule, ev, &mut memo);
-            if let Some(a) = self.raise(i, rule, severity, ev, vec![ev.json().clone()], now) {
+            if let Some(threshold) = &rule.threshold {
+                let tallied = self.tally(&rules, i, threshold, ev, now, &mut memo);
+                if let Some((key, evidence)) = tallied {
+                    if let Some(a) = self.raise(i, rule, severity, ev, evidence, now, key) {
+                        out.push(a);
+                    }
+                }
+                continue;
+            }
+            let lineage = self.lineage_of(ev);
+            if let Some(a) =
+                self.raise(i, rule, severity, ev, vec![ev.json().clone()], now, lineage)
+            {
                 out.push(a);
             }
         }
@@ -659,8 +777,145 @@ impl Engine {
         None
     }
 
-    /// Turns a match into an alert, unless it repeats an open window or a
-    /// rate limit holds it back.
+    /// Counts a match of threshold rule `i` (its conditions hold); returns
+    /// the lineage (or process) and the evidence when the match completes
+    /// the threshold.
+    fn tally<'e>(
+        &mut self,
+        rules: &[Rule],
+        i: usize,
+        th: &rule::Threshold,
+        ev: &'e Subject<'_>,
+        now: u64,
+        memo: &mut Memo<'e>,
+    ) -> Option<(u64, Vec<Value>)> {
+        use std::hash::{Hash as _, Hasher as _};
+        let rule = &rules[i];
+        let category = if th.categories.is_empty() {
+            0
+        } else {
+            th.categories
+                .iter()
+                .position(|c| self.all(&c.matches, ev, memo))?
+        };
+        let share = th
+            .share
+            .as_ref()
+            .is_some_and(|s| self.all(&s.matches, ev, memo));
+        let key = match (th.by, ev.pid()) {
+            (rule::ThresholdBy::Process, Some(pid)) => pid,
+            // A socket event without a known owner counts with its lineage.
+            _ => self.lineage_of(ev),
+        };
+        let mut h = std::hash::DefaultHasher::new();
+        category.hash(&mut h);
+        for (_, field) in &th.distinct {
+            hash_val(self.value(field, ev, memo).as_ref(), &mut h);
+        }
+        let hash = h.finish();
+        let within = secs_to_ns(th.within_secs);
+        if !self.tallies.contains_key(&(i, key)) {
+            self.make_room_for_a_tally(rules, now);
+            self.tally_order.push_back((i, key));
+        }
+        let t = self.tallies.entry((i, key)).or_default();
+        if now < t.quiet_until_ns {
+            *self.stats.deduplicated.entry(rule.id.clone()).or_default() += 1;
+            self.stats.changes += 1;
+            return None;
+        }
+        t.last_ns = now;
+        // Values older than the window no longer count.
+        while t
+            .values
+            .front()
+            .is_some_and(|v| v.at_ns.saturating_add(within) < now)
+        {
+            t.values.pop_front();
+        }
+        if let Some(at) = t.values.iter().position(|v| v.hash == hash) {
+            // Seen again: it is now the most recent, nothing new to count.
+            if let Some(mut v) = t.values.remove(at) {
+                v.at_ns = now;
+                v.share = share;
+                t.values.push_back(v);
+            }
+            return None;
+        }
+        t.values.push_back(Seen {
+            hash,
+            at_ns: now,
+            category,
+            share,
+        });
+        if t.values.len() > th.count {
+            t.values.pop_front();
+        }
+        t.evidence.push_back(ev.json().clone());
+        if t.evidence.len() > TALLY_EVIDENCE_MAX.min(th.count) {
+            t.evidence.pop_front();
+        }
+        if t.values.len() < th.count {
+            return None;
+        }
+        if let Some(s) = &th.share {
+            let met = t.values.iter().filter(|v| v.share).count();
+            if (met as f64) < s.at_least * t.values.len() as f64 {
+                return None;
+            }
+        }
+        if th.min_categories > 0 {
+            let mut seen: Vec<usize> = t.values.iter().map(|v| v.category).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen.len() < th.min_categories {
+                return None;
+            }
+        }
+        // Fired: one alert; the lineage's matches fold into it until both
+        // the window and the alert's dedup window have passed.
+        t.quiet_until_ns = now.saturating_add(within.max(secs_to_ns(rule.dedup_secs)));
+        t.values.clear();
+        Some((key, t.evidence.drain(..).collect()))
+    }
+
+    /// Before a new tally opens: when the table is full, drops tallies
+    /// whose window and quiet time ended (at most once a second), then the
+    /// oldest, counting it.
+    fn make_room_for_a_tally(&mut self, rules: &[Rule], now: u64) {
+        if self.tallies.len() < TALLIES_MAX {
+            return;
+        }
+        if now.saturating_sub(self.tally_swept_ns) >= secs_to_ns(1) || now < self.tally_swept_ns {
+            self.tally_swept_ns = now;
+            self.tallies.retain(|(i, _), t| {
+                let within = rules
+                    .get(*i)
+                    .and_then(|r| r.threshold.as_ref())
+                    .map_or(0, |th| secs_to_ns(th.within_secs));
+                t.quiet_until_ns > now || t.last_ns.saturating_add(within) >= now
+            });
+            let tallies = &self.tallies;
+            self.tally_order.retain(|k| tallies.contains_key(k));
+        }
+        while self.tallies.len() >= TALLIES_MAX {
+            let Some(old) = self.tally_order.pop_front() else {
+                break;
+            };
+            if self.tallies.remove(&old).is_some() {
+                let id = rules.get(old.0).map_or("", |r| r.id.as_str());
+                *self
+                    .stats
+                    .threshold_dropped
+                    .entry(id.to_owned())
+                    .or_default() += 1;
+                self.stats.changes += 1;
+            }
+        }
+    }
+
+    /// Turns a match into an alert on `lineage`, unless it repeats an open
+    /// window or a rate limit holds it back.
     fn raise(
         &mut self,
         i: usize,
@@ -669,8 +924,8 @@ impl Engine {
         ev: &Subject<'_>,
         evidence: Vec<Value>,
         now: u64,
+        lineage: u64,
     ) -> Option<AlertRecord> {
-        let lineage = self.lineage_of(ev);
         if let Some(w) = self.windows.get_mut(&(i, lineage)) {
             if now <= w.ends_ns {
                 w.alert.count += 1;

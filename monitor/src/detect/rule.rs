@@ -71,6 +71,9 @@ struct RuleSpec {
     severity_if: Vec<SeverityIfSpec>,
     /// A sequence within one process lineage instead of a single event.
     sequence: Option<SequenceSpec>,
+    /// Alert only when matches bring enough distinct values within a
+    /// window, per lineage or process (see [`ThresholdSpec`]).
+    threshold: Option<Spanned<ThresholdSpec>>,
     #[serde(default = "default_dedup")]
     dedup_secs: u64,
     rate_limit: Option<RateSpec>,
@@ -117,6 +120,55 @@ pub enum SequenceBy {
     #[default]
     Process,
     Parent,
+}
+
+/// `[rule.threshold]`: the rule raises an alert once the events matching
+/// it bring `count` distinct values of `distinct` within `within_secs`, in
+/// one lineage (or one process), instead of at every match.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdSpec {
+    within_secs: Spanned<u64>,
+    #[serde(default)]
+    by: ThresholdBy,
+    /// A field, or a list of fields whose values together make one value.
+    distinct: Spanned<OneOrMany>,
+    count: Spanned<u64>,
+    /// Named classes of matches: a match counts only in the first class
+    /// whose conditions it meets, and not at all when it meets none.
+    #[serde(default)]
+    categories: Vec<CategorySpec>,
+    /// How many classes the distinct values must span.
+    min_categories: Option<Spanned<u64>>,
+    /// What share of the distinct values must also meet conditions.
+    share: Option<ShareSpec>,
+}
+
+/// Whose matches a threshold counts together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThresholdBy {
+    /// The lineage alerts are folded by (see the `lineage` field).
+    #[default]
+    Lineage,
+    /// The event's own process.
+    Process,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CategorySpec {
+    name: Spanned<String>,
+    #[serde(rename = "match")]
+    matches: Vec<CondSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareSpec {
+    #[serde(rename = "match")]
+    matches: Vec<CondSpec>,
+    at_least: Spanned<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +343,7 @@ pub struct Rule {
     /// Severities of matches that satisfy more conditions, in order.
     pub severity_if: Vec<(Severity, Vec<Cond>)>,
     pub sequence: Option<Sequence>,
+    pub threshold: Option<Threshold>,
     pub dedup_secs: u64,
     pub rate_limit: Option<(u32, u64)>,
     /// Where the rule was defined, `file:line`.
@@ -302,6 +355,39 @@ pub struct Sequence {
     pub within_secs: u64,
     pub by: SequenceBy,
     pub steps: Vec<Step>,
+}
+
+/// A compiled `[rule.threshold]`.
+#[derive(Debug, Clone)]
+pub struct Threshold {
+    pub within_secs: u64,
+    pub by: ThresholdBy,
+    /// The fields whose values, together, make one distinct value.
+    pub distinct: Vec<(FieldPath, super::record::Field)>,
+    /// Distinct values needed (at most [`THRESHOLD_COUNT_MAX`]).
+    pub count: usize,
+    pub categories: Vec<Category>,
+    /// Categories the counted values must span (0: no condition).
+    pub min_categories: usize,
+    pub share: Option<Share>,
+}
+
+/// Most distinct values a threshold may ask for: the engine keeps that
+/// many per lineage or process it tracks.
+pub const THRESHOLD_COUNT_MAX: u64 = 1024;
+
+#[derive(Debug, Clone)]
+pub struct Category {
+    pub name: String,
+    pub matches: Vec<Cond>,
+}
+
+/// At least `at_least` (0 to 1) of the counted values meet `matches`
+/// (at the value's latest match).
+#[derive(Debug, Clone)]
+pub struct Share {
+    pub matches: Vec<Cond>,
+    pub at_least: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -472,22 +558,159 @@ fn compile_cond(spec: CondSpec, ctx: &Ctx<'_>) -> Result<Cond, RuleError> {
             ),
         ));
     }
-    let path = field.get_ref();
+    let (path, resolved) = compile_field(field.get_ref(), field.span().start, ctx)?;
+    Ok(Cond::Field {
+        field: resolved,
+        path,
+        op: ops.remove(0),
+    })
+}
+
+/// Checks a field path written at `at` against the catalogue of the
+/// context's kinds and resolves it to its accessor.
+fn compile_field(
+    path: &str,
+    at: usize,
+    ctx: &Ctx<'_>,
+) -> Result<(FieldPath, super::record::Field), RuleError> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(ctx.err(field.span().start, format!("bad field path {path:?}")));
+        return Err(ctx.err(at, format!("bad field path {path:?}")));
     }
     let known = if ctx.ancestor {
         Catalogue::check_ancestor(path)
     } else {
         Catalogue::get().check(ctx.kinds, path)
     };
-    known.map_err(|m| ctx.err(field.span().start, m))?;
+    known.map_err(|m| ctx.err(at, m))?;
     let path: Vec<String> = path.split('.').map(str::to_owned).collect();
-    Ok(Cond::Field {
-        field: super::record::Field::resolve(&path),
-        path: FieldPath(path),
-        op: ops.remove(0),
+    let field = super::record::Field::resolve(&path);
+    Ok((FieldPath(path), field))
+}
+
+/// Compiles a `[rule.threshold]` of rule `id`.
+fn compile_threshold(
+    id: &str,
+    spec: Spanned<ThresholdSpec>,
+    ctx: &Ctx<'_>,
+) -> Result<Threshold, RuleError> {
+    let spec = spec.into_inner();
+    let err = |at: usize, m: String| ctx.err(at, format!("rule {id}: threshold {m}"));
+    let within_secs = *spec.within_secs.get_ref();
+    if within_secs == 0 {
+        return Err(err(
+            spec.within_secs.span().start,
+            "within_secs must be at least 1".into(),
+        ));
+    }
+    let count = *spec.count.get_ref();
+    if !(1..=THRESHOLD_COUNT_MAX).contains(&count) {
+        return Err(err(
+            spec.count.span().start,
+            format!("count must be 1 to {THRESHOLD_COUNT_MAX}, not {count}"),
+        ));
+    }
+    let distinct_at = spec.distinct.span().start;
+    let fields = spec.distinct.into_inner().into_vec();
+    if fields.is_empty() {
+        return Err(err(
+            distinct_at,
+            "distinct needs a field (or a list of fields)".into(),
+        ));
+    }
+    let distinct = fields
+        .iter()
+        .map(|f| {
+            compile_field(f, distinct_at, ctx)
+                .map_err(|e| err(distinct_at, format!("distinct: {}", message_of(&e))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let compile_all = |l: Vec<CondSpec>| {
+        l.into_iter()
+            .map(|c| compile_cond(c, ctx))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut categories: Vec<Category> = Vec::new();
+    for c in spec.categories {
+        let name_at = c.name.span().start;
+        let name = c.name.into_inner();
+        if name.is_empty() {
+            return Err(err(name_at, "category needs a name".into()));
+        }
+        if categories.iter().any(|k| k.name == name) {
+            return Err(err(name_at, format!("category {name:?} is defined twice")));
+        }
+        if c.matches.is_empty() {
+            return Err(err(
+                name_at,
+                format!("category {name:?} needs match conditions"),
+            ));
+        }
+        categories.push(Category {
+            name,
+            matches: compile_all(c.matches)?,
+        });
+    }
+    let min_categories = match spec.min_categories {
+        None => 0,
+        Some(m) => {
+            let n = *m.get_ref();
+            if categories.is_empty() {
+                return Err(err(
+                    m.span().start,
+                    "min_categories needs categories to count".into(),
+                ));
+            }
+            if n == 0 || n > categories.len() as u64 || n > count {
+                return Err(err(
+                    m.span().start,
+                    format!(
+                        "min_categories must be 1 to {} (the categories defined, and no more than count)",
+                        (categories.len() as u64).min(count)
+                    ),
+                ));
+            }
+            n as usize
+        }
+    };
+    let share = match spec.share {
+        None => None,
+        Some(s) => {
+            let f = *s.at_least.get_ref();
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(err(
+                    s.at_least.span().start,
+                    format!("share at_least must be above 0 and at most 1, not {f}"),
+                ));
+            }
+            if s.matches.is_empty() {
+                return Err(err(
+                    s.at_least.span().start,
+                    "share needs match conditions".into(),
+                ));
+            }
+            Some(Share {
+                matches: compile_all(s.matches)?,
+                at_least: f,
+            })
+        }
+    };
+    Ok(Threshold {
+        within_secs,
+        by: spec.by,
+        distinct,
+        count: count as usize,
+        categories,
+        min_categories,
+        share,
     })
+}
+
+/// The message of an error, without its place (to put it in another).
+fn message_of(e: &RuleError) -> String {
+    match e {
+        RuleError::Invalid { message, .. } | RuleError::Content { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn check_kinds(kinds: &[String], ctx: &Ctx<'_>) -> Result<(), RuleError> {
@@ -673,6 +896,16 @@ fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit,
                 })
             }
         };
+        let threshold = match spec.threshold {
+            Some(t) if sequence.is_some() => {
+                return Err(ctx.err(
+                    t.span().start,
+                    format!("rule {id}: a rule has a sequence or a threshold, not both"),
+                ));
+            }
+            Some(t) => Some(compile_threshold(&id, t, &ctx)?),
+            None => None,
+        };
         let matches = compile_all(spec.matches)?;
         if sequence.is_none() && matches.is_empty() && spec.kinds.is_empty() {
             return Err(ctx.err(
@@ -702,6 +935,7 @@ fn compile_unit(src: &Source<'_>, file: FileSpec, lists: &Lists) -> Result<Unit,
                     .map(|s| Ok((s.severity, compile_all(s.matches)?)))
                     .collect::<Result<Vec<_>, RuleError>>()?,
                 sequence,
+                threshold,
                 dedup_secs: spec.dedup_secs,
                 rate_limit: spec.rate_limit.map(|r| (r.max, r.per_secs)),
                 origin: format!("{}:{line}", src.name),

@@ -20,6 +20,7 @@ pub struct DetectMetrics {
     pub alerts: prometheus::IntCounterVec,
     pub alerts_deduplicated: prometheus::IntCounterVec,
     pub alerts_rate_limited: prometheus::IntCounterVec,
+    pub threshold_dropped: prometheus::IntCounterVec,
     pub rules_loaded: prometheus::IntGauge,
     pub rule_reloads: prometheus::IntCounterVec,
 }
@@ -43,6 +44,12 @@ impl DetectMetrics {
                 registry,
                 "alerts_rate_limited_total",
                 "Alerts a rule's rate limit held back, by rule id.",
+                &["rule"],
+            ),
+            threshold_dropped: counter_vec(
+                registry,
+                "alerts_threshold_dropped_total",
+                "Lineages or processes a threshold rule stopped counting because the table of them was full, by rule id.",
                 &["rule"],
             ),
             rules_loaded: gauge(registry, "rules_loaded", "Detection rules in use."),
@@ -191,6 +198,9 @@ impl Detect {
                 .with_label_values(&[r.id.as_str(), r.severity.as_str()]);
             m.alerts_deduplicated.with_label_values(&[r.id.as_str()]);
             m.alerts_rate_limited.with_label_values(&[r.id.as_str()]);
+            if r.threshold.is_some() {
+                m.threshold_dropped.with_label_values(&[r.id.as_str()]);
+            }
         }
     }
 
@@ -267,6 +277,17 @@ impl Detect {
         for (rule, n) in &now.rate_limited {
             let before = self.exported.rate_limited.get(rule).copied().unwrap_or(0);
             m.alerts_rate_limited
+                .with_label_values(&[rule.as_str()])
+                .inc_by(n - before);
+        }
+        for (rule, n) in &now.threshold_dropped {
+            let before = self
+                .exported
+                .threshold_dropped
+                .get(rule)
+                .copied()
+                .unwrap_or(0);
+            m.threshold_dropped
                 .with_label_values(&[rule.as_str()])
                 .inc_by(n - before);
         }
