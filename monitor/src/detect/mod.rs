@@ -63,6 +63,14 @@ struct Window {
 /// all and starts again (more update lines, never a silent one).
 const WINDOW_SEEN_MAX: usize = 256;
 
+/// Where a match folds (its lineage, or its process for rules counted by
+/// process) and the severity it is raised with.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    lineage: u64,
+    severity: Severity,
+}
+
 /// What makes two matches of one rule on one lineage the same: the kind,
 /// the process's executable and command line, and the peers (every
 /// `remote` and `dst` endpoint of the record: a connection's, a relay's
@@ -672,7 +680,9 @@ impl Engine {
                 if let Some(evidence) = self.step(i, seq, ev, now, &mut memo) {
                     let severity = self.severity(rule, ev, &mut memo);
                     let lineage = self.lineage_of(ev);
-                    if let Some(a) = self.raise(i, rule, severity, ev, evidence, now, lineage) {
+                    if let Some(a) =
+                        self.raise(i, rule, ev, evidence, now, Hit { lineage, severity })
+                    {
                         out.push(a);
                     }
                 }
@@ -689,16 +699,31 @@ impl Engine {
             if let Some(threshold) = &rule.threshold {
                 let tallied = self.tally(&rules, i, threshold, ev, now, &mut memo);
                 if let Some((key, evidence)) = tallied {
-                    if let Some(a) = self.raise(i, rule, severity, ev, evidence, now, key) {
+                    if let Some(a) = self.raise(
+                        i,
+                        rule,
+                        ev,
+                        evidence,
+                        now,
+                        Hit {
+                            lineage: key,
+                            severity,
+                        },
+                    ) {
                         out.push(a);
                     }
                 }
                 continue;
             }
             let lineage = self.lineage_of(ev);
-            if let Some(a) =
-                self.raise(i, rule, severity, ev, vec![ev.json().clone()], now, lineage)
-            {
+            if let Some(a) = self.raise(
+                i,
+                rule,
+                ev,
+                vec![ev.json().clone()],
+                now,
+                Hit { lineage, severity },
+            ) {
                 out.push(a);
             }
         }
@@ -920,12 +945,12 @@ impl Engine {
         &mut self,
         i: usize,
         rule: &Rule,
-        severity: Severity,
         ev: &Subject<'_>,
         evidence: Vec<Value>,
         now: u64,
-        lineage: u64,
+        hit: Hit,
     ) -> Option<AlertRecord> {
+        let Hit { lineage, severity } = hit;
         if let Some(w) = self.windows.get_mut(&(i, lineage)) {
             if now <= w.ends_ns {
                 w.alert.count += 1;
