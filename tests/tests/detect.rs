@@ -454,24 +454,17 @@ fn alerts_left_out_of_output_kinds_stay_out_at_shutdown() {
 }
 
 /// The vulnerable app of `command_injection_through_a_web_app_alerts`,
-/// listening on a free loopback port; with `login_uid`, started inside a
-/// faked login session (its audit login uid set, as pam_loginuid does).
-/// `None` when a login session cannot be faked here.
-fn vulnerable_app(login_uid: Option<u32>) -> Option<(Killed, u16)> {
+/// listening on a free loopback port.
+fn vulnerable_app() -> (Killed, u16) {
     let port = free_port();
-    let mut cmd = Command::new("/usr/bin/python3");
-    cmd.args(["-c", VULNERABLE_APP, &port.to_string()]);
-    if let Some(uid) = login_uid {
-        use std::os::unix::process::CommandExt as _;
-        // SAFETY: only a write(2) to a file the child opens, between fork
-        // and exec.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write("/proc/self/loginuid", uid.to_string()));
-        }
-    }
-    let app = Killed(cmd.spawn().ok()?);
+    let app = Killed(
+        Command::new("/usr/bin/python3")
+            .args(["-c", VULNERABLE_APP, &port.to_string()])
+            .spawn()
+            .expect("web app"),
+    );
     wait_listening(&format!("127.0.0.1:{port}"));
-    Some((app, port))
+    (app, port)
 }
 
 /// Has the app run `commands` (shell syntax) through its injection flaw.
@@ -516,7 +509,7 @@ fn discovery_burst_from_a_web_app_alerts_once() {
         return;
     }
     let m = Monitor::start_with(QUIET);
-    let (app, port) = vulnerable_app(None).expect("web app");
+    let (app, port) = vulnerable_app();
     let app_pid = app.pid();
     inject(port, "uname -a;id;ip addr;ss -tan;ps aux");
     let burst = m.expect_event("EW-DISC-003", |v| {
@@ -542,14 +535,14 @@ fn discovery_burst_from_a_web_app_alerts_once() {
 }
 
 #[test]
-fn one_kind_of_discovery_or_a_login_session_stays_quiet() {
-    if !is_root("one_kind_of_discovery_or_a_login_session_stays_quiet") {
+fn one_kind_of_discovery_stays_quiet() {
+    if !is_root("one_kind_of_discovery_stays_quiet") {
         return;
     }
     let m = Monitor::start_with(QUIET);
     // uname and hostname alone, below a service: each command is
     // EW-DISC-001, the burst needs two kinds.
-    let (app, port) = vulnerable_app(None).expect("web app");
+    let (app, port) = vulnerable_app();
     let app_pid = app.pid();
     inject(
         port,
@@ -563,35 +556,12 @@ fn one_kind_of_discovery_or_a_login_session_stays_quiet() {
             && v["argv"] == serde_json::json!(["cat", "/proc/version"])
             && below(v, app_pid)
     });
-    // The whole burst from a login session (an admin's tool serving on
-    // loopback): no service lineage alerts at all.
-    let session = vulnerable_app(Some(1000));
-    let session_pid = match &session {
-        Some((app, port)) => {
-            inject(*port, "uname -a;id;ip addr;ss -tan;ps aux");
-            let pid = app.pid();
-            let ps = m.expect_event("ps of the session's burst", |v| {
-                v.kind() == "exec" && v["argv"][0] == "ps" && below(v, pid)
-            });
-            if ps["auid"] == 1000 {
-                Some(pid)
-            } else {
-                eprintln!("skipping the login-session case: the faked login uid did not reach the exec events ({ps})");
-                None
-            }
-        }
-        None => {
-            eprintln!("skipping the login-session case: cannot set /proc/self/loginuid here");
-            None
-        }
-    };
+    // (A login session is known by its lineage, a login service above it,
+    // which a test cannot fake: the lab's ssh scenarios cover it. A service
+    // that sets its own loginuid is still a service: see identity.rs.)
     std::thread::sleep(Duration::from_millis(500));
     let one_kind = m.events(|v| is_burst(v) && below(v, app_pid));
     assert!(one_kind.is_empty(), "{one_kind:#?}");
-    if let Some(pid) = session_pid {
-        let alerts = m.events(|v| v.kind() == "alert" && below(v, pid));
-        assert!(alerts.is_empty(), "a login session alerted: {alerts:#?}");
-    }
 }
 
 /// Connects from one python process to each `host:port` of `targets`
