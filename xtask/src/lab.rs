@@ -502,6 +502,13 @@ impl Lab {
         let mut vars = self.vars(workdir);
         let own = resolved.insert(vars::resolve(&s.name, &s.vars, variant, workdir)?);
         vars.extend(own.values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // A choice's text may hold placeholders of its own.
+        for d in &s.vars {
+            if matches!(d.kind, vars::VarKind::Choice(_)) {
+                let text = scenario::substitute(&vars[&d.name], &vars)?;
+                vars.insert(d.name.clone(), text);
+            }
+        }
         let label = variant.label(&s.name);
         let mut config = scenario::substitute(&s.monitor, &vars)?;
         let own_dataplane = config.lines().any(|l| l.trim() == "[dataplane]");

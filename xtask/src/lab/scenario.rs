@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{
     topology::Host,
-    vars::{self, RawVar, VarDef, Variant},
+    vars::{self, RawVar, VarDef, VarKind, Variant},
 };
 
 /// What a scenario must produce.
@@ -440,7 +440,11 @@ fn check_placeholders(s: &Scenario, file_text: &str) -> Result<()> {
         .flat_map(|f| [&f.path, &f.text])
         .chain(s.steps.iter().map(|st| &st.run))
         .chain(wait_ports)
-        .chain([&s.monitor]);
+        .chain([&s.monitor])
+        .chain(s.vars.iter().flat_map(|v| match &v.kind {
+            VarKind::Choice(c) => c.iter().collect(),
+            _ => Vec::new(),
+        }));
     let mut used = BTreeSet::new();
     for t in texts {
         for name in placeholder_names(t).with_context(|| s.path.display().to_string())? {

@@ -10,6 +10,9 @@
 //!                               # copy under a system-looking name, elsewhere
 //! SOCKS = { program = "microsocks", copy_to = "${DIR}/.local/bin/udisksd" }
 //!                               # plain: a copy there; mutated: as above
+//! SHELL = { choice = ["python3 -c '...'", "perl -e '...'"] }
+//!                               # plain: the first; mutated: another (the
+//!                               # same behaviour in another language)
 //! ```
 //!
 //! Mutations are deterministic: they derive from the scenario's and the
@@ -31,6 +34,7 @@ pub struct RawVar {
     port: Option<u16>,
     program: Option<String>,
     copy_to: Option<String>,
+    choice: Option<Vec<String>>,
 }
 
 /// What a variable stands for.
@@ -44,6 +48,10 @@ pub enum VarKind {
         program: String,
         copy_to: Option<String>,
     },
+    /// Texts that do the same thing another way (another interpreter,
+    /// another tool), which may hold placeholders: the first in the plain
+    /// run, another in the mutated one.
+    Choice(Vec<String>),
 }
 
 /// A variable of a scenario.
@@ -113,6 +121,20 @@ pub fn define(name: &str, raw: RawVar, line: usize, col: usize, where_: &str) ->
             bail!("{where_}: var {name}: copy_to = {c:?}: give a file path under ${{DIR}}/ (the scenario's directory, removed with it)");
         }
     }
+    if let Some(choices) = raw.choice {
+        if raw.port.is_some() || raw.program.is_some() || raw.copy_to.is_some() {
+            bail!("{where_}: var {name}: one kind per var: choice alone");
+        }
+        if choices.len() < 2 || choices.iter().any(|c| c.trim().is_empty()) {
+            bail!("{where_}: var {name}: choice = [...] needs two or more texts, none empty");
+        }
+        return Ok(VarDef {
+            name: name.to_owned(),
+            kind: VarKind::Choice(choices),
+            line,
+            col,
+        });
+    }
     let kind = match (raw.port, raw.program) {
         (Some(0), None) => bail!("{where_}: var {name}: port 0 is not a port"),
         (Some(p), None) => VarKind::Port(p),
@@ -127,7 +149,7 @@ pub fn define(name: &str, raw: RawVar, line: usize, col: usize, where_: &str) ->
             copy_to: raw.copy_to,
         },
         (None, None) => {
-            bail!("{where_}: var {name}: give one kind: {{ port = N }} or {{ program = \"name\" }}")
+            bail!("{where_}: var {name}: give one kind: {{ port = N }}, {{ program = \"name\" }} or {{ choice = [...] }}")
         }
         (Some(_), Some(_)) => bail!("{where_}: var {name}: one kind per var, not port and program"),
     };
@@ -275,7 +297,7 @@ pub fn values(
         .iter()
         .filter_map(|d| match d.kind {
             VarKind::Port(p) => Some(p),
-            VarKind::Program { .. } => None,
+            VarKind::Program { .. } | VarKind::Choice(_) => None,
         })
         .collect();
     let mut taken_names = BTreeSet::new();
@@ -290,6 +312,11 @@ pub fn values(
                 Variant::Plain,
             ) => c.replacen("${DIR}", &workdir.display().to_string(), 1),
             (VarKind::Program { program, .. }, Variant::Plain) => program.clone(),
+            (VarKind::Choice(c), Variant::Plain) => c[0].clone(),
+            (VarKind::Choice(c), Variant::Mutated) => {
+                let others = (c.len() - 1) as u64;
+                c[1 + (fnv1a(&[scenario, &d.name]) % others) as usize].clone()
+            }
             (VarKind::Port(_), Variant::Mutated) => {
                 let p = mutated_port(scenario, &d.name, &taken_ports);
                 taken_ports.insert(p);
@@ -554,11 +581,13 @@ mod tests {
             port,
             program: program.map(Into::into),
             copy_to: None,
+            choice: None,
         };
         let copy = |to: &str| RawVar {
             port: None,
             program: Some("nc".into()),
             copy_to: Some(to.into()),
+            choice: None,
         };
         assert!(define("P", copy("${DIR}/.x/y"), 1, 1, "f").is_ok());
         for bad in [
@@ -578,7 +607,8 @@ mod tests {
                 RawVar {
                     port: Some(1),
                     program: None,
-                    copy_to: Some("${DIR}/x".into())
+                    copy_to: Some("${DIR}/x".into()),
+                    choice: None,
                 },
                 1,
                 1,
@@ -604,6 +634,46 @@ mod tests {
         ] {
             let e = format!("{:#}", define(name, r, 3, 8, "f.toml:3:8").unwrap_err());
             assert!(e.starts_with("f.toml:3:8: "), "{e}");
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
+    }
+
+    #[test]
+    fn choices_are_the_first_plain_and_another_mutated() {
+        let c = |v: &[&str]| VarKind::Choice(v.iter().map(|s| (*s).to_owned()).collect());
+        let defs = [def("SHELL", c(&["python3 -c x", "perl -e x", "php -r x"]))];
+        let wd = Path::new("/tmp/w");
+        let plain = values("rev", &defs, Variant::Plain, wd);
+        assert_eq!(plain["SHELL"], "python3 -c x");
+        let mutated = values("rev", &defs, Variant::Mutated, wd);
+        assert_ne!(mutated["SHELL"], "python3 -c x");
+        assert_eq!(
+            mutated,
+            values("rev", &defs, Variant::Mutated, wd),
+            "deterministic"
+        );
+        let choice = |v: Vec<&str>| RawVar {
+            port: None,
+            program: None,
+            copy_to: None,
+            choice: Some(v.into_iter().map(str::to_owned).collect()),
+        };
+        assert_eq!(
+            define("S", choice(vec!["a", "b"]), 1, 1, "f").unwrap().kind,
+            c(&["a", "b"])
+        );
+        for (r, want) in [
+            (choice(vec!["a"]), "two or more"),
+            (choice(vec!["a", " "]), "none empty"),
+            (
+                RawVar {
+                    port: Some(1),
+                    ..choice(vec!["a", "b"])
+                },
+                "choice alone",
+            ),
+        ] {
+            let e = format!("{:#}", define("S", r, 2, 3, "f.toml:2:3").unwrap_err());
             assert!(e.contains(want), "{e} does not contain {want}");
         }
     }
