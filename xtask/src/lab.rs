@@ -86,6 +86,21 @@ fn sleep(d: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Copies the files of directory `from` (not its subdirectories) into
+/// `to`, made if needed; modes are kept.
+fn copy_files(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path.file_name().context("a file has a name")?;
+            std::fs::copy(&path, to.join(name))
+                .with_context(|| format!("copying {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The run's scratch directory under /tmp (world-readable, so php-fpm's
 /// www-data workers and nginx's can read the web root), removed at the end.
 struct RunDir(PathBuf);
@@ -152,6 +167,12 @@ pub fn run(root: &Path, monitor: &Path, args: &Args) -> Result<()> {
     )));
     std::fs::create_dir_all(&system_dir.0)?;
     std::fs::set_permissions(&system_dir.0, std::fs::Permissions::from_mode(0o755))?;
+    // The lab's helper programs (${LAB}, and the scripts next to it) run
+    // from there too, wherever the checkout is (a clone under /tmp would
+    // make every benign scenario a program run from /tmp).
+    for sub in ["lab", "scripts"] {
+        copy_files(&root.join("tests").join(sub), &system_dir.0.join(sub))?;
+    }
     let logs = root.join("target/lab/logs");
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs)?;
@@ -356,7 +377,7 @@ impl Lab {
             ("LAN_IF", topology::LAN_IF.to_owned()),
             ("GW_NETNS", self.topo.netns(Host::Gateway)),
             ("DIR", path(workdir)),
-            ("LAB", path(&self.root.join("tests/lab"))),
+            ("LAB", path(&self.system_dir.join("lab"))),
             ("SSH", self.keys.client()),
         ]
         .into_iter()
