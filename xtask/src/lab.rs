@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use self::{
     monitor::{LabMonitor, Received},
-    scenario::{Expect, Scenario, Vars},
+    scenario::{Allow, Expect, Scenario, Vars},
     score::{Hit, Outcome, ScenarioResult, Summary},
     services::SshKeys,
     topology::{Host, Topology},
@@ -307,13 +307,17 @@ fn kernel_release() -> String {
 }
 
 /// Whether an alert belongs to this lab run: its process descends from the
-/// lab (every step and service does), or it names a socket in one of the
-/// lab's namespaces. Other monitors' tests share the machine.
+/// lab (every step and service does), or it names a socket (`netns`) or a
+/// process (`namespaces.net`) in one of the lab's namespaces. Other
+/// monitors' tests share the machine. An alert raised on a fork names no
+/// ancestry, only the forked process's namespaces.
 fn is_lab_event(v: &Value, lab_pid: u64, inodes: &[u64]) -> bool {
     fn names_netns(v: &Value, inodes: &[u64]) -> bool {
+        let ours = |x: &Value| x.as_u64().is_some_and(|n| inodes.contains(&n));
         match v {
             Value::Object(m) => m.iter().any(|(k, x)| {
-                (k == "netns" && x.as_u64().is_some_and(|n| inodes.contains(&n)))
+                (k == "netns" && ours(x))
+                    || (k == "namespaces" && ours(&x["net"]))
                     || names_netns(x, inodes)
             }),
             Value::Array(a) => a.iter().any(|x| names_netns(x, inodes)),
@@ -341,7 +345,82 @@ fn meets(alert: &Value, expected: &str) -> bool {
         })
 }
 
-/// One line naming what raised a false positive.
+/// Whether a line says a rule fired: an `alert`, or an `alert_update` (a
+/// later, different match folded into an open alert carries its own
+/// `rule`, `process` and `evidence`). A `repeat` line only closes a window.
+fn fired(line: &Value) -> bool {
+    (line["kind"] == "alert" || is_update(line)) && line["repeat"] != true
+}
+
+fn is_update(line: &Value) -> bool {
+    line["kind"] == "alert_update"
+}
+
+/// Scores a run from its own lines (`ours`: the lab's alerts, updates and
+/// relays): each expected rule or technique met by an alert or an update,
+/// each of `expect_updates` by an update; for a look-alike, every alert
+/// above what it `allow`s is a false positive, the allowed ones reported.
+fn judge(
+    s: &Scenario,
+    variant: Variant,
+    ours: &[&Received],
+    attack_at: Instant,
+    result: &mut ScenarioResult,
+) {
+    let alerts: Vec<&Received> = ours.iter().copied().filter(|r| fired(&r.alert)).collect();
+    for a in &alerts {
+        let rule = a.alert["rule"].as_str().unwrap_or("?").to_owned();
+        if !result.alerts.contains(&rule) {
+            result.alerts.push(rule);
+        }
+    }
+    match &s.expect_in(variant) {
+        Expect::Nothing => {
+            let (allowed, denied): (Vec<&Received>, Vec<&Received>) =
+                alerts.iter().partition(|a| {
+                    s.allow.is_some_and(|allow: Allow| {
+                        allow.allows(a.alert["severity"].as_str().unwrap_or(""))
+                    })
+                });
+            result.allowed = allowed.iter().map(|a| describe(&a.alert)).collect();
+            result.false_positives = denied.iter().map(|a| describe(&a.alert)).collect();
+            result.outcome = if denied.is_empty() {
+                Outcome::Quiet
+            } else {
+                Outcome::FalsePositive
+            };
+        }
+        Expect::Alerts(want) => {
+            let updates = s.updates_in(variant);
+            let wanted = want.iter().map(|w| (w.clone(), w.clone(), false)).chain(
+                updates
+                    .iter()
+                    .map(|w| (format!("update {w}"), w.clone(), true)),
+            );
+            for (label, w, update_only) in wanted {
+                let hit = alerts
+                    .iter()
+                    .find(|a| (!update_only || is_update(&a.alert)) && meets(&a.alert, &w));
+                match hit {
+                    Some(a) => result.hits.push(Hit {
+                        expected: label,
+                        rule: a.alert["rule"].as_str().unwrap_or("?").to_owned(),
+                        latency: a.at.saturating_duration_since(attack_at),
+                    }),
+                    None => result.missing.push(label),
+                }
+            }
+            result.outcome = if result.missing.is_empty() {
+                Outcome::Detected
+            } else {
+                Outcome::Missed
+            };
+        }
+    }
+}
+
+/// One line naming what raised an alert of a look-alike: its rule, its
+/// severity, an update's mark, and the process.
 fn describe(alert: &Value) -> String {
     let argv: Vec<&str> = alert["process"]["argv"]
         .as_array()
@@ -357,8 +436,10 @@ fn describe(alert: &Value) -> String {
         cmd.push_str("...");
     }
     format!(
-        "{} by {} ({cmd})",
+        "{} {}{} by {} ({cmd})",
         alert["rule"].as_str().unwrap_or("?"),
+        alert["severity"].as_str().unwrap_or("?"),
+        if is_update(alert) { " update" } else { "" },
         alert["process"]["exe"].as_str().unwrap_or("?")
     )
 }
@@ -465,43 +546,7 @@ impl Lab {
             .filter(|r| is_lab_event(&r.alert, lab_pid, &self.topo.inodes))
             .collect();
         self.save_events(&label, &ours);
-        let alerts: Vec<&Received> = ours
-            .into_iter()
-            .filter(|r| r.alert["kind"] == "alert" && r.alert["repeat"] != true)
-            .collect();
-        for a in &alerts {
-            let rule = a.alert["rule"].as_str().unwrap_or("?").to_owned();
-            if !result.alerts.contains(&rule) {
-                result.alerts.push(rule);
-            }
-        }
-        match &s.expect_in(variant) {
-            Expect::Nothing => {
-                result.false_positives = alerts.iter().map(|a| describe(&a.alert)).collect();
-                result.outcome = if alerts.is_empty() {
-                    Outcome::Quiet
-                } else {
-                    Outcome::FalsePositive
-                };
-            }
-            Expect::Alerts(want) => {
-                for w in want {
-                    match alerts.iter().find(|a| meets(&a.alert, w)) {
-                        Some(a) => result.hits.push(Hit {
-                            expected: w.clone(),
-                            rule: a.alert["rule"].as_str().unwrap_or("?").to_owned(),
-                            latency: a.at.saturating_duration_since(attack_at),
-                        }),
-                        None => result.missing.push(w.clone()),
-                    }
-                }
-                result.outcome = if result.missing.is_empty() {
-                    Outcome::Detected
-                } else {
-                    Outcome::Missed
-                };
-            }
-        }
+        judge(s, variant, &ours, attack_at, &mut result);
         result
     }
 
@@ -517,6 +562,7 @@ impl Lab {
         children: &mut Vec<Child>,
     ) -> Result<(Instant, Vec<Received>)> {
         let expect = s.expect_in(variant);
+        let updates = s.updates_in(variant);
         let _ = std::fs::remove_dir_all(workdir);
         std::fs::create_dir_all(workdir)?;
         std::fs::set_permissions(workdir, std::fs::Permissions::from_mode(0o755))?;
@@ -633,14 +679,15 @@ impl Lab {
         while Instant::now() < deadline {
             if let Expect::Alerts(want) = &expect {
                 let events = m.events();
-                let met = |w: &String| {
+                let met = |w: &String, update_only: bool| {
                     events.iter().any(|r| {
-                        r.alert["kind"] == "alert"
+                        fired(&r.alert)
+                            && (!update_only || is_update(&r.alert))
                             && is_lab_event(&r.alert, lab_pid, &self.topo.inodes)
                             && meets(&r.alert, w)
                     })
                 };
-                if want.iter().all(met) {
+                if want.iter().all(|w| met(w, false)) && updates.iter().all(|w| met(w, true)) {
                     break;
                 }
             }
@@ -707,6 +754,113 @@ mod tests {
     }
 
     #[test]
+    fn updates_count_as_fired_and_meet_expect_updates() {
+        let parse =
+            |text: &str| scenario::parse(Path::new("tests/scenarios/u.toml"), text).expect("parse");
+        let step = "[[step]]\nhost = \"gateway\"\nrun = \"true\"\n";
+        let s = parse(&format!(
+            "title = \"t\"\nexpect = [\"EW-PROC-001\", \"EW-PROC-003\"]\nexpect_updates = [\"EW-PROC-001\"]\n{step}"
+        ));
+        let t0 = Instant::now();
+        let line = |kind: &str, rule: &str, ms: u64| Received {
+            at: t0 + Duration::from_millis(ms),
+            alert: json!({"kind": kind, "rule": rule, "severity": "high", "attack": []}),
+        };
+        let score = |lines: &[Received]| {
+            let ours: Vec<&Received> = lines.iter().collect();
+            let mut r = ScenarioResult::not_run(&s, Variant::Plain, String::new());
+            judge(&s, Variant::Plain, &ours, t0, &mut r);
+            r
+        };
+        // The alert alone does not meet the update expectation.
+        let r = score(&[
+            line("alert", "EW-PROC-001", 10),
+            line("alert", "EW-PROC-003", 20),
+        ]);
+        assert_eq!(r.outcome, Outcome::Missed);
+        assert_eq!(r.missing, ["update EW-PROC-001"]);
+        // A repeat line is no update; an update is, and it is timed.
+        let mut repeat = line("alert", "EW-PROC-001", 30);
+        repeat.alert["repeat"] = json!(true);
+        let r = score(&[
+            line("alert", "EW-PROC-001", 10),
+            repeat.clone(),
+            line("alert", "EW-PROC-003", 20),
+        ]);
+        assert_eq!(r.missing, ["update EW-PROC-001"]);
+        let r = score(&[
+            line("alert", "EW-PROC-001", 10),
+            line("alert_update", "EW-PROC-001", 40),
+            line("alert", "EW-PROC-003", 20),
+        ]);
+        assert_eq!(r.outcome, Outcome::Detected, "{:?}", r.missing);
+        let update = r.hits.iter().find(|h| h.expected == "update EW-PROC-001");
+        assert_eq!(update.map(|h| h.latency), Some(Duration::from_millis(40)));
+        // An update alone is evidence that its rule fired.
+        let r = score(&[
+            line("alert_update", "EW-PROC-001", 5),
+            line("alert", "EW-PROC-003", 20),
+        ]);
+        assert_eq!(r.outcome, Outcome::Detected);
+        assert_eq!(r.alerts, ["EW-PROC-001", "EW-PROC-003"]);
+    }
+
+    #[test]
+    fn a_look_alike_allows_only_what_it_says() {
+        let step = "[[step]]\nhost = \"gateway\"\nrun = \"true\"\n";
+        let t0 = Instant::now();
+        let line = |kind: &str, severity: &str| Received {
+            at: t0,
+            alert: json!({"kind": kind, "rule": "EW-CFG-002", "severity": severity,
+                "process": {"exe": "/usr/sbin/nft", "argv": ["nft", "-f", "x"]}}),
+        };
+        for (allow, lines, outcome, allowed, fps) in [
+            ("", vec![line("alert", "low")], Outcome::FalsePositive, 0, 1),
+            (
+                "allow = \"low\"\n",
+                vec![line("alert", "low"), line("alert", "info")],
+                Outcome::Quiet,
+                2,
+                0,
+            ),
+            (
+                "allow = \"low\"\n",
+                vec![line("alert", "low"), line("alert_update", "medium")],
+                Outcome::FalsePositive,
+                1,
+                1,
+            ),
+            (
+                "allow = \"info\"\n",
+                vec![line("alert", "low")],
+                Outcome::FalsePositive,
+                0,
+                1,
+            ),
+            ("allow = \"low\"\n", vec![], Outcome::Quiet, 0, 0),
+        ] {
+            let s = scenario::parse(
+                Path::new("tests/scenarios/b.toml"),
+                &format!("title = \"t\"\nexpect = \"none\"\n{allow}{step}"),
+            )
+            .expect("parse");
+            let ours: Vec<&Received> = lines.iter().collect();
+            let mut r = ScenarioResult::not_run(&s, Variant::Plain, String::new());
+            judge(&s, Variant::Plain, &ours, t0, &mut r);
+            assert_eq!(r.outcome, outcome, "{allow} {:?}", r.false_positives);
+            assert_eq!(
+                (r.allowed.len(), r.false_positives.len()),
+                (allowed, fps),
+                "{allow}"
+            );
+        }
+        assert_eq!(
+            describe(&line("alert_update", "medium").alert),
+            "EW-CFG-002 medium update by /usr/sbin/nft (nft -f x)"
+        );
+    }
+
+    #[test]
     fn lab_events_by_ancestry_or_namespace() {
         let by_ancestor = json!({"process": {"pid": 9, "ancestry": [{"pid": 5}, {"pid": 1}]}});
         assert!(is_lab_event(&by_ancestor, 5, &[]));
@@ -714,6 +868,11 @@ mod tests {
         let by_netns = json!({"process": null, "evidence": [{"netns": 4026532000u64}]});
         assert!(is_lab_event(&by_netns, 6, &[4026532000]));
         assert!(!is_lab_event(&by_netns, 6, &[4026532001]));
+        // An alert on a fork: no ancestry, the process's own namespaces.
+        let by_process_netns = json!({"process": {"pid": 9, "ancestry": []},
+            "evidence": [{"kind": "fork", "namespaces": {"net": 4026532000u64, "mnt": 4026532001u64}}]});
+        assert!(is_lab_event(&by_process_netns, 6, &[4026532000]));
+        assert!(!is_lab_event(&by_process_netns, 6, &[4026532001]));
     }
 
     #[test]

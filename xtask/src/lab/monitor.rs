@@ -14,12 +14,14 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
-/// The lab's configuration: quiet start (no seed events), alerts and relays
-/// on standard output, metrics on a free port.
+/// The lab's configuration: quiet start (no seed events), alerts, their
+/// updates (a later, different match of an open alert), relays and
+/// shell-to-network links (kept in the logs, to see what a missed shell
+/// looked like) on standard output, metrics on a free port.
 const BASE_CONFIG: &str = "\
 [output]
 seed_events = false
-kinds = [\"alert\", \"relay\"]
+kinds = [\"alert\", \"alert_update\", \"relay\", \"stdio_link\"]
 [network]
 seed_events = false
 [metrics]

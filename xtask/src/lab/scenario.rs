@@ -20,8 +20,32 @@ pub enum Expect {
     /// Every listed rule id (`EW-PROC-001`) or ATT&CK technique (`T1090`)
     /// must be raised by some alert of the scenario.
     Alerts(Vec<String>),
-    /// A benign look-alike: no alert at all.
+    /// A benign look-alike: no alert at all (but see `Allow`).
     Nothing,
+}
+
+/// The most severe alert a look-alike may raise without failing: the
+/// monitor lowers some rules for the system doing its own, declared work
+/// (the firewall service loading its ruleset, an admin's capture in a login
+/// session) instead of silencing them. Such alerts are reported, not
+/// counted as false positives. Ordered as the monitor's severities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Allow {
+    Info,
+    Low,
+}
+
+impl Allow {
+    /// Whether an alert of this severity (the monitor's word) is allowed;
+    /// an unknown or missing severity never is.
+    pub fn allows(self, severity: &str) -> bool {
+        match severity {
+            "info" => true,
+            "low" => self >= Allow::Low,
+            _ => false,
+        }
+    }
 }
 
 /// A service the lab knows how to start (see `services.rs`).
@@ -127,6 +151,8 @@ struct Raw {
     title: String,
     expect: RawExpect,
     expect_mutated: Option<Vec<String>>,
+    expect_updates: Option<Vec<String>>,
+    allow: Option<toml::Spanned<Allow>>,
     #[serde(default)]
     requires_rules: Vec<String>,
     #[serde(default, rename = "service")]
@@ -160,6 +186,13 @@ pub struct Scenario {
     /// rules that key on a program's name (EW-TUN-001 knows socat by its
     /// name) do not follow a renamed copy.
     pub expect_mutated: Option<Vec<String>>,
+    /// Rules of `expect` that must also be seen in an `alert_update` line:
+    /// a later, different match folded into the open alert (a second
+    /// injected command through the same service), which no new `alert`
+    /// line would show.
+    pub expect_updates: Vec<String>,
+    /// For a look-alike: alerts up to this severity are allowed.
+    pub allow: Option<Allow>,
     /// Rules the monitor must have for the scenario to run: the expected
     /// rule ids and `requires_rules`.
     pub requires_rules: Vec<String>,
@@ -185,6 +218,20 @@ impl Scenario {
         match (&self.expect_mutated, variant) {
             (Some(m), Variant::Mutated) => Expect::Alerts(m.clone()),
             _ => self.expect.clone(),
+        }
+    }
+
+    /// The rules a variant must see in `alert_update` lines: those of
+    /// `expect_updates` the variant expects at all.
+    pub fn updates_in(&self, variant: Variant) -> Vec<String> {
+        match self.expect_in(variant) {
+            Expect::Alerts(want) => self
+                .expect_updates
+                .iter()
+                .filter(|u| want.contains(u))
+                .cloned()
+                .collect(),
+            Expect::Nothing => Vec::new(),
         }
     }
 
@@ -299,6 +346,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
             ));
         }
     }
+    if let Some(expect_updates) = &raw.expect_updates {
+        let Expect::Alerts(all) = &expect else {
+            return bad("expect_updates: a look-alike expects no alert, so no update".into());
+        };
+        if expect_updates.is_empty() {
+            return bad("expect_updates is empty: leave it out, or name a rule".into());
+        }
+        if let Some(x) = expect_updates.iter().find(|x| !is_rule_id(x)) {
+            return bad(format!(
+                "expect_updates: {x:?} is not a rule id (an update belongs to one rule's alert)"
+            ));
+        }
+        if let Some(x) = expect_updates.iter().find(|x| !all.contains(x)) {
+            return bad(format!(
+                "expect_updates: {x:?} is not in expect (an update follows its rule's alert)"
+            ));
+        }
+    }
+    let expect_updates = raw.expect_updates.unwrap_or_default();
+    let allow = match raw.allow {
+        Some(a) if matches!(expect, Expect::Alerts(_)) => {
+            let (line, col) = line_col(text, a.span().start);
+            bail!(
+                "{}:{line}:{col}: allow: only a look-alike (expect = \"none\") allows alerts",
+                path.display()
+            );
+        }
+        a => a.map(toml::Spanned::into_inner),
+    };
     if let Some(x) = raw.requires_rules.iter().find(|x| !is_rule_id(x)) {
         return bad(format!("requires_rules: {x:?} is not a rule id"));
     }
@@ -361,6 +437,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario> {
         title: raw.title,
         expect,
         expect_mutated: raw.expect_mutated,
+        expect_updates,
+        allow,
         requires_rules,
         services: raw.services,
         monitor: raw.monitor,
@@ -643,6 +721,90 @@ mod tests {
             format!("title = \"t\"\nexpect = [\"T1090\"]\nexpect_mutated = [\"T1090\"]\n{STEP}");
         let e = format!("{:#}", parse_str(&text).expect_err(&text));
         assert!(e.contains("only a scenario with [vars]"), "{e}");
+    }
+
+    #[test]
+    fn expect_updates_name_rules_of_expect() {
+        let s = parse_str(&format!(
+            "title = \"t\"\nexpect = [\"EW-PROC-001\", \"EW-PROC-003\"]\nexpect_updates = [\"EW-PROC-001\"]\n{STEP}"
+        ))
+        .expect("parse");
+        assert_eq!(s.expect_updates, ["EW-PROC-001"]);
+        assert_eq!(s.updates_in(Variant::Plain), ["EW-PROC-001"]);
+        // A mutated run that no longer expects the rule expects no update of it.
+        let vars = "[vars]\nP = { port = 1 }\n[[step]]\nhost = \"lan\"\nrun = \"echo ${P}\"\n";
+        let s = parse_str(&format!(
+            "title = \"t\"\nexpect = [\"EW-PROC-001\", \"EW-PROC-003\"]\nexpect_mutated = [\"EW-PROC-003\"]\nexpect_updates = [\"EW-PROC-001\"]\n{vars}"
+        ))
+        .expect("parse");
+        assert_eq!(s.updates_in(Variant::Plain), ["EW-PROC-001"]);
+        assert!(s.updates_in(Variant::Mutated).is_empty());
+        let plain =
+            parse_str(&format!("title = \"t\"\nexpect = [\"T1090\"]\n{STEP}")).expect("parse");
+        assert!(plain.expect_updates.is_empty());
+        for (head, want) in [
+            (
+                "expect = [\"EW-PROC-001\"]\nexpect_updates = [\"EW-PROC-003\"]\n",
+                "x.toml: expect_updates: \"EW-PROC-003\" is not in expect",
+            ),
+            (
+                "expect = [\"T1059\"]\nexpect_updates = [\"T1059\"]\n",
+                "expect_updates: \"T1059\" is not a rule id",
+            ),
+            (
+                "expect = [\"EW-PROC-001\"]\nexpect_updates = []\n",
+                "expect_updates is empty",
+            ),
+            (
+                "expect = \"none\"\nexpect_updates = [\"EW-PROC-001\"]\n",
+                "a look-alike expects no alert, so no update",
+            ),
+            (
+                "expect = [\"EW-PROC-001\"]\nexpect_updates = \"EW-PROC-001\"\n",
+                "x.toml:3:18: invalid type: string",
+            ),
+        ] {
+            let text = format!("title = \"t\"\n{head}{STEP}");
+            let e = format!("{:#}", parse_str(&text).expect_err(&text));
+            assert!(e.contains(want), "{e} does not contain {want}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn allow_is_for_look_alikes_and_low_at_most() {
+        let s = parse_str(&format!(
+            "title = \"t\"\nexpect = \"none\"\nallow = \"low\"\n{STEP}"
+        ))
+        .expect("parse");
+        assert_eq!(s.allow, Some(Allow::Low));
+        let quiet = parse_str(&format!("title = \"t\"\nexpect = \"none\"\n{STEP}")).expect("parse");
+        assert_eq!(quiet.allow, None);
+        for (allow, info, low, medium, unknown) in [
+            (Allow::Low, true, true, false, false),
+            (Allow::Info, true, false, false, false),
+        ] {
+            assert_eq!(allow.allows("info"), info);
+            assert_eq!(allow.allows("low"), low);
+            assert_eq!(allow.allows("medium"), medium);
+            assert!(!allow.allows("critical"));
+            assert_eq!(allow.allows(""), unknown);
+        }
+        for (head, want) in [
+            (
+                "expect = \"none\"\nallow = \"medium\"\n",
+                "x.toml:3:9: unknown variant `medium`, expected `info` or `low`",
+            ),
+            (
+                "expect = [\"EW-CFG-002\"]\nallow = \"low\"\n",
+                "x.toml:3:9: allow: only a look-alike",
+            ),
+        ] {
+            let text = format!("title = \"t\"\n{head}{STEP}");
+            let e = format!("{:#}", parse_str(&text).expect_err(&text));
+            assert!(e.contains(want), "{e} does not contain {want}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct ScenarioResult {
     pub alerts: Vec<String>,
     /// For a false positive: what raised each alert (rule, exe, argv).
     pub false_positives: Vec<String>,
+    /// For a look-alike with `allow`: the alerts it raised that are
+    /// allowed (at most the allowed severity), described as above.
+    pub allowed: Vec<String>,
     pub duration: Duration,
     /// The monitor reported events the kernel dropped during the scenario.
     pub lost_events: bool,
@@ -92,6 +95,7 @@ impl ScenarioResult {
             missing: Vec::new(),
             alerts: Vec::new(),
             false_positives: Vec::new(),
+            allowed: Vec::new(),
             duration: Duration::ZERO,
             lost_events: false,
             note: None,
@@ -124,7 +128,8 @@ impl ScenarioResult {
                 self.missing.join(", "),
                 list_or_none(&self.alerts)
             ),
-            Outcome::Quiet => "no alerts".into(),
+            Outcome::Quiet if self.allowed.is_empty() => "no alerts".into(),
+            Outcome::Quiet => format!("only allowed alerts: {}", self.allowed.join("; ")),
             Outcome::FalsePositive => self.false_positives.join("; "),
             Outcome::Skipped(why) | Outcome::Error(why) => why.clone(),
         };
@@ -164,6 +169,7 @@ impl ScenarioResult {
             "missing": self.missing,
             "alerts": self.alerts,
             "false_positives": self.false_positives,
+            "allowed": self.allowed,
             "latency_ms": self.latency().map(ms),
             "duration_ms": ms(self.duration),
             "monitor_lost_events": self.lost_events,
@@ -272,7 +278,8 @@ pub fn write_markdown(path: &Path, results: &[ScenarioResult], heading: &str) ->
                 .map(|h| format!("{} {}", h.expected, secs(h.latency).replace('s', " s")))
                 .collect::<Vec<_>>()
                 .join(", "),
-            Outcome::Quiet => "none raised".into(),
+            Outcome::Quiet if r.allowed.is_empty() => "none raised".into(),
+            Outcome::Quiet => format!("only allowed alerts: {}", r.allowed.join("; ")),
             Outcome::Missed => format!("missing {}", r.missing.join(", ")),
             Outcome::FalsePositive => r.false_positives.join("; "),
             Outcome::Skipped(why) | Outcome::Error(why) => why.clone(),

@@ -38,6 +38,7 @@ pub const PACKAGES: &[&str] = &[
     "php-cli",
     "dnsmasq-base",
     "rsyslog",
+    "tcpdump",
 ];
 
 /// Installs the packages that are missing (apt-get, as scripts/setup.sh).
