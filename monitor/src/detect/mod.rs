@@ -458,7 +458,9 @@ impl Engine {
 
     /// The lineage an event belongs to, for dedup: the nearest ancestor
     /// that is a network-facing service (so every request a web server
-    /// hands to a shell is one lineage), else the parent, else the process.
+    /// hands to a shell is one lineage), else the master of the nearest
+    /// known application server (php-fpm's, whose workers take turns),
+    /// else the parent, else the process.
     /// A process that was re-parented starts a lineage of its own: the
     /// search stops at the first `reparented` ancestor, and the parent is
     /// then the one the kernel names (a detached process is not folded
@@ -468,6 +470,22 @@ impl Engine {
         let chain = || ancestry.iter().take_while(|a| !a.reparented).map(|a| a.pid);
         if let Some(service) = chain().find(|p| self.is_listener(*p)) {
             return service;
+        }
+        // A server behind a unix socket (php-fpm behind nginx) owns no
+        // listening TCP socket: its outermost process of the nearest run of
+        // server processes (the master above its workers) is the service.
+        let mut server = None;
+        for a in ancestry.iter().take_while(|a| !a.reparented) {
+            if a.exe
+                .is_some_and(crate::process::program::is_network_server)
+            {
+                server = Some(a.pid);
+            } else if server.is_some() {
+                break;
+            }
+        }
+        if let Some(server) = server {
+            return server;
         }
         let first = chain().next();
         let parent = match first {
@@ -595,6 +613,7 @@ impl Engine {
             Field::Own(Own::Exe) => a.exe.map(|e| Val::Str(Cow::Borrowed(e))),
             Field::Listener => Some(Val::Bool(self.is_listener(a.pid))),
             Field::Path(p) if p.len() == 1 && p[0] == "reparented" => Some(Val::Bool(a.reparented)),
+            Field::Path(p) if p.len() == 1 && p[0] == "depth" => Some(Val::U64(a.depth)),
             Field::Computed(c) => Some(computed(*c, &ProcView::of_ancestor(a.exe), &mut self.fs)),
             _ => None,
         };

@@ -324,6 +324,8 @@ pub struct AncestorView<'a> {
     pub pid: u64,
     pub exe: Option<&'a str>,
     pub reparented: bool,
+    /// Its place in the chain: 1 for the parent, 2 for its parent, ...
+    pub depth: u64,
 }
 
 /// The ancestry of an event, typed or from JSON.
@@ -345,12 +347,16 @@ impl<'a> Ancestry<'a> {
                 pid: u64::from(a.pid),
                 exe: a.exe.as_deref(),
                 reparented: a.reparented,
+                depth: 0,
             })
             .chain(json.iter().map(|a| AncestorView {
                 pid: a.get("pid").and_then(Value::as_u64).unwrap_or(0),
                 exe: a.get("exe").and_then(Value::as_str),
                 reparented: a.get("reparented").and_then(Value::as_bool) == Some(true),
+                depth: 0,
             }))
+            .zip(1..)
+            .map(|(a, depth)| AncestorView { depth, ..a })
     }
 
     pub fn is_empty(self) -> bool {

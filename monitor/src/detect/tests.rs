@@ -899,6 +899,59 @@ fn php_fpm_behind_a_unix_socket_counts_as_a_service() {
     ];
     let sh = exec(1, 160, "/usr/bin/dash", &["sh", "-c", "uname -a"], &fpm);
     assert_eq!(fired(&mut e, &[sh]), ["EW-PROC-001"]);
+    // Another worker of the same master serves the next request: the same
+    // lineage, so the new command is an update of the open alert.
+    let other = [
+        (151, "/usr/sbin/php-fpm8.2"),
+        (149, "/usr/sbin/php-fpm8.2"),
+        INIT,
+    ];
+    let next = exec(2, 161, "/usr/bin/dash", &["sh", "-c", "id -u"], &other);
+    let alerts = e.take(&next);
+    assert_eq!(alerts.len(), 1);
+    assert!(
+        alerts[0].update,
+        "the second worker's shell updates the first alert"
+    );
+    assert_eq!(alerts[0].lineage, 149, "the php-fpm master is the lineage");
+}
+
+/// Conditions on ancestors may bound how far up they look: a launcher far
+/// above (a sandbox's runner in a memfd) says nothing about a command.
+#[test]
+fn ancestor_depth_bounds_a_condition() {
+    let far = [
+        (40, "/usr/bin/dash"),
+        (39, "/usr/bin/dash"),
+        (38, "/usr/bin/bash"),
+        (37, "/memfd:sealed-runner"),
+        INIT,
+    ];
+    let near = [(40, "/tmp/.x/implant"), (39, "/usr/bin/dash"), INIT];
+    let burst = |chain: &[(u64, &str)], pid0: u64| -> Vec<Value> {
+        [
+            &["uname", "-a"][..],
+            &["ip", "addr"],
+            &["ss", "-tan"],
+            &["id"],
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, argv)| {
+            exec(
+                i as u64 + 1,
+                pid0 + i as u64,
+                &format!("/usr/bin/{}", argv[0]),
+                argv,
+                chain,
+            )
+        })
+        .collect()
+    };
+    let mut e = builtin();
+    assert!(fired(&mut e, &burst(&far, 300)).is_empty());
+    let mut e = builtin();
+    assert!(fired(&mut e, &burst(&near, 400)).contains(&"EW-DISC-004".to_owned()));
 }
 
 #[test]

@@ -38,8 +38,9 @@ fn derived() -> impl Iterator<Item = &'static str> {
 
 /// Fields of an ancestor inside an `ancestor` condition, and the derived
 /// fields computed from its executable.
-pub const ANCESTOR: [&str; 9] = [
+pub const ANCESTOR: [&str; 10] = [
     "pid",
+    "depth",
     "exe",
     "listener",
     "reparented",
