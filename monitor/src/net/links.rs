@@ -207,15 +207,26 @@ fn link(
                 return Some(found);
             }
             // Gone before /proc could be read (a short session): a terminal
-            // the holder did not have itself when it started is one it
-            // made for the shell.
-            let had_tty = procs.get(up).is_some_and(|a| a.stdio[0] == FdKind::Tty);
-            if shell.stdio[0] == FdKind::Tty && !had_tty && !proc_alive(up) {
-                return Some(Found {
-                    fds: vec![0, 1],
-                    via: "pty",
-                    peer: up,
-                });
+            // or an input pipe the holder did not have itself when it
+            // started is one it made for the shell.
+            if !proc_alive(up) {
+                let holder = procs.get(up);
+                let had_tty = holder.is_some_and(|a| a.stdio[0] == FdKind::Tty);
+                if shell.stdio[0] == FdKind::Tty && !had_tty {
+                    return Some(Found {
+                        fds: vec![0, 1],
+                        via: "pty",
+                        peer: up,
+                    });
+                }
+                let own = holder.map(|a| a.pipes).unwrap_or_default();
+                if pipes.stdin != 0 && pipes.stdin != own.stdin && pipes.stdin != own.stdout {
+                    return Some(Found {
+                        fds: vec![0],
+                        via: "pipe",
+                        peer: up,
+                    });
+                }
             }
         }
         up = procs.get(up).map_or(0, |p| p.birth_ppid);
