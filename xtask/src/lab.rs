@@ -59,7 +59,7 @@ pub struct Args {
 
 /// The whole lab's time limit (CI runs it after the kernel tests): the
 /// scenarios not started within it fail as not run.
-const BUDGET: Duration = Duration::from_secs(1200);
+const BUDGET: Duration = Duration::from_secs(1800);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
