@@ -33,11 +33,29 @@ pub struct FsCache {
     resolves: foldhash::HashMap<(String, String), bool>,
     /// The standard shells, interpreters and tools by content.
     pub ids: Identities,
+    /// What each path turned out to be, for the event being judged: the
+    /// computed fields and the ancestors ask about the same files again.
+    seen: foldhash::HashMap<String, Option<program::Identity>>,
 }
 
 const FS_CACHE_MAX: usize = 4096;
 
 impl FsCache {
+    /// Forgets the per-event answers; called before each event is judged.
+    pub fn new_event(&mut self) {
+        self.seen.clear();
+    }
+
+    /// [`Identities::identify`], once per path and event.
+    pub fn identify(&mut self, path: &str) -> Option<program::Identity> {
+        if let Some(id) = self.seen.get(path) {
+            return id.clone();
+        }
+        let id = self.ids.identify(path);
+        self.seen.insert(path.to_owned(), id.clone());
+        id
+    }
+
     fn dir_world_writable(&mut self, dir: &str) -> bool {
         if let Some(v) = self.world_writable.get(dir) {
             return *v;
@@ -95,7 +113,7 @@ fn launched<'a>(p: &ProcView<'a>) -> Option<(Cow<'a, str>, Argv<'a>)> {
 /// recognising a renamed copy of a shell or tool by its content.
 fn applet_of<'a>(p: &ProcView<'a>, fs: &mut FsCache) -> Option<Cow<'a, str>> {
     let (path, argv) = launched(p)?;
-    if let Some(id) = fs.ids.identify(&path) {
+    if let Some(id) = fs.identify(&path) {
         return applet_named(&id.name, argv).map(|a| Cow::Owned(a.to_owned()));
     }
     match path {
@@ -196,7 +214,7 @@ pub fn computed<'a>(c: Computed, p: &ProcView<'a>, fs: &mut FsCache) -> Val<'a> 
         },
         Computed::Renamed => {
             let renamed = launched(p)
-                .and_then(|(path, _)| fs.ids.identify(&path))
+                .and_then(|(path, _)| fs.identify(&path))
                 .is_some_and(|id| id.renamed);
             Val::Bool(renamed)
         }

@@ -693,6 +693,7 @@ impl Engine {
         let rules = std::mem::take(&mut self.rules);
         let index = std::mem::take(&mut self.index);
         let mut memo = Memo::new();
+        self.fs.new_event();
         for &i in index.rules_for(kind) {
             let rule = &rules[i];
             if let Some(seq) = &rule.sequence {
