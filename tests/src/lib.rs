@@ -131,6 +131,20 @@ pub fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A web application with a command-injection flaw, as on many appliance
+/// admin pages: `?host=` goes into a shell command line. Run it as
+/// `python3 -c VULNERABLE_APP PORT`; it listens on 127.0.0.1:PORT.
+pub const VULNERABLE_APP: &str = r#"
+import http.server, subprocess, sys, urllib.parse
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("host", ["127.0.0.1"])[0]
+        out = subprocess.run("echo ping " + q, shell=True, capture_output=True).stdout
+        self.send_response(200); self.end_headers(); self.wfile.write(out)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
 /// Base configuration of every test: metrics on a free loopback port.
 const BASE_CONFIG: &str = "[metrics]\nlisten = \"127.0.0.1:0\"\n";
 

@@ -11,23 +11,10 @@ use std::{
 use serde_json::Value;
 use tests::{
     event_timeout, free_port, is_root, monitor_bin, scaled, unique, wait_for, wait_listening,
-    EventExt as _, Killed, Monitor, TempPath,
+    EventExt as _, Killed, Monitor, TempPath, VULNERABLE_APP,
 };
 
 const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
-
-/// A web application with a command-injection flaw: `?host=` goes into a
-/// shell command line, as on many appliance admin pages.
-const VULNERABLE_APP: &str = r#"
-import http.server, subprocess, sys, urllib.parse
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("host", ["127.0.0.1"])[0]
-        out = subprocess.run("echo ping " + q, shell=True, capture_output=True).stdout
-        self.send_response(200); self.end_headers(); self.wfile.write(out)
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
 
 fn alert<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
     alerts.iter().find(|a| a["rule"] == rule)

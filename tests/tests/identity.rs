@@ -6,22 +6,9 @@
 use std::process::Command;
 
 use serde_json::Value;
-use tests::{free_port, is_root, wait_listening, EventExt as _, Killed, Monitor};
+use tests::{free_port, is_root, wait_listening, EventExt as _, Killed, Monitor, VULNERABLE_APP};
 
 const QUIET: &str = "[output]\nseed_events = false\n[network]\nseed_events = false\n";
-
-/// A web application with a command-injection flaw: `?host=` goes into a
-/// shell command line, as on many appliance admin pages.
-const VULNERABLE_APP: &str = r#"
-import http.server, subprocess, sys, urllib.parse
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("host", ["127.0.0.1"])[0]
-        out = subprocess.run("echo ping " + q, shell=True, capture_output=True).stdout
-        self.send_response(200); self.end_headers(); self.wfile.write(out)
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
 
 /// The app, and a way to inject commands into it.
 struct App {

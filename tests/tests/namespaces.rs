@@ -9,20 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{is_root, unique, EventExt as _, Gateway, Killed, Monitor, NetnsPair};
-
-/// A web admin page with a command-injection flaw: `?host=` goes into a
-/// `/bin/sh -c` command line.
-const VULNERABLE_APP: &str = r#"
-import http.server, subprocess, sys, urllib.parse
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query).get("host", ["127.0.0.1"])[0]
-        out = subprocess.run(["/bin/sh", "-c", "echo ping " + q], capture_output=True).stdout
-        self.send_response(200); self.end_headers(); self.wfile.write(out)
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
+use tests::{is_root, unique, EventExt as _, Gateway, Killed, Monitor, NetnsPair, VULNERABLE_APP};
 
 /// The container id the test's cgroup carries, in docker's systemd layout.
 const CONTAINER_ID: &str = "3f4c8e2a9b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
